@@ -1,0 +1,125 @@
+"""Element types: safetensors dtype names <-> numpy/ml_dtypes dtypes.
+
+sparsify names every tensor's element type with one string, recorded in the manifest:
+
+* the safetensors name (``F32``, ``BF16``, ``F8_E4M3``, ``I64``, ``BOOL`` ...) when the type is one of
+  the safetensors format's own; these are little-endian;
+* otherwise numpy's ``dtype.str`` (``>f4``, ``<c16``, ``|V2``, ``<U3``), for npz and HDF5 tensors that
+  safetensors cannot name.
+
+Sub-byte types (``F4``, ``F6_*``) are packed in files; sparsify carries them as raw bytes only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+
+from sparsify.errors import InputError
+
+
+@dataclass(frozen=True)
+class SafetensorsType:
+    """One safetensors dtype: its bit width and, when numpy can hold it, the numpy dtype."""
+
+    name: str
+    bits: int
+    numpy: np.dtype | None
+
+
+def _np(dtype) -> np.dtype:
+    return np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
+
+
+SAFETENSORS_TYPES: dict[str, SafetensorsType] = {
+    t.name: t
+    for t in [
+        SafetensorsType("BOOL", 8, np.dtype(np.bool_)),
+        SafetensorsType("U8", 8, np.dtype(np.uint8)),
+        SafetensorsType("I8", 8, np.dtype(np.int8)),
+        SafetensorsType("F8_E5M2", 8, np.dtype(ml_dtypes.float8_e5m2)),
+        SafetensorsType("F8_E4M3", 8, np.dtype(ml_dtypes.float8_e4m3fn)),
+        SafetensorsType("F8_E4M3FNUZ", 8, np.dtype(ml_dtypes.float8_e4m3fnuz)),
+        SafetensorsType("F8_E5M2FNUZ", 8, np.dtype(ml_dtypes.float8_e5m2fnuz)),
+        SafetensorsType("F8_E8M0", 8, np.dtype(ml_dtypes.float8_e8m0fnu)),
+        SafetensorsType("I16", 16, _np(np.int16)),
+        SafetensorsType("U16", 16, _np(np.uint16)),
+        SafetensorsType("F16", 16, _np(np.float16)),
+        SafetensorsType("BF16", 16, np.dtype(ml_dtypes.bfloat16)),
+        SafetensorsType("I32", 32, _np(np.int32)),
+        SafetensorsType("U32", 32, _np(np.uint32)),
+        SafetensorsType("F32", 32, _np(np.float32)),
+        SafetensorsType("I64", 64, _np(np.int64)),
+        SafetensorsType("U64", 64, _np(np.uint64)),
+        SafetensorsType("F64", 64, _np(np.float64)),
+        SafetensorsType("C64", 64, _np(np.complex64)),
+        SafetensorsType("F4", 4, None),
+        SafetensorsType("F6_E2M3", 6, None),
+        SafetensorsType("F6_E3M2", 6, None),
+    ]
+}
+
+_NAME_OF_NUMPY = {t.numpy: t.name for t in SAFETENSORS_TYPES.values() if t.numpy is not None}
+
+
+def name_of(dtype: np.dtype) -> str:
+    """The sparsify name of a numpy dtype (safetensors name where one exists, else ``dtype.str``)."""
+    dtype = np.dtype(dtype)
+    if dtype.byteorder == "=" and dtype.itemsize > 1:
+        dtype = dtype.newbyteorder("<") if np.little_endian else dtype.newbyteorder(">")
+    return _NAME_OF_NUMPY.get(dtype, dtype.str)
+
+
+def numpy_of(name: str) -> np.dtype | None:
+    """The numpy dtype of a sparsify dtype name, or None for packed sub-byte types."""
+    if name in SAFETENSORS_TYPES:
+        return SAFETENSORS_TYPES[name].numpy
+    try:
+        dtype = np.dtype(name)
+    except TypeError as exc:
+        raise InputError(f"unknown element type {name!r}") from exc
+    if dtype.hasobject:
+        raise InputError(f"element type {name!r} holds Python objects, which sparsify refuses")
+    return dtype
+
+
+def nbytes_of(name: str, shape: tuple[int, ...]) -> int:
+    """Bytes that ``shape`` elements of type ``name`` take in a file (packed for sub-byte types)."""
+    numel = 1
+    for d in shape:
+        numel *= int(d)
+    if name in SAFETENSORS_TYPES:
+        bits = numel * SAFETENSORS_TYPES[name].bits
+        if bits % 8:
+            raise InputError(f"{numel} elements of {name} do not fill whole bytes")
+        return bits // 8
+    return numel * numpy_of(name).itemsize
+
+
+def is_real_numeric(name: str) -> bool:
+    """True for real numbers numpy can compute with: floats (ml_dtypes' too), ints, bools.
+
+    These are the types lossy methods accept; complex, void, string and packed types are keep-only.
+    """
+    dtype = numpy_of(name)
+    if dtype is None:
+        return False
+    if dtype.kind in "biuf":
+        return True
+    return dtype.kind == "V" and _is_ml_float(dtype)
+
+
+def is_float(name: str) -> bool:
+    """True for floating types, ml_dtypes' bfloat16 and float8 types included."""
+    dtype = numpy_of(name)
+    return dtype is not None and (dtype.kind == "f" or _is_ml_float(dtype))
+
+
+def _is_ml_float(dtype: np.dtype) -> bool:
+    try:
+        ml_dtypes.finfo(dtype)
+    except (ValueError, TypeError):
+        return False
+    return True
