@@ -1,0 +1,6 @@
+"""``python -m sparsify``."""
+
+from sparsify.cli import main
+
+if __name__ == "__main__":
+    main()

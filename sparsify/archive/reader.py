@@ -1,0 +1,167 @@
+"""Safe archive reader: validate the container and manifest, verify each part's checksum before use.
+
+Opening reads only the header (``inspect`` needs nothing more); decoding a tensor reads only its parts.
+Every defect is a :class:`CorruptArchiveError` (exit code 3) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from sparsify import container, dtypes
+from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, major
+from sparsify.codec import decode_part, decode_tensor, sha256
+from sparsify.errors import CorruptArchiveError, InputError, SparsifyError
+from sparsify.io.base import SourceMeta, TensorInfo
+from sparsify.methods import METHODS
+
+
+class Archive:
+    """An open ``.sparsify`` archive; use as a context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        what = str(self.path)
+        try:
+            self._file = open(self.path, "rb")
+            size = self.path.stat().st_size
+        except IsADirectoryError:
+            raise InputError(f"{what}: is a directory, not an archive") from None
+        except OSError as exc:
+            raise InputError(f"{what}: cannot open: {exc.strerror or exc}") from None
+        try:
+            head = self._file.read(9)
+            if len(head) < 9 or head[8:9] != b"{":
+                raise InputError(f"{what}: not a sparsify archive")
+            self.layout = container.read_layout(self._file, size, CorruptArchiveError, what)
+            self.manifest = _load_manifest(self.layout, what)
+            self._entries = {e.name: e for e in self.layout.entries}
+            _validate(self.manifest, self._entries, what)
+        except BaseException:
+            self._file.close()
+            raise
+        self.size = size
+
+    # -- what inspect needs: the manifest only -------------------------------------------------
+
+    @property
+    def tensors(self) -> list[dict[str, Any]]:
+        return self.manifest["tensors"]
+
+    @property
+    def manifest_bytes(self) -> int:
+        """Bytes of the container header (8-byte length + JSON, the manifest inside it)."""
+        return self.layout.data_start
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return [TensorInfo(t["name"], t["dtype"], tuple(t["shape"]), t["view"]["layout"]) for t in self.tensors]
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def stored_bytes(self, part: Mapping[str, Any]) -> np.ndarray:
+        """A part's bytes as stored, after checking its checksum."""
+        entry = self._entries[part["key"]]
+        try:
+            raw = container.read_bytes(self._file, self.layout, entry)
+        except OSError as exc:
+            raise CorruptArchiveError(f"{self.path}: cannot read part {part['key']!r}: {exc}") from None
+        if sha256(raw) != part["sha256"]:
+            raise CorruptArchiveError(f"{self.path}: checksum mismatch in part {part['key']!r} (corrupt archive)")
+        return raw
+
+    def decode(self, tensor: Mapping[str, Any]) -> np.ndarray:
+        """One tensor, decoded, in its original type and shape."""
+        try:
+            return decode_tensor(tensor, self.stored_bytes, METHODS)
+        except CorruptArchiveError as exc:
+            raise CorruptArchiveError(f"{self.path}: tensor {tensor['name']!r}: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptArchiveError(f"{self.path}: tensor {tensor['name']!r} cannot be decoded: {exc!r}") from None
+
+    def source_meta(self) -> SourceMeta:
+        """The source file's metadata and rebuild blobs, as its reader gave them."""
+        source = self.manifest["source"]
+        blobs = {
+            name: decode_part(part, self.stored_bytes(part)).tobytes() for name, part in source["blobs"].items()
+        }
+        return SourceMeta(summary=source["summary"], rebuild=source["rebuild"], blobs=blobs)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _load_manifest(layout: container.Layout, what: str) -> dict[str, Any]:
+    text = layout.metadata.get(METADATA_KEY)
+    if text is None:
+        raise InputError(f"{what}: a safetensors file, not a sparsify archive (no sparsify manifest)")
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise CorruptArchiveError(f"{what}: manifest is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise CorruptArchiveError(f"{what}: manifest does not declare format {FORMAT_NAME!r}")
+    version = manifest.get("format_version")
+    try:
+        version_major = major(version)
+    except (AttributeError, ValueError):
+        raise CorruptArchiveError(f"{what}: invalid format_version {version!r}") from None
+    if version_major > major(FORMAT_VERSION):
+        raise CorruptArchiveError(
+            f"{what}: archive format {version} is newer than this sparsify reads ({major(FORMAT_VERSION)}.x); "
+            "upgrade sparsify"
+        )
+    return manifest
+
+
+def _validate(manifest: dict[str, Any], entries: dict[str, container.Entry], what: str) -> None:
+    """Check the manifest's structure and that every part it names exists with the declared size."""
+    try:
+        tensors = manifest["tensors"]
+        _check(isinstance(tensors, list), "tensors is not a list")
+        parts = [p for t in tensors for p in _tensor_parts(t)]
+        parts += list(manifest["source"]["blobs"].values())
+        for part in parts:
+            _check_part(part, entries)
+    except SparsifyError as exc:
+        raise CorruptArchiveError(f"{what}: invalid manifest: {exc}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CorruptArchiveError(f"{what}: invalid manifest ({exc!r})") from None
+
+
+def _tensor_parts(tensor: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    _check(isinstance(tensor["name"], str), "tensor name is not a string")
+    shape = tensor["shape"]
+    _check(isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape), f"bad shape {shape!r}")
+    dtypes.nbytes_of(tensor["dtype"], tuple(shape))
+    view = tensor["view"]
+    _check(view["layout"] in ("first", "last"), f"bad view {view!r}")
+    _check(type(view["rows"]) is int and type(view["cols"]) is int and view["rows"] * view["cols"] == int(np.prod(shape or [1])), f"bad view {view!r}")
+    _check(isinstance(tensor["stages"], list) and tensor["stages"], "no stages")
+    return tensor["parts"]
+
+
+def _check_part(part: Mapping[str, Any], entries: dict[str, container.Entry]) -> None:
+    entry = entries.get(part["key"])
+    _check(entry is not None, f"part {part['key']!r} is not in the file")
+    _check(isinstance(part["sha256"], str), f"part {part['key']!r} has no checksum")
+    _check(entry.nbytes == part["nbytes"], f"part {part['key']!r} size differs from the header")
+    shape = part["shape"]
+    _check(isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape), f"bad part shape {shape!r}")
+    logical = dtypes.nbytes_of(part["dtype"], tuple(shape))
+    if part["codec"] is None:
+        _check(logical == entry.nbytes, f"part {part['key']!r}: {entry.nbytes} bytes stored, {logical} declared")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise CorruptArchiveError(message)

@@ -1,0 +1,225 @@
+"""The ``sparsify`` command: a thin click shell over :mod:`sparsify.api`.
+
+Exit codes (also in ``sparsify --help`` and the README): 0 success; 1 a gate failed (an error bound
+broken, or verify found a mismatch); 2 usage error; 3 unreadable, unsupported or corrupt input;
+4 cannot write the output; 70 internal error (a bug: please report it, ``--debug`` shows the trace).
+:func:`main` is the only place that turns exceptions into exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from sparsify import __version__, api
+from sparsify.errors import ExitCode, SparsifyError
+from sparsify.methods import CODERS, METHODS
+from sparsify.pipeline import describe_param
+from sparsify.report.progress import progress_bar
+from sparsify.report.render import render_json, render_markdown, render_table
+
+INTERNAL_ERROR = 70
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0  success
+  1  a gate failed: --max-error broken, or verify found a mismatch
+  2  usage error (bad option, pipeline or rule)
+  3  unreadable, unsupported or corrupt input
+  4  cannot write the output (exists without --force, permission, space)
+  70 internal error (a bug; --debug shows the traceback)"""
+
+_debug = False
+
+
+def _set_debug(ctx, param, value):
+    global _debug
+    _debug = value or os.environ.get("SPARSIFY_DEBUG", "") not in ("", "0")
+    return _debug
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, "--version", prog_name="sparsify")
+@click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug, help="Show tracebacks instead of one-line errors.")
+def cli() -> None:
+    """Compress saved neural-network weights (safetensors, Keras HDF5, npz) into a .sparsify archive.
+
+    \b
+    Examples:
+      sparsify compress model.safetensors                       # lossless (keep+zstd)
+      sparsify compress model.safetensors -p 'threshold:max_error=0.05' --max-error 0.05
+      sparsify inspect model.sparsify --markdown
+      sparsify decompress model.sparsify -o restored.safetensors
+      sparsify methods
+    """
+
+
+def _report_format(json_flag: bool, markdown_flag: bool) -> str:
+    if json_flag and markdown_flag:
+        raise click.UsageError("choose one of --json and --markdown")
+    return "json" if json_flag else "markdown" if markdown_flag else "table"
+
+
+def _emit(report: dict, fmt: str) -> None:
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        render_json(report, out)
+    elif fmt == "markdown":
+        render_markdown(report, out)
+    else:
+        render_table(report, out)
+
+
+def _note(message: str, quiet: bool) -> None:
+    if not quiet:
+        click.echo(message, err=True)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Archive to write [default: INPUT with .sparsify].")
+@click.option("-p", "--pipeline", metavar="PIPELINE", help="Default pipeline, e.g. 'threshold:max_error=0.05' [default: keep+zstd].")
+@click.option("--rule", "rules", multiple=True, metavar="GLOB=PIPELINE", help="Per-tensor pipeline; repeatable, first match wins.")
+@click.option("--rules", "rules_file", type=click.Path(path_type=Path), metavar="FILE", help="TOML file of rules (after --rule ones).")
+@click.option("--min-size", type=click.IntRange(min=0), help="Tensors with fewer elements stay lossless unless a rule names them [default: 1024].")
+@click.option("--max-error", type=click.FloatRange(min=0), help="Gate: exit 1 if any tensor's rel. error exceeds this (archive still written).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods.")
+@click.option("--json", "json_flag", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown on stdout.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
+def compress(input_path, output, pipeline, rules, rules_file, min_size, max_error, seed, json_flag, markdown_flag, force, quiet):
+    """Compress INPUT (safetensors, HDF5 or npz) into an archive and print the size/error report.
+
+    \b
+    Pipelines: stages joined by '+', each 'method:key=value,...' (see `sparsify methods`):
+      keep+zstd                             lossless, entropy coded
+      threshold:sparsity=0.9                drop the 90% smallest weights
+      threshold:max_error=0.05+zstd         largest threshold with rel. error <= 0.05
+    1-D, integer, bool and small tensors stay lossless unless a rule names them.
+    """
+    fmt = _report_format(json_flag, markdown_flag)
+    with progress_bar("compress", enabled=not quiet) as progress:
+        report = api.compress(
+            input_path, output, pipeline=pipeline, rules=rules, rules_file=rules_file, min_size=min_size,
+            max_error=max_error, seed=seed, force=force, progress=progress,
+        )
+    _emit(report, fmt)
+    gate = report["gate"]
+    if gate is not None and not gate["passed"]:
+        _note(f"sparsify: gate failed: rel. error above {gate['max_error']} in {', '.join(gate['failures'])}", False)
+        return ExitCode.GATE_FAILED
+    _note(f"wrote {report['archive']['path']}", quiet)
+    return ExitCode.OK
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--json", "json_flag", is_flag=True, help="Print the report as JSON.")
+@click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown.")
+def inspect(archive, json_flag, markdown_flag):
+    """Show what is inside ARCHIVE, per tensor, from its manifest (nothing is decoded)."""
+    _emit(api.inspect(archive), _report_format(json_flag, markdown_flag))
+    return ExitCode.OK
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="File to write [default: the source's name, beside ARCHIVE].")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "hdf5", "npz"]), help="Output format [default: the source's].")
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
+def decompress(archive, output, fmt, force, quiet):
+    """Decode ARCHIVE back to dense weights, in the original format (or --format).
+
+    The original file comes back byte-identical (safetensors, numpy-written npz) or tree-identical
+    (HDF5: groups, attributes, dataset settings) wherever the pipeline was lossless.
+    """
+    with progress_bar("decompress", enabled=not quiet) as progress:
+        written = api.decompress(archive, output, format=fmt, force=force, progress=progress)
+    _note(f"wrote {written}", quiet)
+    return ExitCode.OK
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--against", type=click.Path(path_type=Path), metavar="ORIGINAL", help="Measure errors against this original weight file.")
+@click.option("--max-error", type=click.FloatRange(min=0), help="Gate: exit 1 if any tensor's rel. error exceeds this.")
+@click.option("--json", "json_flag", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing; the exit code tells.")
+def verify(archive, against, max_error, json_flag, quiet):
+    """Decode every tensor of ARCHIVE, checking every checksum; exit 1 on any mismatch."""
+    with progress_bar("verify", enabled=not quiet) as progress:
+        result = api.verify(archive, against=against, max_error=max_error, progress=progress)
+    if json_flag:
+        render_json(result.as_dict(), click.get_text_stream("stdout"))
+    elif not quiet:
+        for problem in result.problems:
+            click.echo(f"mismatch: {problem}")
+        if result.gate is not None and not result.gate["passed"]:
+            click.echo(f"gate max_error={max_error}: FAILED for {', '.join(result.gate['failures'])}")
+        click.echo(f"{archive}: {result.checked} tensors checked, " + ("OK" if result.ok else "FAILED"))
+    return ExitCode.OK if result.ok else ExitCode.GATE_FAILED
+
+
+@cli.command()
+@click.option("--json", "json_flag", is_flag=True, help="Print the methods as JSON.")
+def methods(json_flag):
+    """List the pipeline stages, their parameters, ranges, defaults, budgets and an example."""
+    stages = [("method", cls) for cls in METHODS.values()] + [("coder", cls) for cls in CODERS.values()]
+    if json_flag:
+        data = [
+            {"name": cls.name, "kind": kind, "summary": cls.summary, "example": cls.example, "params": [describe_param(p) for p in cls.params]}
+            for kind, cls in stages
+        ]
+        click.echo(json.dumps(data, indent=2))
+        return ExitCode.OK
+    click.echo("Pipeline: stages joined by '+', each 'name:key=value,...'. Methods add up (each encodes the")
+    click.echo("residual of the ones before); coders come last and apply to every stored part.\n")
+    for kind, cls in stages:
+        click.echo(f"{cls.name}  ({kind}) - {cls.summary}")
+        budgets = [p for p in cls.params if p.budget]
+        for p in cls.params:
+            default = f" [default: {p.default}]" if p.default is not None else ""
+            click.echo(f"    {p.name:<10} {p.range_text():<22} {p.doc}{default}")
+        if budgets:
+            click.echo(f"    budget: exactly one of {', '.join(p.name for p in budgets)}")
+        click.echo(f"    example: {cls.example}\n")
+    return ExitCode.OK
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and exit with the code of :mod:`sparsify.errors`."""
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the one place errors become codes)."""
+    try:
+        result = cli.main(args=argv, prog_name="sparsify", standalone_mode=False)
+        return int(result) if isinstance(result, int) else ExitCode.OK
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("sparsify: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("sparsify: interrupted", err=True)
+        return 130
+    except SparsifyError as exc:
+        if _debug:
+            raise
+        click.echo(f"sparsify: error: {exc}", err=True)
+        return exc.exit_code
+    except Exception as exc:  # a bug: one line, not a traceback, unless --debug
+        if _debug:
+            raise
+        click.echo(f"sparsify: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        return INTERNAL_ERROR

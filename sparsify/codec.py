@@ -1,0 +1,203 @@
+"""One tensor through its pipeline and back: matrix view -> stages -> parts -> coded bytes.
+
+``encode_tensor`` runs a tensor's pipeline and returns the coded parts with the manifest record that
+describes them; ``decode_tensor`` turns a record and its parts back into the tensor, in its original
+type and shape. The archive reader and the compressor's measuring step both decode through here, so
+the report measures exactly what a later ``decompress`` returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from sparsify import dtypes
+from sparsify.errors import CorruptArchiveError
+from sparsify.io.base import TensorInfo
+from sparsify.methods import CODERS, EncodeContext, LosslessMethod, Method
+from sparsify.metrics import as_float64, finite_sq_norm
+from sparsify.pipeline import resolve_config, stage_text
+from sparsify.rules import Choice
+
+
+def sha256(data) -> str:
+    """Hex SHA-256 of an array's or buffer's bytes."""
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    return hashlib.sha256(memoryview(data)).hexdigest()
+
+
+@dataclass
+class CodedPart:
+    """A part ready to store: its manifest record and its bytes (uint8, as written)."""
+
+    record: dict[str, Any]
+    stored: np.ndarray
+
+
+@dataclass
+class EncodedTensor:
+    """A tensor's manifest record (metrics not yet filled) and its coded parts."""
+
+    record: dict[str, Any]
+    parts: list[CodedPart]
+
+    def stored_part(self, part: Mapping[str, Any]) -> np.ndarray:
+        """The stored bytes of one of this tensor's parts (for decoding before writing)."""
+        return next(p.stored for p in self.parts if p.record["name"] == part["name"])
+
+
+def matrix_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
+    """(rows, cols) of the matrix view: output channels (first or last axis) on the rows."""
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (1, shape[0])
+    rows = shape[0] if layout == "first" else shape[-1]
+    total = int(np.prod(shape, dtype=np.int64))
+    return (rows, total // rows if rows else 0)
+
+
+def to_matrix(array: np.ndarray, layout: str) -> np.ndarray:
+    """The float64 matrix view of a real tensor (see :func:`matrix_shape`)."""
+    if layout == "last" and array.ndim >= 2:
+        array = np.moveaxis(array, -1, 0)
+    return as_float64(array).reshape(matrix_shape(array.shape, "first"))
+
+
+def from_matrix(matrix: np.ndarray, shape: tuple[int, ...], layout: str) -> np.ndarray:
+    """Inverse of :func:`to_matrix` (still float64)."""
+    if layout == "last" and len(shape) >= 2:
+        moved = matrix.reshape((shape[-1], *shape[:-1]))
+        return np.ascontiguousarray(np.moveaxis(moved, 0, -1))
+    return matrix.reshape(shape)
+
+
+def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float64 values in a tensor's own type: rounded and clipped for integers, nonzero for bools."""
+    if dtype.kind == "b":
+        return values != 0
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int = 0) -> EncodedTensor:
+    """Run ``choice.pipeline`` on one tensor; returns its record and coded parts."""
+    pipeline = choice.pipeline
+    rows, cols = matrix_shape(info.shape, info.layout)
+    record: dict[str, Any] = {
+        "name": info.name,
+        "dtype": info.dtype,
+        "shape": list(info.shape),
+        "sha256": sha256(array),
+        "original_bytes": dtypes.nbytes_of(info.dtype, info.shape),
+        "view": {"layout": info.layout, "rows": rows, "cols": cols},
+        "pipeline": str(pipeline),
+        "reason": choice.reason,
+        "stages": [],
+    }
+    raw_parts: list[tuple[str, np.ndarray]] = []
+    if pipeline.lossless:
+        method = pipeline.methods[0]
+        stored = method.store(array)
+        record["stages"].append({"method": method.name, "config": method.config, "resolved": {}, "parts": list(stored)})
+        raw_parts += [(f"0.{method.name}.{k}", v) for k, v in stored.items()]
+    else:
+        residual = to_matrix(array, info.layout)
+        ctx = EncodeContext(value_dtype=dtypes.numpy_of(info.dtype), reference_sq=finite_sq_norm(residual), seed=seed)
+        for i, method in enumerate(pipeline.methods):
+            out = method.encode(residual, ctx)
+            record["stages"].append(
+                {"method": method.name, "config": method.config, "resolved": out.resolved, "parts": list(out.parts)}
+            )
+            raw_parts += [(f"{i}.{method.name}.{k}", v) for k, v in out.parts.items()]
+            if i + 1 < len(pipeline.methods):
+                residual = residual - out.approximation
+    coded = [code_part(name, value, info.name, pipeline.coders) for name, value in raw_parts]
+    record["coders"] = [stage_text(c) for c in pipeline.coders]
+    record["parts"] = [p.record for p in coded]
+    record["stored_bytes"] = sum(p.record["nbytes"] for p in coded)
+    return EncodedTensor(record, coded)
+
+
+def code_part(name: str, value: np.ndarray, tensor: str, coders) -> CodedPart:
+    """``value`` through ``coders`` (each kept only where it makes the bytes smaller), keyed
+    ``<tensor>/<name>`` in the container."""
+    dtype = dtypes.name_of(value.dtype)
+    raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+    stored, codec = raw, None
+    for coder in coders:
+        coded = coder.encode(memoryview(stored))
+        if len(coded) < stored.size:
+            stored, codec = np.frombuffer(coded, dtype=np.uint8), coder.name
+    record = {
+        "name": name,
+        "key": f"{tensor}/{name}",
+        "dtype": dtype,
+        "shape": list(value.shape),
+        "codec": codec,
+        "nbytes": int(stored.size),
+        "sha256": sha256(stored),
+    }
+    return CodedPart(record, stored)
+
+
+def decode_part(part: Mapping[str, Any], stored: np.ndarray) -> np.ndarray:
+    """A part's array from its stored bytes (checksum already verified by the caller)."""
+    shape = tuple(part["shape"])
+    size = dtypes.nbytes_of(part["dtype"], shape)
+    data = stored.reshape(-1)
+    if part["codec"] is not None:
+        coder_cls = CODERS.get(part["codec"])
+        if coder_cls is None:
+            raise CorruptArchiveError(f"part {part['key']!r} uses unknown codec {part['codec']!r}")
+        data = np.frombuffer(coder_cls(**resolve_config(coder_cls, {})).decode(memoryview(data), size), dtype=np.uint8)
+    if data.size != size:
+        raise CorruptArchiveError(f"part {part['key']!r} has {data.size} bytes, its dtype and shape need {size}")
+    numpy_dtype = dtypes.numpy_of(part["dtype"])
+    return data if numpy_dtype is None else data.view(numpy_dtype).reshape(shape)
+
+
+def decode_tensor(record: Mapping[str, Any], load: Callable[[Mapping[str, Any]], np.ndarray], methods) -> np.ndarray:
+    """The tensor that ``record`` describes, in its own dtype and shape.
+
+    ``load(part_record)`` returns a part's stored bytes; ``methods`` maps method names to classes.
+    """
+    shape = tuple(record["shape"])
+    numpy_dtype = dtypes.numpy_of(record["dtype"])
+    parts = {p["name"]: decode_part(p, load(p)) for p in record["parts"]}
+    stages = record["stages"]
+    first = _method(methods, stages[0])
+    if isinstance(first, LosslessMethod):
+        data = first.restore(_stage_parts(parts, 0, stages[0]))
+        if numpy_dtype is None:
+            return data
+        return data.view(np.uint8).view(numpy_dtype).reshape(shape)
+    rows, cols = record["view"]["rows"], record["view"]["cols"]
+    total = np.zeros((rows, cols), dtype=np.float64)
+    for i, stage in enumerate(stages):
+        method = _method(methods, stage)
+        if not isinstance(method, Method):
+            raise CorruptArchiveError(f"tensor {record['name']!r}: stage {i} ({stage['method']}) cannot follow others")
+        total += method.decode(_stage_parts(parts, i, stage), stage["resolved"], (rows, cols))
+    return cast_back(from_matrix(total, shape, record["view"]["layout"]), numpy_dtype)
+
+
+def _method(methods, stage: Mapping[str, Any]):
+    cls = methods.get(stage["method"])
+    if cls is None:
+        raise CorruptArchiveError(f"unknown method {stage['method']!r} (written by a newer sparsify?)")
+    return cls(**stage["config"])
+
+
+def _stage_parts(parts: Mapping[str, np.ndarray], index: int, stage: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    prefix = f"{index}.{stage['method']}."
+    try:
+        return {name: parts[prefix + name] for name in stage["parts"]}
+    except KeyError as exc:
+        raise CorruptArchiveError(f"missing part {prefix}{exc.args[0]}") from None

@@ -1,0 +1,1 @@
+"""Byte stages applied to every stored part."""

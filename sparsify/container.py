@@ -1,0 +1,205 @@
+"""The safetensors container: a strict header parser and a streaming writer.
+
+Layout (see docs/FORMAT.md): an 8-byte little-endian header length N, N bytes of UTF-8 JSON, then one
+byte buffer. Each JSON entry ``name: {"dtype", "shape", "data_offsets": [begin, end]}`` addresses the
+buffer; ``__metadata__`` maps strings to strings. Both sparsify archives and safetensors weight files use
+this module, so a hostile file meets the same checks wherever it comes in.
+
+The parser validates before it trusts: header size against the file size and a cap, JSON types, known
+dtypes, non-negative shapes, ``end - begin == numel * bits / 8``, entries contiguous from 0 and ending
+exactly at the end of the file, unique keys.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+from sparsify import dtypes
+from sparsify.errors import SparsifyError
+
+MAX_HEADER_BYTES = 100_000_000
+_LENGTH = struct.Struct("<Q")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One array in the buffer; ``begin``/``end`` are offsets relative to the buffer's start."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A parsed, validated container: the raw header, its metadata and its entries in offset order."""
+
+    header: bytes
+    metadata: dict[str, str]
+    entries: tuple[Entry, ...]
+    data_start: int
+    file_size: int
+
+    def entry(self, name: str) -> Entry:
+        for e in self.entries:
+            if e.name == name:
+                return e
+        raise KeyError(name)
+
+
+def read_layout(f: BinaryIO, file_size: int, error: type[SparsifyError], what: str) -> Layout:
+    """Parse and validate the container header of an open file of ``file_size`` bytes.
+
+    Raises ``error`` (an InputError subclass chosen by the caller) with ``what`` (the file's name) in a
+    one-line message on any defect.
+    """
+    if file_size < 8:
+        raise error(f"{what}: too short to be a safetensors file ({file_size} bytes)")
+    f.seek(0)
+    (n,) = _LENGTH.unpack(f.read(8))
+    if n > MAX_HEADER_BYTES:
+        raise error(f"{what}: header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + n > file_size:
+        raise error(f"{what}: truncated: header of {n} bytes but the file has {file_size - 8}")
+    header = f.read(n)
+    metadata, entries = parse_header(header, error, what)
+    position = 0
+    for e in entries:
+        if e.begin != position:
+            raise error(f"{what}: tensor {e.name!r} starts at {e.begin}, expected {position} (hole or overlap)")
+        position = e.end
+    if 8 + n + position != file_size:
+        raise error(
+            f"{what}: data ends at byte {8 + n + position} but the file has {file_size} bytes"
+            + (" (truncated)" if 8 + n + position > file_size else " (trailing bytes)")
+        )
+    return Layout(header, metadata, tuple(entries), 8 + n, file_size)
+
+
+def parse_header(header: bytes, error: type[SparsifyError], what: str) -> tuple[dict[str, str], list[Entry]]:
+    """The metadata and the validated entries (in offset order) of a raw JSON header."""
+    try:
+        parsed = json.loads(header.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{what}: header is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise error(f"{what}: header is not a JSON object")
+    metadata = parsed.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise error(f"{what}: __metadata__ must map strings to strings")
+    entries = sorted((_entry(name, spec, error, what) for name, spec in parsed.items()), key=lambda e: (e.begin, e.end))
+    return metadata, entries
+
+
+def _unique_keys(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _entry(name: str, spec, error: type[SparsifyError], what: str) -> Entry:
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise error(f"{what}: entry {name!r} must have exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if dtype not in dtypes.SAFETENSORS_TYPES:
+        raise error(f"{what}: tensor {name!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise error(f"{what}: tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise error(f"{what}: tensor {name!r} has invalid data_offsets {offsets!r}")
+    try:
+        expected = dtypes.nbytes_of(dtype, tuple(shape))
+    except SparsifyError as exc:
+        raise error(f"{what}: tensor {name!r}: {exc}") from None
+    if offsets[1] - offsets[0] != expected:
+        raise error(
+            f"{what}: tensor {name!r} spans {offsets[1] - offsets[0]} bytes, its dtype and shape need {expected}"
+        )
+    return Entry(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def read_bytes(f: BinaryIO, layout: Layout, entry: Entry) -> np.ndarray:
+    """The raw bytes of one entry as a fresh, writable uint8 array."""
+    out = np.empty(entry.nbytes, dtype=np.uint8)
+    f.seek(layout.data_start + entry.begin)
+    if f.readinto(memoryview(out)) != entry.nbytes:
+        raise OSError(f"short read of {entry.name!r}")
+    return out
+
+
+def as_array(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """View raw little-endian bytes as an array of sparsify dtype ``dtype`` (packed types stay bytes)."""
+    numpy_dtype = dtypes.numpy_of(dtype)
+    if numpy_dtype is None:
+        return raw
+    return raw.view(numpy_dtype).reshape(shape)
+
+
+def encode_header(entries: list[Entry], metadata: dict[str, str] | None) -> bytes:
+    """The JSON header for ``entries`` (in their order), padded with spaces to a multiple of 8 bytes."""
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    for e in entries:
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [e.begin, e.end]}
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return raw + b" " * (-(len(raw) + 8) % 8)
+
+
+class SpooledContainer:
+    """Appends arrays to a spool file and writes the finished container (header first) at the end.
+
+    Memory holds one array at a time; the spool is a temporary file the caller owns.
+    """
+
+    def __init__(self, spool: BinaryIO) -> None:
+        self._spool = spool
+        self._entries: list[Entry] = []
+        self._names: set[str] = set()
+        self._position = 0
+
+    def add(self, name: str, dtype: str, shape: tuple[int, ...], data: bytes | memoryview) -> Entry:
+        """Append one array's little-endian bytes under ``name``."""
+        if name in self._names:
+            raise ValueError(f"duplicate container key {name!r}")
+        size = len(memoryview(data).cast("B"))
+        if size != dtypes.nbytes_of(dtype, tuple(shape)):
+            raise ValueError(f"{name!r}: {size} bytes do not match {dtype}{list(shape)}")
+        self._spool.write(data)
+        entry = Entry(name, dtype, tuple(shape), self._position, self._position + size)
+        self._position += size
+        self._entries.append(entry)
+        self._names.add(name)
+        return entry
+
+    def write_to(self, out: BinaryIO, metadata: dict[str, str]) -> int:
+        """Write header then the spooled buffer to ``out``; returns the total bytes written."""
+        header = encode_header(self._entries, metadata)
+        if len(header) > MAX_HEADER_BYTES:
+            raise ValueError(f"header of {len(header)} bytes exceeds the safetensors limit")
+        out.write(_LENGTH.pack(len(header)))
+        out.write(header)
+        self._spool.flush()
+        self._spool.seek(0)
+        shutil.copyfileobj(self._spool, out, 16 * 1024 * 1024)
+        return 8 + len(header) + self._position

@@ -1,0 +1,352 @@
+"""HDF5 weight files (legacy Keras ``.h5``, Keras 3 ``.weights.h5``): a lazy reader and a tree-exact writer.
+
+Every dataset in the tree is a tensor, named by its path without the leading ``/``. Everything else
+the file holds — groups, attributes, links, creation properties, the user block — travels as a
+*skeleton*: an HDF5 file with the same tree whose datasets were created but never written, so it
+stays small. The same-format writer starts from the skeleton and fills the datasets in, giving a file
+whose tree (paths, order, attribute types and values, dataset properties and data) equals the source.
+
+Tensor data is copied raw (memory type = file type), so bytes survive exactly, big-endian included.
+Opaque datasets with an attribute ``dtype`` naming an ml_dtypes float (Keras 3 stores bfloat16 so)
+are read as that float type.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from h5py import h5d, h5f, h5g, h5o, h5p, h5s, h5t
+
+from sparsify.dtypes import SAFETENSORS_TYPES, name_of, numpy_of
+from sparsify.errors import InputError, OutputError
+from sparsify.io.base import SourceMeta, TensorInfo, WeightReader, WeightWriter
+
+# numpy name of an ml_dtypes float ("bfloat16", "float8_e4m3fn", ...) -> sparsify dtype name.
+_ML_FLOATS: dict[str, str] = {
+    t.numpy.name: t.name for t in SAFETENSORS_TYPES.values() if t.numpy is not None and t.numpy.kind == "V"
+}
+
+# The oldest library version able to write a superblock version: a skeleton then uses object
+# formats as new as the source's (large attributes, for one, need the 1.8 format).
+_LIBVER_OF_SUPERBLOCK = {2: h5f.LIBVER_V18, 3: h5f.LIBVER_V110}
+
+_SUMMARY_STRING_LIMIT = 200
+_skeleton_names = itertools.count()
+
+
+@dataclass(frozen=True)
+class _Link:
+    """One link of the tree, as the walk meets it.
+
+    path:   its path from the root, without a leading ``/``.
+    parent: the group that holds it; ``name`` is its name there and ``cset`` the name's encoding.
+    link:   ``h5py.HardLink``, ``SoftLink`` or ``ExternalLink`` (never followed).
+    obj:    the Group, Dataset or Datatype for a hard link met first, else None.
+    alias:  for a hard link to an object met before, the path it was first met at.
+    """
+
+    path: str
+    parent: h5py.Group
+    name: str
+    cset: int
+    link: Any
+    obj: Any = None
+    alias: str | None = None
+
+
+def _walk(root: h5py.Group, prefix: str = "", seen: dict | None = None) -> Iterator[_Link]:
+    """Every link below ``root``, depth first, each group in h5py's iteration order.
+
+    Iteration follows link creation order where the group tracks it, name order otherwise. Only
+    hard links are descended into, and an object reached twice is described the second time as an
+    alias of the first path.
+    """
+    seen = {root.id: "/"} if seen is None else seen
+    for name in root:
+        path = prefix + name
+        link = root.get(name, getlink=True)
+        cset = root.id.links.get_info(name.encode()).cset
+        if not isinstance(link, h5py.HardLink):
+            yield _Link(path, root, name, cset, link)
+            continue
+        obj = root[name]
+        if obj.id in seen:
+            yield _Link(path, root, name, cset, link, alias=seen[obj.id])
+            continue
+        seen[obj.id] = path
+        yield _Link(path, root, name, cset, link, obj=obj)
+        if isinstance(obj, h5py.Group):
+            yield from _walk(obj, path + "/", seen)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5 file: {_one_line(exc)}") from exc
+
+
+def _ml_float_name(ds: h5py.Dataset) -> str | None:
+    """The sparsify name of the ml_dtypes float an opaque dataset holds (attr ``dtype``), else None."""
+    if ds.id.get_type().get_class() != h5t.OPAQUE or "dtype" not in ds.attrs:
+        return None
+    tag = ds.attrs["dtype"]
+    tag = tag.decode("utf-8", "replace") if isinstance(tag, bytes) else str(tag)
+    name = _ML_FLOATS.get(tag)
+    if name is None or numpy_of(name).itemsize != ds.dtype.itemsize:
+        return None
+    return name
+
+
+def _tensor_info(path: Path, name: str, ds: h5py.Dataset) -> TensorInfo | None:
+    """The TensorInfo of a dataset; None for a dataset with a null dataspace (no data at all).
+
+    Raises InputError for what sparsify cannot carry as raw bytes: Python-object types (strings of
+    variable length, references, variable-length sequences), external and virtual storage.
+    """
+    if ds.id.get_space().get_simple_extent_type() == h5s.NULL:
+        return None
+    if ds.dtype.hasobject:
+        raise InputError(f"{path}: dataset {name!r} holds variable-length strings, references or sequences, "
+                         "which sparsify does not support")
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_layout() == h5d.VIRTUAL or dcpl.get_external_count():
+        raise InputError(f"{path}: dataset {name!r} keeps its data outside the file (virtual or external "
+                         "storage), which sparsify refuses")
+    dtype = _ml_float_name(ds) or name_of(ds.dtype)
+    if numpy_of(dtype).itemsize != ds.id.get_type().get_size():
+        raise InputError(f"{path}: dataset {name!r} has an element type sparsify cannot map to numpy")
+    shape = tuple(int(d) for d in ds.shape)
+    return TensorInfo(name, dtype, shape, "last" if len(shape) >= 2 else "first")
+
+
+class HDF5Reader(WeightReader):
+    """Reads the datasets of an HDF5 file one at a time; the file stays open read-only."""
+
+    format = "hdf5"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._file = _open(self.path)
+        try:
+            self._infos = self._scan()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _scan(self) -> dict[str, TensorInfo]:
+        infos = {}
+        try:
+            for link in _walk(self._file):
+                if isinstance(link.obj, h5py.Dataset):
+                    info = _tensor_info(self.path, link.path, link.obj)
+                    if info is not None:
+                        infos[info.name] = info
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            raise InputError(f"{self.path}: damaged HDF5 file: {_one_line(exc)}") from exc
+        return infos
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._infos.values())
+
+    def read(self, name: str) -> np.ndarray:
+        info = self._infos[name]
+        out = np.empty(info.shape, numpy_of(info.dtype))
+        try:
+            ds = self._file[name]
+            ds.id.read(h5s.ALL, h5s.ALL, out, mtype=ds.id.get_type())
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            raise InputError(f"{self.path}: cannot read dataset {name!r}: {_one_line(exc)}") from exc
+        return out
+
+    def source_meta(self) -> SourceMeta:
+        try:
+            with open(self.path, "rb") as f:
+                userblock = f.read(self._file.userblock_size)
+            skeleton = _skeleton(self._file, userblock)
+            summary = _summary(self._file)
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+            raise InputError(f"{self.path}: cannot copy the HDF5 tree: {_one_line(exc)}") from exc
+        return SourceMeta(summary=summary, blobs={"skeleton": skeleton})
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _skeleton(src: h5py.File, userblock: bytes) -> bytes:
+    """The bytes of an in-memory HDF5 file with ``src``'s tree and no dataset data.
+
+    It keeps the file creation properties (user block size, root group's order tracking...) and the
+    user block's bytes (``userblock``, the first ``src.userblock_size`` bytes of the source).
+    """
+    fapl = h5p.create(h5p.FILE_ACCESS)
+    fapl.set_fapl_core(backing_store=False)
+    fcpl = src.id.get_create_plist()
+    root = src["/"].id.get_create_plist()  # a reopened file's fcpl forgets the root's order tracking
+    fcpl.set_link_creation_order(root.get_link_creation_order())
+    fcpl.set_attr_creation_order(root.get_attr_creation_order())
+    low = _LIBVER_OF_SUPERBLOCK.get(fcpl.get_version()[0], h5f.LIBVER_EARLIEST)
+    fapl.set_libver_bounds(low, h5f.LIBVER_LATEST)
+    name = f"sparsify-skeleton-{next(_skeleton_names)}".encode()
+    with h5py.File(h5f.create(name, h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)) as dst:
+        _copy_attrs(src, dst)
+        for link in _walk(src):
+            _copy_link(link, dst)
+        dst.flush()
+        image = dst.id.get_file_image()
+    return userblock + image  # the image starts at the superblock: HDF5 leaves the user block out
+
+
+def _copy_link(link: _Link, dst: h5py.File) -> None:
+    """Recreate one link of the source tree in ``dst``: groups and datasets empty, with attributes."""
+    parent = dst[link.parent.name].id
+    name = link.name.encode()
+    lcpl = h5p.create(h5p.LINK_CREATE)
+    lcpl.set_char_encoding(link.cset)
+    if isinstance(link.link, h5py.SoftLink):
+        parent.links.create_soft(name, link.link.path.encode(), lcpl=lcpl)
+    elif isinstance(link.link, h5py.ExternalLink):
+        parent.links.create_external(name, link.link.filename.encode(), link.link.path.encode(), lcpl=lcpl)
+    elif link.alias is not None:
+        parent.links.create_hard(name, dst.id, link.alias.encode(), lcpl=lcpl)
+    elif isinstance(link.obj, h5py.Datatype):
+        h5o.copy(link.parent.id, name, parent, name, lcpl=lcpl)
+    elif isinstance(link.obj, h5py.Group):
+        h5g.create(parent, name, lcpl=lcpl, gcpl=link.obj.id.get_create_plist())
+        _copy_attrs(link.obj, dst[link.path])
+    else:
+        ds = link.obj
+        h5d.create(parent, name, ds.id.get_type(), ds.id.get_space(), dcpl=ds.id.get_create_plist(), lcpl=lcpl)
+        _copy_attrs(ds, dst[link.path])
+
+
+def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
+    """Copy every attribute of ``src`` to ``dst`` in iteration order, with its exact type and dataspace."""
+    for name in src.attrs:
+        aid = src.attrs.get_id(name)
+        if _holds_references(aid.dtype):
+            raise ValueError(f"attribute {name!r} of {src.name!r} holds object references, which sparsify "
+                             "does not support")
+        new = h5py.h5a.create(dst.id, name.encode(), aid.get_type(), aid.get_space())
+        if aid.shape is not None:  # None: a null dataspace (h5py.Empty), no value to copy
+            value = np.empty(aid.shape, aid.dtype)
+            aid.read(value)
+            new.write(value)
+
+
+def _holds_references(dtype: np.dtype) -> bool:
+    """True for references and variable-length sequences of them: addresses a copy would not keep."""
+    vlen = h5py.check_vlen_dtype(dtype)
+    return h5py.check_ref_dtype(dtype) is not None or (vlen is not None and h5py.check_ref_dtype(vlen) is not None)
+
+
+def _summary(src: h5py.File) -> dict[str, Any]:
+    """For people: ``{"groups": {path: {attr: value}}, "datasets": {path: {"attrs": {...}}}}``.
+
+    The root group is ``"/"``; values are JSON-friendly (bytes decoded, arrays as lists, long strings
+    shortened).
+    """
+    groups = {"/": _attrs_summary(src)}
+    datasets = {}
+    for link in _walk(src):
+        if isinstance(link.obj, h5py.Group):
+            groups[link.path] = _attrs_summary(link.obj)
+        elif isinstance(link.obj, h5py.Dataset):
+            datasets[link.path] = {"attrs": _attrs_summary(link.obj)}
+    return {"groups": groups, "datasets": datasets}
+
+
+def _attrs_summary(obj: h5py.HLObject) -> dict[str, Any]:
+    return {name: _jsonable(obj.attrs[name]) for name in obj.attrs}
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-friendly rendering of an attribute value."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        if len(value) > _SUMMARY_STRING_LIMIT:
+            return f"{value[:_SUMMARY_STRING_LIMIT]}... ({len(value)} characters)"
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return str(value)
+
+
+class HDF5Writer(WeightWriter):
+    """Writes an HDF5 file: the source's tree refilled (same format), or one dataset per tensor.
+
+    In a conversion each tensor name is a dataset path (intermediate groups created), uncompressed;
+    ml_dtypes floats are stored as Keras 3 does bfloat16: opaque, with an attribute ``dtype``.
+    """
+
+    format = "hdf5"
+
+    def __init__(self, path: Path, tensors: list[TensorInfo], meta: SourceMeta, same_format: bool) -> None:
+        super().__init__(path, tensors, meta, same_format)
+        self._by_name = {info.name: info for info in self.infos}
+        if not same_format:
+            for info in self.infos:
+                if numpy_of(info.dtype) is None:
+                    raise InputError(f"tensor {info.name!r} is of the packed type {info.dtype}, "
+                                     "which HDF5 cannot hold")
+        try:
+            if same_format:
+                self.path.write_bytes(meta.blobs["skeleton"])
+                self._file = h5py.File(self.path, "r+")
+            else:
+                self._file = h5py.File(self.path, "w")
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write: {_one_line(exc)}") from exc
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        info = self._by_name[name]
+        if array.shape != info.shape or array.dtype != numpy_of(info.dtype):
+            raise ValueError(f"{name}: got {array.dtype} {array.shape}, expected {info.dtype} {info.shape}")
+        array = np.ascontiguousarray(array)
+        try:
+            if self.same_format:
+                ds = self._file[name]
+                ds.id.write(h5s.ALL, h5s.ALL, array, mtype=ds.id.get_type())
+            else:
+                self._create(name, array)
+        except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise OutputError(f"{self.path}: cannot write dataset {name!r}: {_one_line(exc)}") from exc
+
+    def _create(self, name: str, array: np.ndarray) -> None:
+        ds = self._file.create_dataset(name, data=array)
+        if array.dtype.name in _ML_FLOATS:
+            ds.attrs["dtype"] = array.dtype.name
+
+    def finish(self) -> None:
+        try:
+            self._file.close()
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot finish: {_one_line(exc)}") from exc
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        except Exception:  # already failing: the caller deletes the partial file
+            pass

@@ -1,0 +1,349 @@
+"""numpy ``.npz`` archives: a lazy, pickle-free reader and a streaming writer.
+
+An npz file is a zip archive whose members ``<key>.npy`` each hold one array in numpy's ``.npy``
+format (a magic string, a version, a header naming dtype, shape and memory order, then the raw
+bytes). The reader parses the zip directory and the ``.npy`` headers with :mod:`zipfile` and
+:mod:`numpy.lib.format`, never unpickling anything; the writer rebuilds numpy-written archives byte
+for byte from what the reader recorded, or writes a plain ``np.savez``-style archive.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsify.dtypes import name_of, numpy_of
+from sparsify.errors import InputError, OutputError
+from sparsify.io.base import SourceMeta, TensorInfo, WeightReader, WeightWriter
+
+try:  # numpy >= 2 keeps the reader for every .npy version (1.0, 2.0, 3.0) here
+    from numpy.lib._format_impl import _read_array_header
+except ImportError:  # numpy 1.x
+    from numpy.lib.format import _read_array_header
+
+_SUFFIX = ".npy"
+_VERSIONS = {(1, 0): 2, (2, 0): 4, (3, 0): 4}  # .npy version -> bytes of its header-length field
+_MAX_HEADER_BYTES = 10_000  # numpy's own limit on a header it will parse without trusting the file
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, up to the name and extra lengths
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+_ZIP64_EXTRA_ID = 1
+_CHUNK_BYTES = 16 * 1024**2  # the size of the pieces numpy streams array data in
+
+
+@dataclass(frozen=True)
+class _NpyHeader:
+    """The ``.npy`` header of one member: its exact bytes and what they say."""
+
+    raw: bytes
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of array data that follow the header."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @classmethod
+    def parse(cls, stream) -> "_NpyHeader":
+        """Read a header from the start of a member; ValueError when it is not a valid one."""
+        magic = stream.read(np.lib.format.MAGIC_LEN)
+        version = np.lib.format.read_magic(io.BytesIO(magic))
+        if version not in _VERSIONS:
+            raise ValueError(f"unsupported .npy version {version[0]}.{version[1]}")
+        length_field = stream.read(_VERSIONS[version])
+        length = int.from_bytes(length_field, "little")
+        if length > _MAX_HEADER_BYTES:
+            raise ValueError(f".npy header of {length} bytes is larger than {_MAX_HEADER_BYTES}")
+        raw = magic + length_field + stream.read(length)
+        shape, fortran_order, dtype = _read_array_header(io.BytesIO(raw[len(magic) :]), version)
+        return cls(raw, dtype, tuple(shape), fortran_order)
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One archive member as the reader found it.
+
+    info:        its central-directory entry.
+    header:      its ``.npy`` header.
+    local_extra: the extra field of its local header, without the zip64 record.
+    local_zip64: whether its local header carried a zip64 record (``force_zip64`` when written).
+    """
+
+    info: zipfile.ZipInfo
+    header: _NpyHeader
+    local_extra: bytes
+    local_zip64: bool
+
+    def rebuild(self) -> dict[str, Any]:
+        """What the writer needs to write this member again, JSON-able."""
+        info = self.info
+        return {
+            "filename": info.filename,
+            "date_time": list(info.date_time),
+            "compress_type": info.compress_type,
+            "create_system": info.create_system,
+            "create_version": info.create_version,
+            "extract_version": info.extract_version,
+            "flag_bits": info.flag_bits,
+            "external_attr": info.external_attr,
+            "internal_attr": info.internal_attr,
+            "comment": _b64(info.comment),
+            "extra": _b64(self.local_extra),
+            "zip64": self.local_zip64,
+            "npy_header": _b64(self.header.raw),
+        }
+
+
+class NpzReader(WeightReader):
+    """Reads an npz archive lazily: opening reads the zip directory and each member's ``.npy`` header.
+
+    Every member must be a ``<key>.npy`` holding plain data; object arrays (which numpy pickles)
+    are refused, never unpickled. Tensors come in zip order, named by key, with layout ``"first"``.
+    """
+
+    format = "npz"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        with _input_errors(self.path):
+            self._file = open(self.path, "rb")
+        try:
+            with _input_errors(self.path):
+                self._zip = zipfile.ZipFile(self._file)
+                self._members = self._scan()
+        except BaseException:
+            self.close()
+            raise
+
+    def tensors(self) -> list[TensorInfo]:
+        return [
+            TensorInfo(key, name_of(m.header.dtype), m.header.shape, "first") for key, m in self._members.items()
+        ]
+
+    def read(self, name: str) -> np.ndarray:
+        """The array stored under ``name``, read from its member alone (its CRC checked)."""
+        member = self._members.get(name)
+        if member is None:
+            raise InputError(f"{self.path}: no array {name!r} in this npz file")
+        header = member.header
+        with _input_errors(self.path, f"array {name!r}: "), self._zip.open(member.info) as stream:
+            stream.read(len(header.raw))
+            data = _read_exact(stream, header.data_bytes)
+            stream.read(1)  # zipfile checks the CRC only once a read reaches the end of the member
+        dtype = numpy_of(name_of(header.dtype))  # plain void for structured dtypes
+        if dtype.itemsize == 0:  # no bytes to view: shape alone makes the array
+            return np.zeros(header.shape, dtype)
+        return data.view(dtype).reshape(header.shape, order="F" if header.fortran_order else "C")
+
+    def source_meta(self) -> SourceMeta:
+        members = list(self._members.values())
+        return SourceMeta(
+            summary={
+                "keys": list(self._members),
+                "compressed": any(m.info.compress_type != zipfile.ZIP_STORED for m in members),
+            },
+            rebuild={"comment": _b64(self._zip.comment), "members": [m.rebuild() for m in members]},
+        )
+
+    def close(self) -> None:
+        if getattr(self, "_zip", None) is not None:
+            self._zip.close()
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+
+    def _scan(self) -> dict[str, _Member]:
+        members: dict[str, _Member] = {}
+        for info in self._zip.infolist():
+            if not info.filename.endswith(_SUFFIX):
+                raise InputError(f"{self.path}: member {info.filename!r} is not a .npy array")
+            key = info.filename[: -len(_SUFFIX)]
+            if key in members:
+                raise InputError(f"{self.path}: array {key!r} is stored twice")
+            members[key] = self._member(key, info)
+        return members
+
+    def _member(self, key: str, info: zipfile.ZipInfo) -> _Member:
+        local_extra, local_zip64 = self._local_extra(info)
+        with _input_errors(self.path, f"array {key!r}: "), self._zip.open(info) as stream:
+            header = _NpyHeader.parse(stream)
+        if header.dtype.hasobject:
+            raise InputError(
+                f"{self.path}: array {key!r} holds Python objects (pickled); sparsify refuses to unpickle"
+            )
+        if len(header.raw) + header.data_bytes != info.file_size:
+            raise InputError(
+                f"{self.path}: array {key!r}: member holds {info.file_size} bytes but its .npy header "
+                f"needs {len(header.raw) + header.data_bytes} (truncated or corrupt)"
+            )
+        return _Member(info, header, local_extra, local_zip64)
+
+    def _local_extra(self, info: zipfile.ZipInfo) -> tuple[bytes, bool]:
+        """The local header's extra field without its zip64 record, and whether it had one.
+
+        zipfile does not expose local headers; it writes ``ZipInfo.extra`` there plus a zip64 record
+        when ``force_zip64`` is set or the member is large, and only the former in the directory.
+        """
+        self._file.seek(info.header_offset)
+        fixed = self._file.read(_LOCAL_HEADER.size)
+        if len(fixed) < _LOCAL_HEADER.size or not fixed.startswith(_LOCAL_SIGNATURE):
+            raise zipfile.BadZipFile(f"bad local header for member {info.filename!r}")
+        name_length, extra_length = _LOCAL_HEADER.unpack(fixed)[-2:]
+        self._file.seek(name_length, io.SEEK_CUR)
+        return _without_zip64(self._file.read(extra_length))
+
+
+class NpzWriter(WeightWriter):
+    """Writes an npz archive member by member, each tensor as it arrives.
+
+    ``same_format=True``: each member is rebuilt from the reader's record (zip fields, the exact
+    ``.npy`` header, zip64, compression), so archives written by ``np.savez``,
+    ``np.savez_compressed`` or plain :mod:`zipfile` come back byte-identical.
+
+    ``same_format=False``: a plain ``np.savez``-style archive (stored, 1980 timestamps, zip64, one
+    ``<name>.npy`` per tensor). npz cannot name bfloat16 or float8: such arrays are stored as numpy
+    stores them, as raw void (``<V2``, ``<V1``), and read back as ``|V2``/``|V1``.
+    """
+
+    format = "npz"
+
+    def __init__(self, path: Path, tensors: list[TensorInfo], meta: SourceMeta, same_format: bool) -> None:
+        super().__init__(path, tensors, meta, same_format)
+        self._records = {m["filename"][: -len(_SUFFIX)]: m for m in meta.rebuild["members"]} if same_format else {}
+        with _output_errors(self.path):
+            self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        if same_format:
+            self._zip.comment = _unb64(meta.rebuild["comment"])
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        array = np.asarray(array)
+        if not self.same_format:
+            info = zipfile.ZipInfo(name + _SUFFIX, date_time=(1980, 1, 1, 0, 0, 0))
+            with _output_errors(self.path), self._zip.open(info, "w", force_zip64=True) as stream:
+                np.lib.format.write_array(stream, array, allow_pickle=False)
+            return
+        record = self._records.get(name)
+        if record is None:
+            raise InputError(f"{self.path}: array {name!r} was not in the npz file being rebuilt")
+        header = _NpyHeader.parse(io.BytesIO(_unb64(record["npy_header"])))
+        array = _as_stored(name, array, header)
+        info = _zipinfo(record)
+        info.file_size = len(header.raw) + header.data_bytes  # lets zipfile pick zip64 for huge members
+        with _output_errors(self.path), self._zip.open(info, "w", force_zip64=record["zip64"]) as stream:
+            stream.write(header.raw)
+            _write_data(stream, array, header.fortran_order)
+
+    def finish(self) -> None:
+        with _output_errors(self.path):
+            self._zip.close()
+
+    def abort(self) -> None:
+        with suppress(Exception):
+            self._zip.close()
+
+
+def _zipinfo(record: dict[str, Any]) -> zipfile.ZipInfo:
+    """A ZipInfo carrying a member's recorded fields (zipfile sets the flag bits itself)."""
+    info = zipfile.ZipInfo(record["filename"], date_time=tuple(record["date_time"]))
+    info.compress_type = record["compress_type"]
+    info.create_system = record["create_system"]
+    info.create_version = record["create_version"]
+    info.extract_version = record["extract_version"]
+    info.external_attr = record["external_attr"]
+    info.internal_attr = record["internal_attr"]
+    info.comment = _unb64(record["comment"])
+    info.extra = _unb64(record["extra"])
+    return info
+
+
+def _as_stored(name: str, array: np.ndarray, header: _NpyHeader) -> np.ndarray:
+    """``array`` with the dtype its recorded header names; raw void stands in for any same-size type."""
+    same_size = array.dtype.itemsize == header.dtype.itemsize
+    if array.shape != header.shape or not (
+        name_of(array.dtype) == name_of(header.dtype) or (same_size and "V" in (array.dtype.kind, header.dtype.kind))
+    ):
+        raise InputError(
+            f"array {name!r} is {array.dtype.str} {array.shape}, but the npz file being rebuilt held "
+            f"{header.dtype.str} {header.shape}"
+        )
+    return array.view(header.dtype)
+
+
+def _write_data(stream, array: np.ndarray, fortran_order: bool) -> None:
+    """Write the array's bytes in C or Fortran order in pieces, as ``np.lib.format.write_array`` does."""
+    buffersize = max(_CHUNK_BYTES // array.itemsize, 1) if array.itemsize else 0
+    flags = ["external_loop", "buffered", "zerosize_ok"]
+    for chunk in np.nditer(array, flags=flags, buffersize=buffersize, order="F" if fortran_order else "C"):
+        stream.write(chunk.tobytes("C"))
+
+
+def _read_exact(stream, size: int) -> np.ndarray:
+    """``size`` bytes from ``stream`` as a new uint8 array, read in pieces; ValueError when short."""
+    data = np.empty(size, np.uint8)
+    view = memoryview(data)
+    done = 0
+    while done < size:
+        got = stream.readinto(view[done : done + _CHUNK_BYTES])
+        if not got:
+            raise ValueError(f"member ends after {done} of {size} bytes of array data")
+        done += got
+    return data
+
+
+def _without_zip64(extra: bytes) -> tuple[bytes, bool]:
+    """A zip extra field without its zip64 records, and whether there were any."""
+    kept, found, offset = b"", False, 0
+    while offset + 4 <= len(extra):
+        record_id, length = struct.unpack_from("<HH", extra, offset)
+        record = extra[offset : offset + 4 + length]
+        if record_id == _ZIP64_EXTRA_ID:
+            found = True
+        else:
+            kept += record
+        offset += 4 + length
+    return kept + extra[offset:], found
+
+
+@contextmanager
+def _input_errors(path: Path, where: str = "") -> Iterator[None]:
+    """Turn what zipfile, numpy and the OS raise on a bad file into a one-line InputError."""
+    try:
+        yield
+    except InputError:
+        raise
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, struct.error) as exc:
+        raise InputError(f"{path}: {where}not a readable npz file: {_one_line(exc)}") from exc
+    except (NotImplementedError, RuntimeError) as exc:  # unknown compression, encrypted member
+        raise InputError(f"{path}: {where}unsupported npz member: {_one_line(exc)}") from exc
+
+
+@contextmanager
+def _output_errors(path: Path) -> Iterator[None]:
+    """Turn an OS failure while writing into a one-line OutputError."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)

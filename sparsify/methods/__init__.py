@@ -1,0 +1,13 @@
+"""The registry of pipeline stages: decomposition methods and byte coders, by name."""
+
+from __future__ import annotations
+
+from sparsify.coders.zstd import Zstd
+from sparsify.methods.base import Coder, EncodeContext, LosslessMethod, Method, Stage, StageOutput
+from sparsify.methods.keep import Keep
+from sparsify.methods.threshold import Threshold
+
+METHODS: dict[str, type[Stage]] = {cls.name: cls for cls in (Keep, Threshold)}
+CODERS: dict[str, type[Coder]] = {cls.name: cls for cls in (Zstd,)}
+
+__all__ = ["METHODS", "CODERS", "Coder", "EncodeContext", "LosslessMethod", "Method", "Stage", "StageOutput"]

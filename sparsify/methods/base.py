@@ -1,0 +1,112 @@
+"""The contract of a decomposition method: one matrix in, named parts out, and back.
+
+A method is a pure function pair on numpy arrays. ``encode`` receives the matrix to approximate (the
+tensor's matrix view, or the residual the earlier stages of a pipeline left) and returns the parts to
+store plus what they decode to; ``decode`` rebuilds that approximation from the stored parts alone.
+Budgets are resolved inside ``encode`` and returned in ``resolved`` so the manifest records them.
+
+Adding a method = one module with a subclass of :class:`Method` registered in
+:mod:`sparsify.methods`; parameters are declared as :class:`sparsify.params.Param` specs, which the
+pipeline parser validates and ``sparsify methods`` prints.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from sparsify.params import Param
+
+
+@dataclass(frozen=True)
+class EncodeContext:
+    """What a stage knows beyond its input matrix.
+
+    value_dtype:  numpy dtype in which to store values copied from the tensor (its own type, so
+                  kept weights are bit-exact copies).
+    reference_sq: ||W||_F^2 of the original tensor's finite entries (float64); ``max_error`` budgets are
+                  relative to ||W||_F even when the stage encodes a residual.
+    seed:         seed for any randomness (deterministic output).
+    """
+
+    value_dtype: np.dtype
+    reference_sq: float
+    seed: int = 0
+
+
+@dataclass
+class StageOutput:
+    """The result of one stage.
+
+    parts:         named arrays to store (little-endian, any shape).
+    resolved:      JSON-able budget values actually used (e.g. the threshold that a max_error gave).
+    approximation: float64 array of the input's shape: exactly what ``decode(parts)`` returns.
+    """
+
+    parts: dict[str, np.ndarray]
+    resolved: dict[str, Any]
+    approximation: np.ndarray
+
+
+class Stage(ABC):
+    """A pipeline stage: declared parameters and docs; instances are values (equal configs, equal)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    example: ClassVar[str]
+
+    def __init__(self, **config: Any) -> None:
+        self.config = dict(config)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.config == other.config  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, tuple(sorted(self.config.items()))))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
+
+
+class Method(Stage):
+    """A lossy decomposition stage (matrix -> parts) that composes additively with others."""
+
+    @abstractmethod
+    def encode(self, target: np.ndarray, ctx: EncodeContext) -> StageOutput:
+        """Approximate ``target`` (float64, shape (m, n)) by stored parts."""
+
+    @abstractmethod
+    def decode(self, parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarray:
+        """The float64 (m, n) approximation that ``parts`` encode (raise CorruptArchiveError on bad parts)."""
+
+
+class LosslessMethod(Stage):
+    """A stage that stores the tensor itself, in its own element type, and restores it bit for bit.
+
+    It takes the tensor as read (any dtype, any shape; packed types as uint8 bytes), not a matrix view,
+    and must be the pipeline's only decomposition stage.
+    """
+
+    @abstractmethod
+    def store(self, array: np.ndarray) -> dict[str, np.ndarray]:
+        """The parts that hold ``array``."""
+
+    @abstractmethod
+    def restore(self, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The array back from its parts (flat; the codec gives it dtype and shape)."""
+
+
+class Coder(Stage):
+    """A byte stage (bytes -> bytes) applied to every stored part, e.g. zstd."""
+
+    @abstractmethod
+    def encode(self, data: memoryview) -> bytes:
+        """The coded form of ``data``."""
+
+    @abstractmethod
+    def decode(self, data: memoryview, size: int) -> bytes:
+        """The ``size`` original bytes of coded ``data`` (raise CorruptArchiveError when it does not fit)."""

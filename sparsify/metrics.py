@@ -1,0 +1,89 @@
+"""Error metrics of DESIGN 5, in float64, between a tensor and what the archive decodes it to.
+
+For a tensor W and its decoded Ŵ (both cast to float64, same shape), with D = Ŵ - W:
+
+* ``rel_error``     = ||D||_F / ||W||_F  (0 when both are 0, inf when only W is)
+* ``max_abs_error`` = max |D|
+* ``snr_db``        = 10 log10(||W||² / ||D||²)  (None when D = 0: infinite)
+* ``cosine``        = <W, Ŵ> / (||W|| ||Ŵ||)      (1 when both are 0)
+* ``sq_error``, ``sq_norm`` = ||D||², ||W||²  (the totals' weighted error needs them)
+
+Entries where W and Ŵ are bitwise equal count as no error, so preserved inf/nan do not poison the
+sums; norms run over finite entries.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+
+def as_float64(array: np.ndarray) -> np.ndarray:
+    """Any real array (ml_dtypes floats, ints, bools included) as float64."""
+    return np.asarray(array).astype(np.float64, copy=False)
+
+
+def finite_sq_norm(w: np.ndarray) -> float:
+    """||w||_F^2 over the finite entries of a float64 array."""
+    finite = w[np.isfinite(w)] if not np.all(np.isfinite(w)) else w
+    return float(np.dot(finite.reshape(-1), finite.reshape(-1)))
+
+
+def tensor_metrics(original: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
+    """The metrics of the module docstring for a real tensor and its decoded form."""
+    w = as_float64(original).reshape(-1)
+    w_hat = as_float64(decoded).reshape(-1)
+    same = (w == w_hat) | (np.isnan(w) & np.isnan(w_hat))
+    diff = np.where(same, 0.0, w_hat - w)
+    sq_error = float(np.dot(diff, diff))
+    sq_norm = finite_sq_norm(w)
+    finite_hat = np.where(np.isfinite(w_hat), w_hat, 0.0)
+    finite_w = np.where(np.isfinite(w), w, 0.0)
+    sq_norm_hat = float(np.dot(finite_hat, finite_hat))
+    return {
+        "rel_error": _ratio_sqrt(sq_error, sq_norm),
+        "max_abs_error": float(np.max(np.abs(diff))) if diff.size else 0.0,
+        "snr_db": 10.0 * math.log10(sq_norm / sq_error) if sq_error > 0 and sq_norm > 0 else None,
+        "cosine": _cosine(float(np.dot(finite_w, finite_hat)), sq_norm, sq_norm_hat),
+        "sq_error": sq_error,
+        "sq_norm": sq_norm,
+        "exact": bool(np.array_equal(np.asarray(original).view(np.uint8), np.asarray(decoded).view(np.uint8)))
+        if np.asarray(original).dtype == np.asarray(decoded).dtype
+        else False,
+    }
+
+
+def exact_metrics(original: np.ndarray | None) -> dict[str, Any]:
+    """Metrics of a bit-exact round trip (``original`` None for types without a norm)."""
+    sq_norm = finite_sq_norm(as_float64(original).reshape(-1)) if original is not None else 0.0
+    return {
+        "rel_error": 0.0,
+        "max_abs_error": 0.0,
+        "snr_db": None,
+        "cosine": 1.0,
+        "sq_error": 0.0,
+        "sq_norm": sq_norm,
+        "exact": True,
+    }
+
+
+def weighted_rel_error(metrics: Iterable[Mapping[str, Any]]) -> float:
+    """sqrt(Σ ||ΔW||² / Σ ||W||²) over tensors."""
+    items = list(metrics)
+    return _ratio_sqrt(sum(m["sq_error"] for m in items), sum(m["sq_norm"] for m in items))
+
+
+def _ratio_sqrt(num: float, den: float) -> float:
+    if num == 0.0:
+        return 0.0
+    return math.sqrt(num / den) if den > 0 else math.inf
+
+
+def _cosine(dot: float, sq_a: float, sq_b: float) -> float:
+    if sq_a == 0.0 and sq_b == 0.0:
+        return 1.0
+    if sq_a == 0.0 or sq_b == 0.0:
+        return 0.0
+    return dot / math.sqrt(sq_a * sq_b)

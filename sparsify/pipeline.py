@@ -1,0 +1,135 @@
+"""The pipeline grammar: parse, validate and print ``method:key=value,...`` stages joined by ``+``.
+
+    pipeline := stage ("+" stage)*
+    stage    := name [":" key "=" value ("," key "=" value)*]
+
+Decomposition methods come first and add up (each encodes the residual the earlier ones leave); byte
+coders (``zstd``) come last and apply to every stored part. A lossless method (``keep``) must be the
+only method. Every error is a :class:`UsageError` that lists the valid choices.
+
+>>> str(parse_pipeline("threshold:max_error=0.05+zstd"))
+'threshold:max_error=0.05+zstd:level=3'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sparsify.errors import UsageError
+from sparsify.methods import CODERS, METHODS, Coder, LosslessMethod, Stage
+from sparsify.params import Param
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A validated pipeline: decomposition stages, then byte coders."""
+
+    methods: tuple[Stage, ...]
+    coders: tuple[Coder, ...] = ()
+
+    @property
+    def lossless(self) -> bool:
+        return isinstance(self.methods[0], LosslessMethod)
+
+    def with_methods(self, methods: tuple[Stage, ...]) -> "Pipeline":
+        """This pipeline's coders behind other methods (e.g. keep for a tensor stored losslessly)."""
+        return Pipeline(tuple(methods), self.coders)
+
+    def __str__(self) -> str:
+        return "+".join(stage_text(s) for s in (*self.methods, *self.coders))
+
+
+def stage_text(stage: Stage) -> str:
+    """The canonical text of one stage, every effective parameter in spec order."""
+    if not stage.config:
+        return stage.name
+    values = ",".join(f"{p.name}={_value_text(stage.config[p.name])}" for p in stage.params if p.name in stage.config)
+    return f"{stage.name}:{values}"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def parse_pipeline(text: str) -> Pipeline:
+    """Parse and validate a pipeline string; UsageError on any problem."""
+    if not isinstance(text, str) or not text.strip():
+        raise UsageError(f"empty pipeline; {_choices_hint()}")
+    stages = [parse_stage(chunk, text) for chunk in text.split("+")]
+    methods = [s for s in stages if not isinstance(s, Coder)]
+    coders = [s for s in stages if isinstance(s, Coder)]
+    if not methods:
+        raise UsageError(f"pipeline {text!r} has no decomposition method; methods: {', '.join(METHODS)}")
+    if stages[: len(methods)] != methods:
+        raise UsageError(f"pipeline {text!r}: byte coders ({', '.join(CODERS)}) must come after every method")
+    if any(isinstance(m, LosslessMethod) for m in methods) and len(methods) > 1:
+        raise UsageError(f"pipeline {text!r}: keep stores the tensor as it is and must be the only method")
+    names = [c.name for c in coders]
+    if len(set(names)) != len(names):
+        raise UsageError(f"pipeline {text!r}: each coder may appear once")
+    return Pipeline(tuple(methods), tuple(coders))
+
+
+def parse_stage(chunk: str, pipeline_text: str) -> Stage:
+    """One ``name:key=value,...`` stage."""
+    name, _, arguments = chunk.strip().partition(":")
+    name = name.strip()
+    cls = METHODS.get(name) or CODERS.get(name)
+    if cls is None:
+        what = f"unknown stage {name!r}" if name else "empty stage"
+        raise UsageError(f"pipeline {pipeline_text!r}: {what}; {_choices_hint()}")
+    given: dict[str, Any] = {}
+    specs = {p.name: p for p in cls.params}
+    for item in (a.strip() for a in arguments.split(",") if a.strip()):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise UsageError(f"{name}: {item!r} is not key=value; parameters: {_params_hint(cls)}")
+        if key not in specs:
+            raise UsageError(f"{name}: unknown parameter {key!r}; parameters: {_params_hint(cls)}")
+        if key in given:
+            raise UsageError(f"{name}: parameter {key!r} given twice")
+        given[key] = specs[key].parse(value.strip(), name)
+    return cls(**resolve_config(cls, given))
+
+
+def resolve_config(cls: type[Stage], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` plus defaults, with exactly one budget; ordered as the spec."""
+    budgets = [p.name for p in cls.params if p.budget]
+    chosen = [b for b in budgets if b in given]
+    if len(chosen) > 1:
+        raise UsageError(f"{cls.name}: give one budget, not {' and '.join(chosen)}")
+    if budgets and not chosen and not any(p.budget and p.default is not None for p in cls.params):
+        raise UsageError(f"{cls.name} needs a budget: one of {', '.join(budgets)} (e.g. {cls.example})")
+    config = {}
+    for p in cls.params:
+        if p.name in given:
+            config[p.name] = given[p.name]
+        elif p.default is not None and not (p.budget and chosen):
+            config[p.name] = p.default
+    return config
+
+
+def _params_hint(cls: type[Stage]) -> str:
+    if not cls.params:
+        return "none"
+    return "; ".join(f"{p.name} ({p.range_text()})" for p in cls.params)
+
+
+def _choices_hint() -> str:
+    return f"methods: {', '.join(METHODS)}; coders: {', '.join(CODERS)} (see `sparsify methods`)"
+
+
+def describe_param(p: Param) -> dict[str, Any]:
+    """A JSON-able description of one parameter (for ``sparsify methods --json``)."""
+    return {
+        "name": p.name,
+        "type": p.kind.__name__,
+        "range": p.range_text(),
+        "default": p.default,
+        "budget": p.budget,
+        "doc": p.doc,
+    }
