@@ -42,6 +42,7 @@ def atomic_output(path: Path, force: bool, inputs: tuple[Path, ...] = ()) -> Ite
         raise _output_error(path, exc) from None
     os.close(fd)
     temp = Path(name)
+    os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield temp
         _fsync(temp)
@@ -61,6 +62,12 @@ def atomic_output(path: Path, force: bool, inputs: tuple[Path, ...] = ()) -> Ite
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

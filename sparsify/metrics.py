@@ -22,15 +22,18 @@ import numpy as np
 
 def as_float64(array: np.ndarray) -> np.ndarray:
     """Any real array (ml_dtypes floats, ints, bools included) as float64."""
-    return np.asarray(array).astype(np.float64, copy=False)
+    with np.errstate(all="ignore"):
+        return np.asarray(array).astype(np.float64, copy=False)
 
 
 def finite_sq_norm(w: np.ndarray) -> float:
-    """||w||_F^2 over the finite entries of a float64 array."""
+    """||w||_F^2 over the finite entries of a float64 array (inf if it overflows float64)."""
     finite = w[np.isfinite(w)] if not np.all(np.isfinite(w)) else w
-    return float(np.dot(finite.reshape(-1), finite.reshape(-1)))
+    with np.errstate(over="ignore"):
+        return float(np.dot(finite.reshape(-1), finite.reshape(-1)))
 
 
+@np.errstate(all="ignore")
 def tensor_metrics(original: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
     """The metrics of the module docstring for a real tensor and its decoded form."""
     w = as_float64(original).reshape(-1)
@@ -70,15 +73,21 @@ def exact_metrics(original: np.ndarray | None) -> dict[str, Any]:
 
 
 def weighted_rel_error(metrics: Iterable[Mapping[str, Any]]) -> float:
-    """sqrt(Σ ||ΔW||² / Σ ||W||²) over tensors."""
+    """sqrt(Σ ||ΔW||² / Σ ||W||²) over tensors (a None from JSON stands for an overflowed inf)."""
     items = list(metrics)
-    return _ratio_sqrt(sum(m["sq_error"] for m in items), sum(m["sq_norm"] for m in items))
+
+    def total(key: str) -> float:
+        return sum(math.inf if m[key] is None else m[key] for m in items)
+
+    return _ratio_sqrt(total("sq_error"), total("sq_norm"))
 
 
 def _ratio_sqrt(num: float, den: float) -> float:
     if num == 0.0:
         return 0.0
-    return math.sqrt(num / den) if den > 0 else math.inf
+    if den <= 0 or math.isinf(num):
+        return math.inf
+    return math.sqrt(num / den)
 
 
 def _cosine(dot: float, sq_a: float, sq_b: float) -> float:

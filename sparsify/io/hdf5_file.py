@@ -178,9 +178,10 @@ class HDF5Reader(WeightReader):
                 userblock = f.read(self._file.userblock_size)
             skeleton = _skeleton(self._file, userblock)
             summary = _summary(self._file)
+            tracked = _tracked_times(self._file)
         except (OSError, KeyError, RuntimeError, ValueError) as exc:
             raise InputError(f"{self.path}: cannot copy the HDF5 tree: {_one_line(exc)}") from exc
-        return SourceMeta(summary=summary, blobs={"skeleton": skeleton})
+        return SourceMeta(summary=summary, rebuild={"track_times": tracked}, blobs={"skeleton": skeleton})
 
     def close(self) -> None:
         self._file.close()
@@ -190,27 +191,52 @@ def _skeleton(src: h5py.File, userblock: bytes) -> bytes:
     """The bytes of an in-memory HDF5 file with ``src``'s tree and no dataset data.
 
     It keeps the file creation properties (user block size, root group's order tracking...) and the
-    user block's bytes (``userblock``, the first ``src.userblock_size`` bytes of the source).
+    user block's bytes (``userblock``, the first ``src.userblock_size`` bytes of the source). Object
+    timestamps are left out so that the same source always gives the same bytes; which objects
+    tracked times is in :func:`_tracked_times`, and the writer turns tracking back on for them.
     """
-    fapl = h5p.create(h5p.FILE_ACCESS)
+    fapl = _fapl(src)
     fapl.set_fapl_core(backing_store=False)
-    fcpl = src.id.get_create_plist()
-    root = src["/"].id.get_create_plist()  # a reopened file's fcpl forgets the root's order tracking
-    fcpl.set_link_creation_order(root.get_link_creation_order())
-    fcpl.set_attr_creation_order(root.get_attr_creation_order())
-    low = _LIBVER_OF_SUPERBLOCK.get(fcpl.get_version()[0], h5f.LIBVER_EARLIEST)
-    fapl.set_libver_bounds(low, h5f.LIBVER_LATEST)
     name = f"sparsify-skeleton-{next(_skeleton_names)}".encode()
-    with h5py.File(h5f.create(name, h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl)) as dst:
-        _copy_attrs(src, dst)
-        for link in _walk(src):
-            _copy_link(link, dst)
+    with h5py.File(h5f.create(name, h5f.ACC_TRUNC, fcpl=_fcpl(src), fapl=fapl)) as dst:
+        _copy_tree(src, dst, tracked=frozenset())
         dst.flush()
         image = dst.id.get_file_image()
     return userblock + image  # the image starts at the superblock: HDF5 leaves the user block out
 
 
-def _copy_link(link: _Link, dst: h5py.File) -> None:
+def _fcpl(src: h5py.File):
+    fcpl = src.id.get_create_plist()
+    root = src["/"].id.get_create_plist()  # a reopened file's fcpl forgets the root's order tracking
+    fcpl.set_link_creation_order(root.get_link_creation_order())
+    fcpl.set_attr_creation_order(root.get_attr_creation_order())
+    return fcpl
+
+
+def _fapl(src: h5py.File):
+    fapl = h5p.create(h5p.FILE_ACCESS)
+    low = _LIBVER_OF_SUPERBLOCK.get(src.id.get_create_plist().get_version()[0], h5f.LIBVER_EARLIEST)
+    fapl.set_libver_bounds(low, h5f.LIBVER_LATEST)
+    return fapl
+
+
+def _tracked_times(src: h5py.File) -> list[str]:
+    """Paths of the groups and datasets that record creation/modification times."""
+    return [
+        link.path
+        for link in _walk(src)
+        if isinstance(link.obj, (h5py.Group, h5py.Dataset)) and link.obj.id.get_create_plist().get_obj_track_times()
+    ]
+
+
+def _copy_tree(src: h5py.File, dst: h5py.File, tracked: frozenset[str]) -> None:
+    """Recreate ``src``'s attributes and links in ``dst``; objects in ``tracked`` record times."""
+    _copy_attrs(src, dst)
+    for link in _walk(src):
+        _copy_link(link, dst, link.path in tracked)
+
+
+def _copy_link(link: _Link, dst: h5py.File, track_times: bool) -> None:
     """Recreate one link of the source tree in ``dst``: groups and datasets empty, with attributes."""
     parent = dst[link.parent.name].id
     name = link.name.encode()
@@ -225,11 +251,15 @@ def _copy_link(link: _Link, dst: h5py.File) -> None:
     elif isinstance(link.obj, h5py.Datatype):
         h5o.copy(link.parent.id, name, parent, name, lcpl=lcpl)
     elif isinstance(link.obj, h5py.Group):
-        h5g.create(parent, name, lcpl=lcpl, gcpl=link.obj.id.get_create_plist())
+        gcpl = link.obj.id.get_create_plist()
+        gcpl.set_obj_track_times(track_times)
+        h5g.create(parent, name, lcpl=lcpl, gcpl=gcpl)
         _copy_attrs(link.obj, dst[link.path])
     else:
         ds = link.obj
-        h5d.create(parent, name, ds.id.get_type(), ds.id.get_space(), dcpl=ds.id.get_create_plist(), lcpl=lcpl)
+        dcpl = ds.id.get_create_plist()
+        dcpl.set_obj_track_times(track_times)
+        h5d.create(parent, name, ds.id.get_type(), ds.id.get_space(), dcpl=dcpl, lcpl=lcpl)
         _copy_attrs(ds, dst[link.path])
 
 
@@ -294,6 +324,25 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _from_skeleton(path: Path, meta: SourceMeta) -> h5py.File:
+    """A new HDF5 file at ``path`` with the skeleton's tree (time tracking restored), open for writing."""
+    skeleton_bytes = meta.blobs["skeleton"]
+    staging = path.with_name(path.name + ".skeleton")
+    staging.write_bytes(skeleton_bytes)
+    try:
+        with h5py.File(staging, "r") as skeleton:
+            userblock = skeleton_bytes[: skeleton.userblock_size]
+            dst = h5py.File(h5f.create(bytes(path), h5f.ACC_TRUNC, fcpl=_fcpl(skeleton), fapl=_fapl(skeleton)))
+            _copy_tree(skeleton, dst, frozenset(meta.rebuild.get("track_times", ())))
+    finally:
+        staging.unlink(missing_ok=True)
+    if userblock:
+        dst.flush()
+        with open(path, "r+b") as f:
+            f.write(userblock)
+    return dst
+
+
 class HDF5Writer(WeightWriter):
     """Writes an HDF5 file: the source's tree refilled (same format), or one dataset per tensor.
 
@@ -313,8 +362,7 @@ class HDF5Writer(WeightWriter):
                                      "which HDF5 cannot hold")
         try:
             if same_format:
-                self.path.write_bytes(meta.blobs["skeleton"])
-                self._file = h5py.File(self.path, "r+")
+                self._file = _from_skeleton(self.path, meta)
             else:
                 self._file = h5py.File(self.path, "w")
         except OSError as exc:

@@ -9,7 +9,8 @@ Budgets (exactly one):
   exactly from the sorted squared magnitudes: dropping the k smallest entries costs the sum of their
   squares, and tau may only sit between distinct magnitudes.
 
-Non-finite entries (inf, nan) are always kept. Kept values are stored in the tensor's own type, so
+Non-finite entries (inf, nan) are always kept under ``threshold`` and ``max_error`` (they cannot be
+approximated); under ``sparsity`` they are dropped last, after every finite entry. Kept values are stored in the tensor's own type, so
 they are bit-exact copies; the parts are those of :mod:`sparsify.sparse`.
 """
 

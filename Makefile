@@ -1,0 +1,40 @@
+# sparsify: `make demo` and `make test` each work as the only command on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench samples clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Compress a sample model losslessly, inspect it, decompress it and compare bytes with the original;
+# then a lossy run with an error gate.
+demo: install
+	@rm -rf demo-out && mkdir -p demo-out
+	$(VENV)/bin/sparsify compress sample_models/digits_mlp.safetensors -o demo-out/digits_mlp.sparsify
+	$(VENV)/bin/sparsify inspect demo-out/digits_mlp.sparsify
+	$(VENV)/bin/sparsify decompress demo-out/digits_mlp.sparsify -o demo-out/digits_mlp.safetensors
+	cmp demo-out/digits_mlp.safetensors sample_models/digits_mlp.safetensors && echo "demo: decompressed file is byte-identical to the original"
+	$(VENV)/bin/sparsify compress sample_models/crepe-tiny/weights.h5 -o demo-out/crepe-tiny.sparsify \
+		-p 'threshold:max_error=0.05+zstd' --max-error 0.05
+	$(VENV)/bin/sparsify verify demo-out/crepe-tiny.sparsify --against sample_models/crepe-tiny/weights.h5 --max-error 0.05
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/run.py
+
+samples: install
+	$(PY) -m pip install --quiet -e '.[dev,samples]'
+	$(PY) sample_models/make_samples.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .hypothesis

@@ -1,0 +1,197 @@
+"""The archive: golden files decoded forever, determinism, safe opening of damaged and hostile files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from checkers import read_tensors
+from conftest import SAMPLE_FILES
+from golden.make_golden import GOLDEN
+from safetensors import safe_open
+
+import sparsify
+from sparsify import container
+from sparsify.archive import Archive
+from sparsify.errors import CorruptArchiveError, InputError
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_archives_decode(name, tmp_path):
+    source = GOLDEN_DIR.parents[1] / "sample_models" / GOLDEN[name][0]
+    restored = sparsify.decompress(GOLDEN_DIR / name, tmp_path / "restored.safetensors")
+    originals, decoded = read_tensors(source), read_tensors(restored)
+    report = sparsify.inspect(GOLDEN_DIR / name)
+    for row in report["tensors"]:
+        a, b = originals[row["name"]], decoded[row["name"]]
+        if row["exact"]:
+            assert a.tobytes() == b.tobytes()
+        else:  # kept entries are exact copies, the rest zero
+            kept = b != 0
+            assert np.array_equal(a[kept], b[kept]) and row["rel_error"] > 0
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_format_unchanged(name, tmp_path):
+    """Compressing today gives the committed bytes; if not, the format changed: regenerate with
+    tests/golden/make_golden.py (and bump FORMAT_VERSION if old readers cannot read the new files)."""
+    source_name, pipeline = GOLDEN[name]
+    out = tmp_path / name
+    sparsify.compress(GOLDEN_DIR.parents[1] / "sample_models" / source_name, out, pipeline=pipeline)
+    assert out.read_bytes() == (GOLDEN_DIR / name).read_bytes(), "archive format changed; see the docstring"
+
+
+def test_archive_is_a_valid_safetensors_file():
+    path = GOLDEN_DIR / "digits_mlp.threshold.sparsify"
+    with safe_open(str(path), framework="np") as f:
+        keys = list(f.keys())
+        assert "fc1.weight/0.threshold.values" in keys
+        manifest = json.loads(f.metadata()["sparsify"])
+    assert manifest["format"] == "sparsify" and manifest["format_version"] == "1.0"
+
+
+def test_inspect_reads_no_part(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("inspect read a part")
+
+    monkeypatch.setattr(container, "read_bytes", forbidden)
+    report = sparsify.inspect(GOLDEN_DIR / "digits_mlp.threshold.sparsify")
+    assert [r["name"] for r in report["tensors"]] == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "fc3.bias", "fc3.weight"]
+
+
+def test_deterministic_across_formats(tmp_path):
+    for key, path in SAMPLE_FILES.items():
+        a, b = tmp_path / f"{key}-a.sparsify", tmp_path / f"{key}-b.sparsify"
+        sparsify.compress(path, a, pipeline="threshold:sparsity=0.5+zstd")
+        sparsify.compress(path, b, pipeline="threshold:sparsity=0.5+zstd")
+        assert a.read_bytes() == b.read_bytes(), key
+
+
+# -- damaged and hostile archives: each a CorruptArchiveError/InputError with a clear message ------
+
+
+def golden_bytes() -> bytes:
+    return (GOLDEN_DIR / "digits_mlp.threshold.sparsify").read_bytes()
+
+
+def rewrite_manifest(data: bytes, edit) -> bytes:
+    """The archive with its manifest edited (header re-encoded, offsets unchanged)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    manifest = json.loads(header["__metadata__"]["sparsify"])
+    edit(manifest)
+    header["__metadata__"]["sparsify"] = json.dumps(manifest)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
+def flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+def _set(path, value):
+    def edit(manifest):
+        target = manifest
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return edit
+
+
+CASES = {
+    "truncated": (lambda d: d[: len(d) // 2], "truncated"),
+    "trailing bytes": (lambda d: d + b"\0" * 5, "trailing bytes"),
+    "flipped data byte": (flip_last_byte, "checksum mismatch in part"),
+    "huge header length": (lambda d: struct.pack("<Q", 2**62) + d[8:], "exceeds the 100000000-byte limit"),
+    "header not json": (lambda d: d[:8] + b"{" + b"x" * (struct.unpack("<Q", d[:8])[0] - 1) + d[8 + struct.unpack("<Q", d[:8])[0] :], "not valid UTF-8 JSON"),
+    "newer major version": (lambda d: rewrite_manifest(d, _set(["format_version"], "2.0")), "archive format 2.0 is newer than this sparsify reads (1.x); upgrade sparsify"),
+    "bad version": (lambda d: rewrite_manifest(d, _set(["format_version"], "one")), "invalid format_version 'one'"),
+    "not sparsify": (lambda d: rewrite_manifest(d, _set(["format"], "other")), "does not declare format 'sparsify'"),
+    "wrong checksum": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["parts"][0].update(sha256="0" * 64)), "checksum mismatch"),
+    "missing part": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["parts"][0].update(key="nope")), "part 'nope' is not in the file"),
+    "bad shape": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1].update(shape=[-1, 3])), "bad shape"),
+    "unknown method": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["stages"][0].update(method="magic")), "unknown method 'magic'"),
+    "unknown codec": (lambda d: rewrite_manifest(d, lambda m: [p.update(codec="lz9") for p in m["tensors"][1]["parts"] if p["codec"]]), "unknown codec 'lz9'"),
+    "inconsistent view": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["view"].update(rows=7)), "bad view"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_damaged_archive_is_a_clear_error(case, tmp_path):
+    damage, message = CASES[case]
+    path = tmp_path / "bad.sparsify"
+    path.write_bytes(damage(golden_bytes()))
+    with pytest.raises(InputError) as excinfo:
+        with Archive(path) as archive:
+            for tensor in archive.tensors:
+                archive.decode(tensor)
+    assert message in str(excinfo.value)
+    assert str(path) in str(excinfo.value)
+
+
+def test_hostile_csr_with_valid_checksums_is_refused(tmp_path):
+    """Indices out of range but checksums recomputed: validation, not luck, stops it."""
+    from sparsify.methods.threshold import Threshold
+    from sparsify.sparse import pack, unpack
+
+    parts = pack(np.eye(40, dtype=bool), np.ones(40, np.float32))
+    parts["indices"] = parts["indices"] + 10
+    with pytest.raises(CorruptArchiveError, match="inconsistent CSR parts"):
+        unpack(parts, (40, 40))
+    assert Threshold(sparsity=0.5)  # the method decodes through the same validated unpack
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a sparsify archive"),
+        (b"hello world, not an archive at all", "not a sparsify archive"),
+        (b"PK\x03\x04" + b"\0" * 40, "not a sparsify archive"),
+    ],
+)
+def test_not_an_archive(tmp_path, content, message):
+    path = tmp_path / "x.sparsify"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        Archive(path)
+
+
+def test_plain_safetensors_is_not_an_archive():
+    with pytest.raises(InputError, match="a safetensors file, not a sparsify archive"):
+        Archive(SAMPLE_FILES["fp32"])
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, "spans 4 bytes, its dtype and shape need 8"),
+        ({"t": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}, "unsupported dtype 'Q7'"),
+        ({"t": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, "starts at 8, expected 0"),
+        ({"t": {"dtype": "F32", "shape": [2]}}, "must have exactly dtype, shape and data_offsets"),
+        ({"t": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "invalid shape"),
+        ({"__metadata__": {"a": 1}, "t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, "must map strings to strings"),
+    ],
+)
+def test_container_validation(tmp_path, header, message):
+    raw = json.dumps(header).encode()
+    path = tmp_path / "h.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 8)
+    with pytest.raises(InputError, match=message):
+        with open(path, "rb") as f:
+            container.read_layout(f, path.stat().st_size, InputError, str(path))
+
+
+def test_duplicate_keys_refused(tmp_path):
+    raw = b'{"t":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"t":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}'
+    path = tmp_path / "d.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0\0")
+    with pytest.raises(InputError, match="duplicate key 't'"):
+        with open(path, "rb") as f:
+            container.read_layout(f, path.stat().st_size, InputError, str(path))
