@@ -65,7 +65,7 @@ def _report_format(json_flag: bool, markdown_flag: bool) -> str:
 
 
 def _emit(report: dict, fmt: str) -> None:
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     if fmt == "json":
         render_json(report, out)
     elif fmt == "markdown":
@@ -156,7 +156,7 @@ def verify(archive, against, max_error, json_flag, quiet):
     with progress_bar("verify", enabled=not quiet) as progress:
         result = api.verify(archive, against=against, max_error=max_error, progress=progress)
     if json_flag:
-        render_json(result.as_dict(), click.get_text_stream("stdout"))
+        render_json(result.as_dict(), sys.stdout)
     elif not quiet:
         for problem in result.problems:
             click.echo(f"mismatch: {problem}")
