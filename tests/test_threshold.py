@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 from sparsify import sparse
 from sparsify.methods.base import EncodeContext
-from sparsify.methods.threshold import Threshold, squared_threshold_for_error
+from sparsify.methods.threshold import Threshold, mask_for_sparsity, squared_threshold_for_error
 
 slow = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -131,3 +131,18 @@ def test_every_sample_meets_max_error(sample, tmp_path):
     check_max_error(report, 0.05)
     assert any(not r["exact"] for r in report["tensors"])
     assert report["gate"] is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, -1.0, np.inf, np.nan]), min_size=1, max_size=40),
+    sparsity=st.floats(0.0, 1.0),
+)
+def test_sparsity_mask_matches_a_stable_sort(values, sparsity):
+    """The O(N) partition gives the same mask as dropping by a stable sort (ties lowest index first)."""
+    magnitude = np.abs(np.array(values))
+    drop = int(round(sparsity * magnitude.size))
+    order = np.argsort(np.where(np.isfinite(magnitude), magnitude, np.inf), kind="stable")
+    expected = np.ones(magnitude.size, dtype=bool)
+    expected[order[:drop]] = False
+    assert np.array_equal(mask_for_sparsity(magnitude, sparsity), expected)

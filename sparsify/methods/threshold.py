@@ -32,13 +32,18 @@ _SUM_MARGIN = 1e-9
 def mask_for_sparsity(magnitude: np.ndarray, sparsity: float) -> np.ndarray:
     """Keep-mask dropping exactly ``round(sparsity * N)`` smallest entries of ``magnitude`` (any shape).
 
-    Non-finite magnitudes sort last, so they are dropped only when every finite entry is.
+    Ties at the cut are dropped lowest index first; non-finite magnitudes count as largest, so they
+    go only when every finite entry has. O(N): a partition finds the cut value, not a full sort.
     """
-    flat = magnitude.reshape(-1)
+    flat = np.where(np.isfinite(magnitude), magnitude, np.inf).reshape(-1)
     drop = int(round(sparsity * flat.size))
-    order = np.argsort(np.where(np.isfinite(flat), flat, np.inf), kind="stable")
-    keep = np.ones(flat.size, dtype=bool)
-    keep[order[:drop]] = False
+    if drop == 0:
+        return np.ones(magnitude.shape, dtype=bool)
+    cut = np.partition(flat, drop - 1)[drop - 1]
+    keep = flat > cut
+    ties = np.flatnonzero(flat == cut)
+    below = flat.size - int(np.count_nonzero(keep)) - ties.size
+    keep[ties[drop - below :]] = True
     return keep.reshape(magnitude.shape)
 
 

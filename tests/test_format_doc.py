@@ -1,0 +1,523 @@
+"""docs/FORMAT.md is enough to read an archive.
+
+This module holds a small, independent ``.sparsify`` reader written from docs/FORMAT.md alone, using
+only json, struct, hashlib, numpy, ml_dtypes and zstandard. sparsify itself is used only to *create*
+archives (``sparsify.compress``); every byte is then parsed, checked and decoded here and compared with
+the original weights read by the safetensors library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+import zstandard
+from safetensors.numpy import load_file
+
+import sparsify  # only to create archives
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
+FP32 = SAMPLES / "digits_mlp.safetensors"
+BF16 = SAMPLES / "digits_mlp_bf16.safetensors"
+HDF5 = SAMPLES / "digits_mlp.h5"
+WEIGHTS = ("fc1.weight", "fc2.weight", "fc3.weight")
+BIASES = ("fc1.bias", "fc2.bias", "fc3.bias")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reader (FORMAT.md §2-§9)
+# ---------------------------------------------------------------------------------------------------
+
+
+class FormatError(Exception):
+    """The file breaks a rule of FORMAT.md."""
+
+
+def _le(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    return dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
+
+
+# FORMAT.md §3.1: safetensors name -> (bits, numpy dtype or None for packed types)
+SAFETENSORS = {
+    "BOOL": (8, np.dtype(np.bool_)),
+    "U8": (8, np.dtype(np.uint8)),
+    "I8": (8, np.dtype(np.int8)),
+    "U16": (16, _le(np.uint16)),
+    "I16": (16, _le(np.int16)),
+    "U32": (32, _le(np.uint32)),
+    "I32": (32, _le(np.int32)),
+    "U64": (64, _le(np.uint64)),
+    "I64": (64, _le(np.int64)),
+    "F16": (16, _le(np.float16)),
+    "BF16": (16, np.dtype(ml_dtypes.bfloat16)),
+    "F32": (32, _le(np.float32)),
+    "F64": (64, _le(np.float64)),
+    "C64": (64, _le(np.complex64)),
+    "F8_E5M2": (8, np.dtype(ml_dtypes.float8_e5m2)),
+    "F8_E4M3": (8, np.dtype(ml_dtypes.float8_e4m3fn)),
+    "F8_E4M3FNUZ": (8, np.dtype(ml_dtypes.float8_e4m3fnuz)),
+    "F8_E5M2FNUZ": (8, np.dtype(ml_dtypes.float8_e5m2fnuz)),
+    "F8_E8M0": (8, np.dtype(ml_dtypes.float8_e8m0fnu)),
+    "F4": (4, None),
+    "F6_E2M3": (6, None),
+    "F6_E3M2": (6, None),
+}
+MAX_HEADER = 100_000_000
+READABLE_MAJOR = 1
+
+
+def numpy_type(name: str) -> np.dtype | None:
+    """§3: a safetensors name, else a numpy ``dtype.str`` (never Python objects)."""
+    if name in SAFETENSORS:
+        return SAFETENSORS[name][1]
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        raise FormatError(f"unknown element type {name!r}") from None
+    if dtype.hasobject:
+        raise FormatError(f"element type {name!r} holds Python objects")
+    return dtype
+
+
+def nbytes_of(name: str, shape) -> int:
+    numel = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    if name in SAFETENSORS:
+        bits = numel * SAFETENSORS[name][0]
+        if bits % 8:
+            raise FormatError(f"{numel} x {name} is not a whole number of bytes")
+        return bits // 8
+    return numel * numpy_type(name).itemsize
+
+
+def _is_shape(shape) -> bool:
+    return isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise FormatError("duplicate key in header JSON")
+    return dict(pairs)
+
+
+def sha256(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def matrix_shape(shape, layout: str) -> tuple[int, int]:
+    """§7.1."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return 1, shape[0]
+    rows = shape[0] if layout == "first" else shape[-1]
+    numel = int(np.prod(shape, dtype=np.int64))
+    return (rows, numel // rows) if rows else (0, 0)
+
+
+def from_matrix(matrix: np.ndarray, shape, layout: str) -> np.ndarray:
+    """§7.1, inverse of the matrix view."""
+    if layout == "last" and len(shape) >= 2:
+        return np.moveaxis(matrix.reshape((shape[-1], *shape[:-1])), 0, -1)
+    return matrix.reshape(shape)
+
+
+def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """§7.2 step 5."""
+    if dtype.kind == "b":
+        return values != 0
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+class Reader:
+    """Reads a whole archive into memory and decodes its tensors on request."""
+
+    def __init__(self, path: Path) -> None:
+        self.data = Path(path).read_bytes()
+        size = len(self.data)
+        # §2.3 container checks
+        if size < 8:
+            raise FormatError("shorter than 8 bytes")
+        (n,) = struct.unpack("<Q", self.data[:8])
+        if n > MAX_HEADER or 8 + n > size:
+            raise FormatError(f"bad header length {n}")
+        if self.data[8:9] != b"{":
+            raise FormatError("not a sparsify archive")
+        try:
+            header = json.loads(self.data[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise FormatError(f"header is not UTF-8 JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise FormatError("header is not an object")
+        metadata = header.pop("__metadata__", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise FormatError("__metadata__ must map strings to strings")
+        self.base = 8 + n
+        self.entries = {}
+        for key, spec in header.items():
+            if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+                raise FormatError(f"entry {key!r} malformed")
+            offsets = spec["data_offsets"]
+            if spec["dtype"] not in SAFETENSORS or not _is_shape(spec["shape"]):
+                raise FormatError(f"entry {key!r} has a bad dtype or shape")
+            if not (
+                isinstance(offsets, list)
+                and len(offsets) == 2
+                and all(type(o) is int and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]
+            ):
+                raise FormatError(f"entry {key!r} has bad offsets")
+            if offsets[1] - offsets[0] != nbytes_of(spec["dtype"], spec["shape"]):
+                raise FormatError(f"entry {key!r}: size does not match dtype and shape")
+            self.entries[key] = spec
+        position = 0
+        for spec in sorted(self.entries.values(), key=lambda s: tuple(s["data_offsets"])):
+            if spec["data_offsets"][0] != position:
+                raise FormatError("hole or overlap in the buffer")
+            position = spec["data_offsets"][1]
+        if self.base + position != size:
+            raise FormatError("buffer does not end at the end of the file (truncated or trailing bytes)")
+        # §8.1, §9 the manifest
+        if "sparsify" not in metadata:
+            raise FormatError("a plain safetensors file, not an archive")
+        manifest = json.loads(metadata["sparsify"])
+        if not isinstance(manifest, dict) or manifest.get("format") != "sparsify":
+            raise FormatError("format is not 'sparsify'")
+        try:
+            major = int(manifest["format_version"].split(".", 1)[0])
+        except (AttributeError, KeyError, ValueError):
+            raise FormatError("invalid format_version") from None
+        if major > READABLE_MAJOR:
+            raise FormatError(f"archive format {manifest['format_version']} is newer than this reader (1.x)")
+        self.manifest = manifest
+        # §8.2 manifest checks
+        for tensor in manifest["tensors"]:
+            shape = tensor["shape"]
+            if not (isinstance(tensor["name"], str) and _is_shape(shape)):
+                raise FormatError("bad tensor record")
+            numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            nbytes_of(tensor["dtype"], shape)
+            view = tensor["view"]
+            if view["layout"] not in ("first", "last") or (view["rows"], view["cols"]) != matrix_shape(shape, view["layout"]):
+                raise FormatError(f"{tensor['name']}: bad matrix view {view}")
+            assert view["rows"] * view["cols"] == numel
+            if not tensor["stages"]:
+                raise FormatError(f"{tensor['name']}: no stages")
+            for part in tensor["parts"]:
+                self._check_part(part)
+        for part in manifest["source"]["blobs"].values():
+            self._check_part(part)
+
+    def _check_part(self, part) -> None:
+        entry = self.entries.get(part["key"])
+        if entry is None:
+            raise FormatError(f"part {part['key']!r} is not in the file")
+        begin, end = entry["data_offsets"]
+        if end - begin != part["nbytes"] or not isinstance(part["sha256"], str) or not _is_shape(part["shape"]):
+            raise FormatError(f"part {part['key']!r} does not match its entry")
+        logical = nbytes_of(part["dtype"], part["shape"])
+        # §5.2: how the entry must look
+        if part["codec"] is None and part["dtype"] in SAFETENSORS:
+            expected = (part["dtype"], part["shape"])
+        else:
+            expected = ("U8", [part["nbytes"]])
+        if (entry["dtype"], entry["shape"]) != expected:
+            raise FormatError(f"part {part['key']!r}: entry is {entry['dtype']}{entry['shape']}, expected {expected}")
+        if part["codec"] is None and logical != part["nbytes"]:
+            raise FormatError(f"raw part {part['key']!r} has the wrong size")
+
+    # -- parts --------------------------------------------------------------------------------
+
+    def stored(self, part) -> bytes:
+        """§8.3: the stored bytes, checksum verified before any use."""
+        begin, end = self.entries[part["key"]]["data_offsets"]
+        raw = self.data[self.base + begin : self.base + end]
+        if sha256(raw) != part["sha256"]:
+            raise FormatError(f"checksum mismatch in {part['key']!r}")
+        return raw
+
+    def part_bytes(self, part) -> bytes:
+        """§5.2: the logical bytes of a part."""
+        raw = self.stored(part)
+        size = nbytes_of(part["dtype"], part["shape"])
+        if part["codec"] is None:
+            return raw
+        if part["codec"] != "zstd":
+            raise FormatError(f"unknown codec {part['codec']!r}")
+        params = zstandard.get_frame_parameters(raw)
+        if params.content_size != size:
+            raise FormatError(f"zstd frame holds {params.content_size} bytes, part needs {size}")
+        out = zstandard.ZstdDecompressor().decompress(raw, max_output_size=size)
+        if len(out) != size:
+            raise FormatError("zstd part has the wrong size")
+        return out
+
+    def part_array(self, part) -> np.ndarray:
+        data = self.part_bytes(part)
+        dtype = numpy_type(part["dtype"])
+        if dtype is None:
+            return np.frombuffer(data, dtype=np.uint8)
+        return np.frombuffer(data, dtype=dtype).reshape(part["shape"])
+
+    def blob(self, name: str) -> bytes:
+        return self.part_bytes(self.manifest["source"]["blobs"][name])
+
+    # -- tensors ------------------------------------------------------------------------------
+
+    def record(self, name: str) -> dict:
+        return next(t for t in self.manifest["tensors"] if t["name"] == name)
+
+    def tensor(self, name: str) -> np.ndarray:
+        """§7.2."""
+        record = self.record(name)
+        shape, dtype = record["shape"], numpy_type(record["dtype"])
+        arrays = {p["name"]: self.part_array(p) for p in record["parts"]}
+        stages = record["stages"]
+        if stages[0]["method"] == "keep":
+            if len(stages) != 1:
+                raise FormatError("keep must be the only stage")
+            data = arrays["0.keep.data"].tobytes()
+            return np.frombuffer(data, dtype=np.uint8) if dtype is None else np.frombuffer(data, dtype).reshape(shape)
+        rows, cols = record["view"]["rows"], record["view"]["cols"]
+        total = np.zeros((rows, cols), dtype=np.float64)
+        for i, stage in enumerate(stages):
+            if stage["method"] != "threshold":
+                raise FormatError(f"unknown or misplaced method {stage['method']!r}")
+            parts = {p: arrays[f"{i}.threshold.{p}"] for p in stage["parts"]}
+            total += sparse_to_dense(parts, rows, cols)
+        return cast_back(from_matrix(total, shape, record["view"]["layout"]), dtype)
+
+
+def sparse_to_dense(parts: dict, m: int, n: int) -> np.ndarray:
+    """§6.2: CSR or bitmask parts to a dense float64 (m, n) matrix, validated first."""
+    values = parts["values"].reshape(-1).astype(np.float64)
+    dense = np.zeros((m, n), dtype=np.float64)
+    if set(parts) == {"mask", "values"}:
+        mask_bytes = parts["mask"].reshape(-1)
+        if mask_bytes.dtype != np.uint8 or mask_bytes.size != (m * n + 7) // 8:
+            raise FormatError("bitmask has the wrong size")
+        mask = np.unpackbits(mask_bytes, count=m * n, bitorder="big").astype(bool)
+        if int(mask.sum()) != values.size:
+            raise FormatError("bitmask and values disagree")
+        dense.reshape(-1)[mask] = values
+        return dense
+    if set(parts) != {"indptr", "indices", "values"}:
+        raise FormatError(f"unknown sparse layout {sorted(parts)}")
+    indptr, indices = parts["indptr"].reshape(-1), parts["indices"].reshape(-1)
+    if indptr.dtype.kind != "u" or indices.dtype.kind != "u":
+        raise FormatError("CSR index parts must be unsigned")
+    indptr, indices = indptr.astype(np.int64), indices.astype(np.int64)
+    if (
+        indptr.size != m + 1
+        or indptr[0] != 0
+        or indptr[-1] != values.size
+        or np.any(np.diff(indptr) < 0)
+        or indices.size != values.size
+        or (indices.size and indices.max() >= n)
+    ):
+        raise FormatError("inconsistent CSR parts")
+    dense[np.repeat(np.arange(m), np.diff(indptr)), indices] = values
+    return dense
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def originals() -> dict[str, np.ndarray]:
+    return load_file(str(FP32))
+
+
+def make(tmp_path: Path, source: Path, name: str, **options) -> Path:
+    out = tmp_path / name
+    sparsify.compress(source, out, **options)
+    return out
+
+
+def narrowest_uint(value: int) -> str:
+    return next(n for n, limit in (("U8", 255), ("U16", 65535), ("U32", 2**32 - 1)) if value <= limit) if value <= 2**32 - 1 else "U64"
+
+
+def check_lossless(reader: Reader, name: str, original: np.ndarray) -> None:
+    decoded = reader.tensor(name)
+    record = reader.record(name)
+    assert decoded.dtype == original.dtype and decoded.shape == original.shape
+    assert decoded.tobytes() == original.tobytes()
+    assert sha256(np.ascontiguousarray(decoded).tobytes()) == record["sha256"]
+    assert record["metrics"]["exact"] is True
+
+
+def check_pruned(reader: Reader, name: str, original: np.ndarray, layout: str) -> np.ndarray:
+    """A one-stage threshold tensor: every entry is the original or 0, the largest ones kept."""
+    record = reader.record(name)
+    (stage,) = record["stages"]
+    decoded = reader.tensor(name)
+    assert decoded.dtype == original.dtype and decoded.shape == original.shape
+    assert stage["resolved"]["layout"] == layout
+    assert stage["parts"] == (["mask", "values"] if layout == "bitmask" else ["indptr", "indices", "values"])
+    kept = decoded != 0
+    assert np.array_equal(decoded[kept], original[kept])  # bit-exact copies (no zeros in these weights)
+    assert int(kept.sum()) == stage["resolved"]["nnz"] == round((1 - stage["config"]["sparsity"]) * original.size)
+    assert np.abs(original[kept]).min() >= np.abs(original[~kept]).max()
+    assert sha256(original.tobytes()) == record["sha256"]  # the checksum names the original
+    # the manifest's metrics describe this decoded tensor (REPORT.md definitions)
+    w, w_hat = original.astype(np.float64), decoded.astype(np.float64)
+    rel = np.linalg.norm(w_hat - w) / np.linalg.norm(w)
+    assert rel == pytest.approx(record["metrics"]["rel_error"], rel=1e-9)
+    assert record["metrics"]["exact"] is False
+    return decoded
+
+
+def test_csr_raw_parts(tmp_path, originals):
+    """High sparsity gives CSR; without a coder every part is stored raw in its own type."""
+    reader = Reader(make(tmp_path, FP32, "csr.sparsify", pipeline="threshold:sparsity=0.95"))
+    manifest = reader.manifest
+    assert manifest["format"] == "sparsify" and manifest["format_version"] == "1.0"
+    assert [t["name"] for t in manifest["tensors"]] == list(originals)  # source file order
+    for name in BIASES:
+        assert reader.record(name)["stages"][0]["method"] == "keep"
+        check_lossless(reader, name, originals[name])
+    for name in WEIGHTS:
+        check_pruned(reader, name, originals[name], "csr")
+        record = reader.record(name)
+        nnz, cols = record["stages"][0]["resolved"]["nnz"], record["view"]["cols"]
+        parts = {p["name"]: p for p in record["parts"]}
+        assert parts["0.threshold.indptr"]["dtype"] == narrowest_uint(nnz)
+        assert parts["0.threshold.indices"]["dtype"] == narrowest_uint(cols - 1)
+        assert parts["0.threshold.values"]["dtype"] == "F32"
+        assert all(p["codec"] is None for p in record["parts"])
+        for p in record["parts"]:  # §5.1 keys, §5.2 entries in the part's own type
+            assert p["key"] == f"{name}/{p['name']}"
+            assert reader.entries[p["key"]]["dtype"] == p["dtype"]
+    assert {p["dtype"] for t in manifest["tensors"] for p in t["parts"]} >= {"U8", "U16", "F32"}
+
+
+def test_bitmask_zstd_parts(tmp_path, originals):
+    """Half the weights kept: a bitmask is smaller than CSR; zstd-coded parts are U8 frames."""
+    reader = Reader(make(tmp_path, FP32, "mask.sparsify", pipeline="threshold:sparsity=0.5+zstd"))
+    for name in BIASES:
+        check_lossless(reader, name, originals[name])
+    for name in WEIGHTS:
+        check_pruned(reader, name, originals[name], "bitmask")
+        mask = next(p for p in reader.record(name)["parts"] if p["name"] == "0.threshold.mask")
+        rows, cols = originals[name].shape
+        assert mask["dtype"] == "U8" and mask["shape"] == [(rows * cols + 7) // 8]
+        # big bit order, row-major: bit 7 of byte 0 is entry (0, 0)
+        packed = reader.part_array(mask)
+        kept = reader.tensor(name) != 0
+        assert bool(packed[0] & 0x80) == kept[0, 0] and bool(packed[0] & 0x01) == kept[0, 7]
+    coded = [p for t in reader.manifest["tensors"] for p in t["parts"] if p["codec"] == "zstd"]
+    assert coded
+    for p in coded:
+        assert reader.entries[p["key"]]["dtype"] == "U8" and reader.entries[p["key"]]["shape"] == [p["nbytes"]]
+        assert p["nbytes"] < nbytes_of(p["dtype"], p["shape"])
+    # the source's own header comes back from its blob
+    (n,) = struct.unpack("<Q", FP32.read_bytes()[:8])
+    assert reader.blob("header") == FP32.read_bytes()[8 : 8 + n]
+    source = reader.manifest["source"]
+    assert source["sha256"] == sha256(FP32.read_bytes()) and source["size"] == FP32.stat().st_size
+    assert source["blobs"]["header"]["key"] == "__sparsify__/source/header"
+
+
+def test_stages_add_up(tmp_path, originals):
+    """Two threshold stages (the second on the residual) decode to their sum; rules pick per tensor."""
+    path = make(
+        tmp_path, FP32, "stages.sparsify", pipeline="keep",
+        rules=["fc2.weight=threshold:sparsity=0.95+threshold:sparsity=0.9+zstd"],
+    )
+    reader = Reader(path)
+    record = reader.record("fc2.weight")
+    assert [s["method"] for s in record["stages"]] == ["threshold", "threshold"]
+    assert {p["name"].split(".")[0] for p in record["parts"]} == {"0", "1"}
+    w = originals["fc2.weight"]
+    decoded = reader.tensor("fc2.weight")
+    kept = decoded != 0
+    assert np.array_equal(decoded[kept], w[kept])
+    assert int(kept.sum()) == sum(s["resolved"]["nnz"] for s in record["stages"])
+    first = sparse_to_dense({p: reader.part_array(next(q for q in record["parts"] if q["name"] == f"0.threshold.{p}"))
+                             for p in record["stages"][0]["parts"]}, *w.shape)
+    assert 0 < np.count_nonzero(first) < kept.sum()  # stage 1 alone is not the whole tensor
+    for name in ("fc1.weight", "fc3.weight", *BIASES):  # no rule: the default pipeline, keep
+        check_lossless(reader, name, originals[name])
+
+
+def test_layout_last(tmp_path, originals):
+    """HDF5 (Keras) kernels are (in, out): their matrix view puts the last axis on the rows."""
+    reader = Reader(make(tmp_path, HDF5, "h5.sparsify", pipeline="threshold:sparsity=0.9"))
+    record = reader.record("model_weights/dense/dense/kernel:0")
+    assert record["shape"] == [64, 256] and record["view"] == {"layout": "last", "rows": 256, "cols": 64}
+    kernel = reader.tensor(record["name"])
+    assert kernel.shape == (64, 256)
+    check_pruned(reader, record["name"], np.ascontiguousarray(originals["fc1.weight"].T), "bitmask")
+
+
+def test_bf16(tmp_path, originals):
+    """BF16 tensors: values stored as BF16, decoded through ml_dtypes and cast back exactly."""
+    reader = Reader(make(tmp_path, BF16, "bf16.sparsify", pipeline="threshold:sparsity=0.9+zstd"))
+    for name in WEIGHTS:
+        record = reader.record(name)
+        assert record["dtype"] == "BF16"
+        values = next(p for p in record["parts"] if p["name"] == "0.threshold.values")
+        assert values["dtype"] == "BF16"
+        expected = originals[name].astype(ml_dtypes.bfloat16)  # the file holds fp32 rounded to bf16
+        decoded = reader.tensor(name)
+        assert decoded.dtype == ml_dtypes.bfloat16
+        kept = decoded.astype(np.float32) != 0
+        assert np.array_equal(decoded[kept].view(np.uint16), expected[kept].view(np.uint16))
+        assert int(kept.sum()) == record["stages"][0]["resolved"]["nnz"]
+    for name in BIASES:
+        check_lossless(reader, name, originals[name].astype(ml_dtypes.bfloat16))
+
+
+def test_version_rule(tmp_path):
+    """§9: any 1.x is read, 2.0 is refused."""
+    data = make(tmp_path, FP32, "v.sparsify", pipeline="threshold:sparsity=0.9+zstd").read_bytes()
+    old = b'\\"format_version\\":\\"1.0\\"'
+    assert data.count(old) == 1
+    minor = tmp_path / "minor.sparsify"
+    minor.write_bytes(data.replace(old, b'\\"format_version\\":\\"1.7\\"'))
+    assert Reader(minor).manifest["format_version"] == "1.7"
+    major = tmp_path / "major.sparsify"
+    major.write_bytes(data.replace(old, b'\\"format_version\\":\\"2.0\\"'))
+    with pytest.raises(FormatError, match="newer"):
+        Reader(major)
+
+
+def test_corruption_detected(tmp_path):
+    """§2.3 and §8.3: flipped, truncated or extended files are refused."""
+    path = make(tmp_path, FP32, "c.sparsify", pipeline="threshold:sparsity=0.9+zstd")
+    data = path.read_bytes()
+    reader = Reader(path)
+    part = reader.record("fc2.weight")["parts"][-1]
+    offset = reader.base + reader.entries[part["key"]]["data_offsets"][0] + 10
+    flipped = tmp_path / "flipped.sparsify"
+    flipped.write_bytes(data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :])
+    bad = Reader(flipped)  # the header is intact ...
+    reader.tensor("fc2.weight")
+    with pytest.raises(FormatError, match="checksum"):  # ... the part is not
+        bad.tensor("fc2.weight")
+    for name, content in (("short", data[:-1]), ("long", data + b"\0"), ("tiny", data[:7])):
+        target = tmp_path / f"{name}.sparsify"
+        target.write_bytes(content)
+        with pytest.raises(FormatError):
+            Reader(target)
+    with pytest.raises(FormatError, match="plain safetensors"):
+        Reader(FP32)
+
+
+def test_deterministic(tmp_path):
+    """§10: same input and options, byte-identical archives."""
+    a = make(tmp_path, FP32, "a.sparsify", pipeline="threshold:sparsity=0.9+zstd")
+    b = make(tmp_path, FP32, "b.sparsify", pipeline="threshold:sparsity=0.9+zstd")
+    assert a.read_bytes() == b.read_bytes()
