@@ -27,7 +27,7 @@ from sparsify.io import EXTENSIONS, FORMATS, open_weights, writer_class
 from sparsify.methods import METHODS
 from sparsify.metrics import exact_metrics, tensor_metrics
 from sparsify.pipeline import parse_pipeline
-from sparsify.report.model import build_report
+from sparsify.report.model import SCHEMA_VERSION, build_report
 from sparsify.rules import DEFAULT_MIN_SIZE, DEFAULT_PIPELINE, Rule, choose, load_rules_file, parse_rule
 
 Progress = Callable[[str, int, int], None]
@@ -227,7 +227,15 @@ class Verification:
         return not self.problems and (self.gate is None or self.gate["passed"])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "problems": self.problems, "tensors": self.tensors, "gate": self.gate}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "command": "verify",
+            "ok": self.ok,
+            "checked": self.checked,
+            "problems": self.problems,
+            "tensors": self.tensors,
+            "gate": self.gate,
+        }
 
 
 def verify(

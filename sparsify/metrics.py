@@ -8,7 +8,7 @@ For a tensor W and its decoded Ŵ (both cast to float64, same shape), with D = �
 * ``cosine``        = <W, Ŵ> / (||W|| ||Ŵ||)      (1 when both are 0)
 * ``sq_error``, ``sq_norm`` = ||D||², ||W||²  (the totals' weighted error needs them)
 
-Entries where W and Ŵ are bitwise equal count as no error, so preserved inf/nan do not poison the
+Entries where W and Ŵ are equal (or both NaN) count as no error, so preserved inf/nan do not poison the
 sums; norms run over finite entries.
 """
 
@@ -52,9 +52,8 @@ def tensor_metrics(original: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
         "cosine": _cosine(float(np.dot(finite_w, finite_hat)), sq_norm, sq_norm_hat),
         "sq_error": sq_error,
         "sq_norm": sq_norm,
-        "exact": bool(np.array_equal(np.asarray(original).view(np.uint8), np.asarray(decoded).view(np.uint8)))
-        if np.asarray(original).dtype == np.asarray(decoded).dtype
-        else False,
+        "exact": np.asarray(original).dtype == np.asarray(decoded).dtype
+        and np.asarray(original).tobytes() == np.asarray(decoded).tobytes(),
     }
 
 

@@ -146,3 +146,11 @@ def test_sparsity_mask_matches_a_stable_sort(values, sparsity):
     expected = np.ones(magnitude.size, dtype=bool)
     expected[order[:drop]] = False
     assert np.array_equal(mask_for_sparsity(magnitude, sparsity), expected)
+
+
+def test_scalar_and_tiny_tensors_by_rule(tmp_path):
+    source = tmp_path / "s.safetensors"
+    save_file({"s": np.array(2.5, np.float32), "v": np.array([1.0, -3.0, 0.25], np.float32)}, str(source))
+    report = check_roundtrip(source, tmp_path, "keep", rules=["*=threshold:sparsity=0.5"])
+    # round() halves to even: 0.5 of 1 entry drops none, 0.5 of 3 drops 2
+    assert [r["density"] for r in report["tensors"]] == [1.0, pytest.approx(1 / 3)]

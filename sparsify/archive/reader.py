@@ -14,7 +14,7 @@ import numpy as np
 
 from sparsify import container, dtypes
 from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, major
-from sparsify.codec import decode_part, decode_tensor, sha256
+from sparsify.codec import decode_part, decode_tensor, matrix_shape, sha256
 from sparsify.errors import CorruptArchiveError, InputError, SparsifyError
 from sparsify.io.base import SourceMeta, TensorInfo
 from sparsify.methods import METHODS
@@ -145,7 +145,7 @@ def _tensor_parts(tensor: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     dtypes.nbytes_of(tensor["dtype"], tuple(shape))
     view = tensor["view"]
     _check(view["layout"] in ("first", "last"), f"bad view {view!r}")
-    _check(type(view["rows"]) is int and type(view["cols"]) is int and view["rows"] * view["cols"] == int(np.prod(shape or [1])), f"bad view {view!r}")
+    _check([view["rows"], view["cols"]] == list(matrix_shape(tuple(shape), view["layout"])), f"bad view {view!r}")
     _check(isinstance(tensor["stages"], list) and tensor["stages"], "no stages")
     return tensor["parts"]
 
