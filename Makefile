@@ -27,6 +27,7 @@ demo: install
 	$(VENV)/bin/sparsify verify demo-out/crepe-tiny.sparsify --against sample_models/crepe-tiny/weights.h5 --max-error 0.05
 
 test: install
+	$(VENV)/bin/ruff check sparsify tests bench sample_models
 	$(PY) -m pytest -q
 
 bench: install

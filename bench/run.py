@@ -37,18 +37,19 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import numpy as np  # noqa: E402
 import zstandard  # noqa: E402
+from hdf5_tree import assert_hdf5_trees_equal  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 import sparsify  # noqa: E402
-from hdf5_tree import assert_hdf5_trees_equal  # noqa: E402
 
 SAMPLES = REPO / "sample_models"
 MODELS = [
@@ -170,7 +171,11 @@ def relative_to(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, f
 
 def bench_model(name: str, seconds: float) -> dict[str, Any]:
     source = SAMPLES / name
-    entry: dict[str, Any] = {"model": name, "path": str(source.relative_to(REPO)), "source_bytes": source.stat().st_size}
+    entry: dict[str, Any] = {
+        "model": name,
+        "path": str(source.relative_to(REPO)),
+        "source_bytes": source.stat().st_size,
+    }
     with tempfile.TemporaryDirectory(prefix="sparsify-bench-") as tmp:
         log(f"{name}: {BASELINE}")
         baseline = bench_zstd(source, Path(tmp), seconds)
@@ -232,11 +237,18 @@ def fmt_error(x: float | None) -> str:
 def table_row(model: str, size: int, result: dict[str, Any], vs: dict[str, float] | None) -> str:
     vs = vs or {"ratio": 1.0, "compress_speed": 1.0, "decompress_speed": 1.0}
     cells = [
-        model, f"{size:,}", f"`{result['codec']}`", f"{result['archive_bytes']:,}",
-        fmt_float(result["ratio"], 3), fmt_float(vs["ratio"]),
-        fmt_float(result["compress"]["mb_per_s"], 1), fmt_float(vs["compress_speed"]),
-        fmt_float(result["decompress"]["mb_per_s"], 1), fmt_float(vs["decompress_speed"]),
-        fmt_error(result["weighted_rel_error"]), result["roundtrip"],
+        model,
+        f"{size:,}",
+        f"`{result['codec']}`",
+        f"{result['archive_bytes']:,}",
+        fmt_float(result["ratio"], 3),
+        fmt_float(vs["ratio"]),
+        fmt_float(result["compress"]["mb_per_s"], 1),
+        fmt_float(vs["compress_speed"]),
+        fmt_float(result["decompress"]["mb_per_s"], 1),
+        fmt_float(vs["decompress_speed"]),
+        fmt_error(result["weighted_rel_error"]),
+        result["roundtrip"],
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -285,10 +297,18 @@ def accuracy_table(data: dict[str, Any]) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat-seconds", type=float, default=DEFAULT_REPEAT_SECONDS,
-                        help=f"minimum total time per cell; best of the repeats is kept (default {DEFAULT_REPEAT_SECONDS})")
-    parser.add_argument("--output-dir", type=Path, default=REPO / "bench" / "results",
-                        help="where latest.json and latest.md are written (default bench/results)")
+    parser.add_argument(
+        "--repeat-seconds",
+        type=float,
+        default=DEFAULT_REPEAT_SECONDS,
+        help=f"minimum total time per cell; best of the repeats is kept (default {DEFAULT_REPEAT_SECONDS})",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=REPO / "bench" / "results",
+        help="where latest.json and latest.md are written (default bench/results)",
+    )
     return parser.parse_args(argv)
 
 
@@ -299,8 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         "schema_version": 1,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "settings": {"repeat_seconds": args.repeat_seconds, "min_repeats": MIN_REPEATS, "zstd_level": ZSTD_LEVEL,
-                     "timer": "time.perf_counter, best of repeats", "mb": 1_000_000},
+        "settings": {
+            "repeat_seconds": args.repeat_seconds,
+            "min_repeats": MIN_REPEATS,
+            "zstd_level": ZSTD_LEVEL,
+            "timer": "time.perf_counter, best of repeats",
+            "mb": 1_000_000,
+        },
         "models": [bench_model(name, args.repeat_seconds) for name in MODELS],
     }
     data["elapsed_s"] = round(time.perf_counter() - started, 1)
@@ -310,8 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.output_dir / "latest.md").write_text(markdown)
     print(markdown, end="")
     log(f"wrote {args.output_dir / 'latest.json'} and latest.md in {data['elapsed_s']} s")
-    failed = [(e["model"], r["codec"]) for e in data["models"] for r in [e["baseline"], *e["pipelines"]]
-              if r["roundtrip"].startswith("MISMATCH")]
+    failed = [
+        (e["model"], r["codec"])
+        for e in data["models"]
+        for r in [e["baseline"], *e["pipelines"]]
+        if r["roundtrip"].startswith("MISMATCH")
+    ]
     for model, codec in failed:
         log(f"ROUND TRIP FAILED: {model} with {codec}")
     return 1 if failed else 0

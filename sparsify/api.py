@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from sparsify import __version__, dtypes
 from sparsify.archive import Archive, ArchiveWriter
 from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION
-from sparsify.atomic import atomic_output, check_destination
+from sparsify.atomic import atomic_output
 from sparsify.codec import decode_tensor, encode_tensor, sha256
 from sparsify.errors import UsageError
 from sparsify.io import EXTENSIONS, FORMATS, open_weights, writer_class
-from sparsify.methods import METHODS
 from sparsify.metrics import exact_metrics, tensor_metrics
-from sparsify.pipeline import parse_pipeline
+from sparsify.pipeline import Pipeline, parse_pipeline
 from sparsify.report.model import SCHEMA_VERSION, build_report
 from sparsify.rules import DEFAULT_MIN_SIZE, DEFAULT_PIPELINE, Rule, choose, load_rules_file, parse_rule
 
@@ -38,7 +38,7 @@ Progress = Callable[[str, int, int], None]
 class Options:
     """Validated compress options (see :func:`compress`)."""
 
-    pipeline: Any
+    pipeline: Pipeline
     rules: tuple[Rule, ...]
     min_size: int
     max_error: float | None
@@ -106,7 +106,6 @@ def compress(
     options = resolve_options(pipeline, rules, rules_file, min_size, max_error, seed)
     source = Path(source)
     output = Path(output) if output is not None else default_archive_path(source)
-    check_destination(output, force, (source,))
     with open_weights(source) as reader, atomic_output(output, force, (source,)) as temp:
         writer = ArchiveWriter(temp)
         try:
@@ -118,8 +117,10 @@ def compress(
                 if progress:
                     progress(info.name, index, len(infos))
                 array = reader.read(info.name)
-                encoded = encode_tensor(array, info, choose(info, options.rules, options.pipeline, options.min_size), options.seed)
-                decoded = decode_tensor(encoded.record, encoded.stored_part, METHODS)
+                encoded = encode_tensor(
+                    array, info, choose(info, options.rules, options.pipeline, options.min_size), options.seed
+                )
+                decoded = decode_tensor(encoded.record, encoded.stored_part)
                 encoded.record["metrics"] = _measure(array, decoded, info.dtype)
                 writer.add_tensor(encoded)
                 records.append(encoded.record)
@@ -200,13 +201,12 @@ def decompress(
             name = Path(source["name"])
             output = archive.parent / (name.name if fmt == source["format"] else name.stem + EXTENSIONS[fmt])
         output = Path(output)
-        check_destination(output, force, (archive,))
         infos = opened.tensor_infos()
         same_format = fmt == source["format"]
         meta = opened.source_meta()
         with atomic_output(output, force, (archive,)) as temp:
             with writer_class(fmt)(temp, infos, meta, same_format) as writer:
-                for index, (info, record) in enumerate(zip(infos, opened.tensors)):
+                for index, (info, record) in enumerate(zip(infos, opened.tensors, strict=True)):
                     if progress:
                         progress(info.name, index, len(infos))
                     writer.write(info.name, opened.decode(record))
@@ -284,7 +284,9 @@ def _compare(record, decoded, original, by_name, problems: list[str]) -> dict[st
         problems.append(f"{record['name']}: not in the original file")
         return {"rel_error": None}
     if info.dtype != record["dtype"] or list(info.shape) != record["shape"]:
-        problems.append(f"{record['name']}: original is {info.dtype}{list(info.shape)}, archive {record['dtype']}{record['shape']}")
+        problems.append(
+            f"{record['name']}: original is {info.dtype}{list(info.shape)}, archive {record['dtype']}{record['shape']}"
+        )
         return {"rel_error": None}
     array = original.read(info.name)
     if sha256(array) != record["sha256"]:

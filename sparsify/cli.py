@@ -44,7 +44,14 @@ def _set_debug(ctx, param, value):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, "--version", prog_name="sparsify")
-@click.option("--debug", is_flag=True, is_eager=True, expose_value=False, callback=_set_debug, help="Show tracebacks instead of one-line errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_set_debug,
+    help="Show tracebacks instead of one-line errors.",
+)
 def cli() -> None:
     """Compress saved neural-network weights (safetensors, Keras HDF5, npz) into a .sparsify archive.
 
@@ -81,18 +88,43 @@ def _note(message: str, quiet: bool) -> None:
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Archive to write [default: INPUT with .sparsify].")
-@click.option("-p", "--pipeline", metavar="PIPELINE", help="Default pipeline, e.g. 'threshold:max_error=0.05' [default: keep+zstd].")
-@click.option("--rule", "rules", multiple=True, metavar="GLOB=PIPELINE", help="Per-tensor pipeline; repeatable, first match wins.")
-@click.option("--rules", "rules_file", type=click.Path(path_type=Path), metavar="FILE", help="TOML file of rules (after --rule ones).")
-@click.option("--min-size", type=click.IntRange(min=0), help="Tensors with fewer elements stay lossless unless a rule names them [default: 1024].")
-@click.option("--max-error", type=click.FloatRange(min=0), help="Gate: exit 1 if any tensor's rel. error exceeds this (archive still written).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Archive to write [default: INPUT with .sparsify]."
+)
+@click.option(
+    "-p",
+    "--pipeline",
+    metavar="PIPELINE",
+    help="Default pipeline, e.g. 'threshold:max_error=0.05' [default: keep+zstd].",
+)
+@click.option(
+    "--rule", "rules", multiple=True, metavar="GLOB=PIPELINE", help="Per-tensor pipeline; repeatable, first match wins."
+)
+@click.option(
+    "--rules",
+    "rules_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="TOML file of rules (after --rule ones).",
+)
+@click.option(
+    "--min-size",
+    type=click.IntRange(min=0),
+    help="Tensors with fewer elements stay lossless unless a rule names them [default: 1024].",
+)
+@click.option(
+    "--max-error",
+    type=click.FloatRange(min=0),
+    help="Gate: exit 1 if any tensor's rel. error exceeds this (archive still written).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods.")
 @click.option("--json", "json_flag", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown on stdout.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
-def compress(input_path, output, pipeline, rules, rules_file, min_size, max_error, seed, json_flag, markdown_flag, force, quiet):
+def compress(
+    input_path, output, pipeline, rules, rules_file, min_size, max_error, seed, json_flag, markdown_flag, force, quiet
+):
     """Compress INPUT (safetensors, HDF5 or npz) into an archive and print the size/error report.
 
     \b
@@ -105,8 +137,16 @@ def compress(input_path, output, pipeline, rules, rules_file, min_size, max_erro
     fmt = _report_format(json_flag, markdown_flag)
     with progress_bar("compress", enabled=not quiet) as progress:
         report = api.compress(
-            input_path, output, pipeline=pipeline, rules=rules, rules_file=rules_file, min_size=min_size,
-            max_error=max_error, seed=seed, force=force, progress=progress,
+            input_path,
+            output,
+            pipeline=pipeline,
+            rules=rules,
+            rules_file=rules_file,
+            min_size=min_size,
+            max_error=max_error,
+            seed=seed,
+            force=force,
+            progress=progress,
         )
     _emit(report, fmt)
     gate = report["gate"]
@@ -129,8 +169,15 @@ def inspect(archive, json_flag, markdown_flag):
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("archive", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="File to write [default: the source's name, beside ARCHIVE].")
-@click.option("--format", "fmt", type=click.Choice(["safetensors", "hdf5", "npz"]), help="Output format [default: the source's].")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="File to write [default: the source's name, beside ARCHIVE].",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["safetensors", "hdf5", "npz"]), help="Output format [default: the source's]."
+)
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
 def decompress(archive, output, fmt, force, quiet):
@@ -147,7 +194,12 @@ def decompress(archive, output, fmt, force, quiet):
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("archive", type=click.Path(path_type=Path))
-@click.option("--against", type=click.Path(path_type=Path), metavar="ORIGINAL", help="Measure errors against this original weight file.")
+@click.option(
+    "--against",
+    type=click.Path(path_type=Path),
+    metavar="ORIGINAL",
+    help="Measure errors against this original weight file.",
+)
 @click.option("--max-error", type=click.FloatRange(min=0), help="Gate: exit 1 if any tensor's rel. error exceeds this.")
 @click.option("--json", "json_flag", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; the exit code tells.")
@@ -173,7 +225,13 @@ def methods(json_flag):
     stages = [("method", cls) for cls in METHODS.values()] + [("coder", cls) for cls in CODERS.values()]
     if json_flag:
         data = [
-            {"name": cls.name, "kind": kind, "summary": cls.summary, "example": cls.example, "params": [describe_param(p) for p in cls.params]}
+            {
+                "name": cls.name,
+                "kind": kind,
+                "summary": cls.summary,
+                "example": cls.example,
+                "params": [describe_param(p) for p in cls.params],
+            }
             for kind, cls in stages
         ]
         click.echo(json.dumps(data, indent=2))
@@ -221,5 +279,7 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, not a traceback, unless --debug
         if _debug:
             raise
-        click.echo(f"sparsify: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True)
+        click.echo(
+            f"sparsify: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", err=True
+        )
         return INTERNAL_ERROR

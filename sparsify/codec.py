@@ -9,15 +9,16 @@ the report measures exactly what a later ``decompress`` returns.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from sparsify import dtypes
 from sparsify.errors import CorruptArchiveError
 from sparsify.io.base import TensorInfo
-from sparsify.methods import CODERS, EncodeContext, LosslessMethod, Method
+from sparsify.methods import CODERS, METHODS, EncodeContext, LosslessMethod, Method
 from sparsify.metrics import as_float64, finite_sq_norm
 from sparsify.pipeline import resolve_config, stage_text
 from sparsify.rules import Choice
@@ -163,16 +164,16 @@ def decode_part(part: Mapping[str, Any], stored: np.ndarray) -> np.ndarray:
     return data if numpy_dtype is None else data.view(numpy_dtype).reshape(shape)
 
 
-def decode_tensor(record: Mapping[str, Any], load: Callable[[Mapping[str, Any]], np.ndarray], methods) -> np.ndarray:
+def decode_tensor(record: Mapping[str, Any], load: Callable[[Mapping[str, Any]], np.ndarray]) -> np.ndarray:
     """The tensor that ``record`` describes, in its own dtype and shape.
 
-    ``load(part_record)`` returns a part's stored bytes; ``methods`` maps method names to classes.
+    ``load(part_record)`` returns a part's stored bytes.
     """
     shape = tuple(record["shape"])
     numpy_dtype = dtypes.numpy_of(record["dtype"])
     parts = {p["name"]: decode_part(p, load(p)) for p in record["parts"]}
     stages = record["stages"]
-    first = _method(methods, stages[0])
+    first = _method(stages[0])
     if isinstance(first, LosslessMethod):
         data = first.restore(_stage_parts(parts, 0, stages[0]))
         if numpy_dtype is None:
@@ -181,15 +182,15 @@ def decode_tensor(record: Mapping[str, Any], load: Callable[[Mapping[str, Any]],
     rows, cols = record["view"]["rows"], record["view"]["cols"]
     total = np.zeros((rows, cols), dtype=np.float64)
     for i, stage in enumerate(stages):
-        method = _method(methods, stage)
+        method = _method(stage)
         if not isinstance(method, Method):
             raise CorruptArchiveError(f"tensor {record['name']!r}: stage {i} ({stage['method']}) cannot follow others")
         total += method.decode(_stage_parts(parts, i, stage), stage["resolved"], (rows, cols))
     return cast_back(from_matrix(total, shape, record["view"]["layout"]), numpy_dtype)
 
 
-def _method(methods, stage: Mapping[str, Any]):
-    cls = methods.get(stage["method"])
+def _method(stage: Mapping[str, Any]):
+    cls = METHODS.get(stage["method"])
     if cls is None:
         raise CorruptArchiveError(f"unknown method {stage['method']!r} (written by a newer sparsify?)")
     return cls(**stage["config"])

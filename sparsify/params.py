@@ -51,7 +51,9 @@ class Param:
         try:
             value = self.kind(text)
         except ValueError:
-            raise UsageError(f"{stage}: {self.name}={text!r} is not {'an integer' if self.kind is int else 'a number'}") from None
+            raise UsageError(
+                f"{stage}: {self.name}={text!r} is not {'an integer' if self.kind is int else 'a number'}"
+            ) from None
         if self.kind is float and not math.isfinite(value):
             raise UsageError(f"{stage}: {self.name}={text!r} must be finite")
         return self.check(value, stage)

@@ -32,7 +32,7 @@ class Pipeline:
     def lossless(self) -> bool:
         return isinstance(self.methods[0], LosslessMethod)
 
-    def with_methods(self, methods: tuple[Stage, ...]) -> "Pipeline":
+    def with_methods(self, methods: tuple[Stage, ...]) -> Pipeline:
         """This pipeline's coders behind other methods (e.g. keep for a tensor stored losslessly)."""
         return Pipeline(tuple(methods), self.coders)
 

@@ -73,11 +73,11 @@ def parse_rule(text: str, origin: str = "--rule") -> Rule:
 def load_rules_file(path: Path) -> RulesFile:
     """Read a rules file::
 
-        pipeline = "threshold:max_error=0.05"   # optional default pipeline
-        min_size = 1024                          # optional
-        [[rule]]
-        match = "*.bias"
-        pipeline = "keep"
+    pipeline = "threshold:max_error=0.05"   # optional default pipeline
+    min_size = 1024                          # optional
+    [[rule]]
+    match = "*.bias"
+    pipeline = "keep"
     """
     path = Path(path)
     try:

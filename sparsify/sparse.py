@@ -13,7 +13,7 @@ so a hostile archive with consistent checksums still cannot index out of bounds.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

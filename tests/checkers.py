@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -74,7 +74,11 @@ def check_roundtrip(source: Path, tmp: Path, pipeline: str = "keep", **options) 
             assert a.tobytes() == b.tobytes(), row["name"]
         elif a.dtype.kind not in "OSUVc":
             measured = tensor_metrics(a, b)["rel_error"]
-            assert np.isclose(measured, row["rel_error"], rtol=1e-9, atol=1e-15), (row["name"], measured, row["rel_error"])
+            assert np.isclose(measured, row["rel_error"], rtol=1e-9, atol=1e-15), (
+                row["name"],
+                measured,
+                row["rel_error"],
+            )
     return report
 
 

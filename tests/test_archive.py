@@ -61,7 +61,14 @@ def test_inspect_reads_no_part(monkeypatch):
 
     monkeypatch.setattr(container, "read_bytes", forbidden)
     report = sparsify.inspect(GOLDEN_DIR / "digits_mlp.threshold.sparsify")
-    assert [r["name"] for r in report["tensors"]] == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "fc3.bias", "fc3.weight"]
+    assert [r["name"] for r in report["tensors"]] == [
+        "fc1.bias",
+        "fc1.weight",
+        "fc2.bias",
+        "fc2.weight",
+        "fc3.bias",
+        "fc3.weight",
+    ]
 
 
 def test_deterministic_across_formats(tmp_path):
@@ -110,15 +117,35 @@ CASES = {
     "trailing bytes": (lambda d: d + b"\0" * 5, "trailing bytes"),
     "flipped data byte": (flip_last_byte, "checksum mismatch in part"),
     "huge header length": (lambda d: struct.pack("<Q", 2**62) + d[8:], "exceeds the 100000000-byte limit"),
-    "header not json": (lambda d: d[:8] + b"{" + b"x" * (struct.unpack("<Q", d[:8])[0] - 1) + d[8 + struct.unpack("<Q", d[:8])[0] :], "not valid UTF-8 JSON"),
-    "newer major version": (lambda d: rewrite_manifest(d, _set(["format_version"], "2.0")), "archive format 2.0 is newer than this sparsify reads (1.x); upgrade sparsify"),
+    "header not json": (
+        lambda d: d[:8] + b"{" + b"x" * (struct.unpack("<Q", d[:8])[0] - 1) + d[8 + struct.unpack("<Q", d[:8])[0] :],
+        "not valid UTF-8 JSON",
+    ),
+    "newer major version": (
+        lambda d: rewrite_manifest(d, _set(["format_version"], "2.0")),
+        "archive format 2.0 is newer than this sparsify reads (1.x); upgrade sparsify",
+    ),
     "bad version": (lambda d: rewrite_manifest(d, _set(["format_version"], "one")), "invalid format_version 'one'"),
     "not sparsify": (lambda d: rewrite_manifest(d, _set(["format"], "other")), "does not declare format 'sparsify'"),
-    "wrong checksum": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["parts"][0].update(sha256="0" * 64)), "checksum mismatch"),
-    "missing part": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["parts"][0].update(key="nope")), "part 'nope' is not in the file"),
+    "wrong checksum": (
+        lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["parts"][0].update(sha256="0" * 64)),
+        "checksum mismatch",
+    ),
+    "missing part": (
+        lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["parts"][0].update(key="nope")),
+        "part 'nope' is not in the file",
+    ),
     "bad shape": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1].update(shape=[-1, 3])), "bad shape"),
-    "unknown method": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["stages"][0].update(method="magic")), "unknown method 'magic'"),
-    "unknown codec": (lambda d: rewrite_manifest(d, lambda m: [p.update(codec="lz9") for p in m["tensors"][1]["parts"] if p["codec"]]), "unknown codec 'lz9'"),
+    "unknown method": (
+        lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["stages"][0].update(method="magic")),
+        "unknown method 'magic'",
+    ),
+    "unknown codec": (
+        lambda d: rewrite_manifest(
+            d, lambda m: [p.update(codec="lz9") for p in m["tensors"][1]["parts"] if p["codec"]]
+        ),
+        "unknown codec 'lz9'",
+    ),
     "inconsistent view": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["view"].update(rows=7)), "bad view"),
 }
 
@@ -176,7 +203,10 @@ def test_plain_safetensors_is_not_an_archive():
         ({"t": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, "starts at 8, expected 0"),
         ({"t": {"dtype": "F32", "shape": [2]}}, "must have exactly dtype, shape and data_offsets"),
         ({"t": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "invalid shape"),
-        ({"__metadata__": {"a": 1}, "t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, "must map strings to strings"),
+        (
+            {"__metadata__": {"a": 1}, "t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            "must map strings to strings",
+        ),
     ],
 )
 def test_container_validation(tmp_path, header, message):

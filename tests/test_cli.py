@@ -65,10 +65,26 @@ def test_json_report_schema(model):
     assert r.rc == 0
     report = json.loads(r.stdout)
     assert report["schema_version"] == 1 and report["command"] == "compress"
-    assert set(report["totals"]) >= {"stored_bytes", "manifest_bytes", "ratio", "weighted_rel_error", "worst", "bits_per_weight"}
+    assert set(report["totals"]) >= {
+        "stored_bytes",
+        "manifest_bytes",
+        "ratio",
+        "weighted_rel_error",
+        "worst",
+        "bits_per_weight",
+    }
     assert report["totals"]["stored_bytes"] == (model.parent / "model.sparsify").stat().st_size
     row = next(t for t in report["tensors"] if t["name"] == "fc2.weight")
-    assert set(row) >= {"rel_error", "max_abs_error", "snr_db", "cosine", "density", "bits_per_weight", "ratio", "bytes_by_kind"}
+    assert set(row) >= {
+        "rel_error",
+        "max_abs_error",
+        "snr_db",
+        "cosine",
+        "density",
+        "bits_per_weight",
+        "ratio",
+        "bytes_by_kind",
+    }
     assert 0 < row["rel_error"] <= 0.05 and report["gate"]["passed"]
 
 
@@ -84,7 +100,11 @@ def test_gate_failure_exits_1_and_archive_records_it(model):
     assert r.rc == 1
     assert "gate failed: rel. error above 0.05 in fc1.weight, fc2.weight, fc3.weight" in r.stderr
     manifest = json.loads(invoke("inspect", str(model.with_suffix(".sparsify")), "--json").stdout)
-    assert manifest["gate"] == {"max_error": 0.05, "passed": False, "failures": ["fc1.weight", "fc2.weight", "fc3.weight"]}
+    assert manifest["gate"] == {
+        "max_error": 0.05,
+        "passed": False,
+        "failures": ["fc1.weight", "fc2.weight", "fc3.weight"],
+    }
 
 
 def test_verify_gate_and_mismatch(model, tmp_path):
@@ -122,12 +142,32 @@ def test_usage_errors_exit_2(model, args, message):
     "setup, args, message",
     [
         (lambda d: None, ["compress", "{d}/missing.safetensors"], "missing.safetensors: no such file"),
-        (lambda d: (d / "junk.bin").write_bytes(b"\x00junk" * 10), ["compress", "{d}/junk.bin"], "not a safetensors, HDF5 or npz file"),
-        (lambda d: (d / "t.safetensors").write_bytes(SAMPLE_FILES["fp32"].read_bytes()[:1000]), ["compress", "{d}/t.safetensors"], "truncated"),
-        (lambda d: (d / "a.sparsify").write_bytes(GOLDEN.read_bytes()[:-10]), ["inspect", "{d}/a.sparsify"], "truncated"),
-        (lambda d: (d / "a.sparsify").write_bytes(GOLDEN.read_bytes()[:-1] + b"\x01"), ["decompress", "{d}/a.sparsify", "-o", "{d}/o.safetensors"], "checksum mismatch"),
+        (
+            lambda d: (d / "junk.bin").write_bytes(b"\x00junk" * 10),
+            ["compress", "{d}/junk.bin"],
+            "not a safetensors, HDF5 or npz file",
+        ),
+        (
+            lambda d: (d / "t.safetensors").write_bytes(SAMPLE_FILES["fp32"].read_bytes()[:1000]),
+            ["compress", "{d}/t.safetensors"],
+            "truncated",
+        ),
+        (
+            lambda d: (d / "a.sparsify").write_bytes(GOLDEN.read_bytes()[:-10]),
+            ["inspect", "{d}/a.sparsify"],
+            "truncated",
+        ),
+        (
+            lambda d: (d / "a.sparsify").write_bytes(GOLDEN.read_bytes()[:-1] + b"\x01"),
+            ["decompress", "{d}/a.sparsify", "-o", "{d}/o.safetensors"],
+            "checksum mismatch",
+        ),
         (lambda d: None, ["inspect", str(SAMPLE_FILES["fp32"])], "a safetensors file, not a sparsify archive"),
-        (lambda d: (d / "r.toml").write_text("x = 1"), ["compress", str(SAMPLE_FILES["fp32"]), "--rules", "{d}/r.toml", "-o", "{d}/o.sparsify"], "unknown key(s) x"),
+        (
+            lambda d: (d / "r.toml").write_text("x = 1"),
+            ["compress", str(SAMPLE_FILES["fp32"]), "--rules", "{d}/r.toml", "-o", "{d}/o.sparsify"],
+            "unknown key(s) x",
+        ),
     ],
 )
 def test_bad_input_exits_3_with_one_line(tmp_path, setup, args, message):
@@ -181,7 +221,14 @@ def test_decompress_converts_format(model, tmp_path):
         assert r.rc == 0, r.output
         assert (tmp_path / f"model{ext}").exists()
     r = invoke("compress", str(tmp_path / "model.npz"), "-o", str(tmp_path / "npz.sparsify"), "--json")
-    assert [t["name"] for t in json.loads(r.stdout)["tensors"]] == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "fc3.bias", "fc3.weight"]
+    assert [t["name"] for t in json.loads(r.stdout)["tensors"]] == [
+        "fc1.bias",
+        "fc1.weight",
+        "fc2.bias",
+        "fc2.weight",
+        "fc3.bias",
+        "fc3.weight",
+    ]
 
 
 def test_methods_lists_every_stage_from_the_specs():
@@ -210,7 +257,10 @@ def test_internal_error_is_one_line_unless_debug(model, monkeypatch):
 
     monkeypatch.setattr(sparsify.api, "encode_tensor", boom)
     r = invoke("compress", str(model))
-    assert r.rc == 70 and r.stderr == "sparsify: internal error: RuntimeError: kaput (rerun with --debug for the traceback)\n"
+    assert (
+        r.rc == 70
+        and r.stderr == "sparsify: internal error: RuntimeError: kaput (rerun with --debug for the traceback)\n"
+    )
     with pytest.raises(RuntimeError):
         invoke("--debug", "compress", str(model))
 
@@ -223,13 +273,28 @@ def test_console_script_subprocess(model, tmp_path):
     for i, command in enumerate(commands):
         out = tmp_path / f"s{i}.sparsify"
         done = subprocess.run(
-            [*command, "compress", str(model), "-o", str(out), "-p", "threshold:max_error=0.05", "--max-error", "0.05", "--json"],
-            capture_output=True, text=True, check=False,
+            [
+                *command,
+                "compress",
+                str(model),
+                "-o",
+                str(out),
+                "-p",
+                "threshold:max_error=0.05",
+                "--max-error",
+                "0.05",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["gate"]["passed"] is True
         assert done.stderr == f"wrote {out}\n"
         bad = subprocess.run([*command, "inspect", str(model)], capture_output=True, text=True, check=False)
         assert bad.returncode == 3 and bad.stderr.startswith("sparsify: error:") and "Traceback" not in bad.stderr
-    version = subprocess.run([sys.executable, "-m", "sparsify", "--version"], capture_output=True, text=True, check=True)
+    version = subprocess.run(
+        [sys.executable, "-m", "sparsify", "--version"], capture_output=True, text=True, check=True
+    )
     assert "sparsify, version 0.1.0" in version.stdout

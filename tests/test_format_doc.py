@@ -207,7 +207,9 @@ class Reader:
             numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
             nbytes_of(tensor["dtype"], shape)
             view = tensor["view"]
-            if view["layout"] not in ("first", "last") or (view["rows"], view["cols"]) != matrix_shape(shape, view["layout"]):
+            if view["layout"] not in ("first", "last") or (view["rows"], view["cols"]) != matrix_shape(
+                shape, view["layout"]
+            ):
                 raise FormatError(f"{tensor['name']}: bad matrix view {view}")
             assert view["rows"] * view["cols"] == numel
             if not tensor["stages"]:
@@ -346,7 +348,11 @@ def make(tmp_path: Path, source: Path, name: str, **options) -> Path:
 
 
 def narrowest_uint(value: int) -> str:
-    return next(n for n, limit in (("U8", 255), ("U16", 65535), ("U32", 2**32 - 1)) if value <= limit) if value <= 2**32 - 1 else "U64"
+    return (
+        next(n for n, limit in (("U8", 255), ("U16", 65535), ("U32", 2**32 - 1)) if value <= limit)
+        if value <= 2**32 - 1
+        else "U64"
+    )
 
 
 def check_lossless(reader: Reader, name: str, original: np.ndarray) -> None:
@@ -433,7 +439,10 @@ def test_bitmask_zstd_parts(tmp_path, originals):
 def test_stages_add_up(tmp_path, originals):
     """Two threshold stages (the second on the residual) decode to their sum; rules pick per tensor."""
     path = make(
-        tmp_path, FP32, "stages.sparsify", pipeline="keep",
+        tmp_path,
+        FP32,
+        "stages.sparsify",
+        pipeline="keep",
         rules=["fc2.weight=threshold:sparsity=0.95+threshold:sparsity=0.9+zstd"],
     )
     reader = Reader(path)
@@ -445,8 +454,13 @@ def test_stages_add_up(tmp_path, originals):
     kept = decoded != 0
     assert np.array_equal(decoded[kept], w[kept])
     assert int(kept.sum()) == sum(s["resolved"]["nnz"] for s in record["stages"])
-    first = sparse_to_dense({p: reader.part_array(next(q for q in record["parts"] if q["name"] == f"0.threshold.{p}"))
-                             for p in record["stages"][0]["parts"]}, *w.shape)
+    first = sparse_to_dense(
+        {
+            p: reader.part_array(next(q for q in record["parts"] if q["name"] == f"0.threshold.{p}"))
+            for p in record["stages"][0]["parts"]
+        },
+        *w.shape,
+    )
     assert 0 < np.count_nonzero(first) < kept.sum()  # stage 1 alone is not the whole tensor
     for name in ("fc1.weight", "fc3.weight", *BIASES):  # no rule: the default pipeline, keep
         check_lossless(reader, name, originals[name])

@@ -82,8 +82,15 @@ def _keras3(path: Path) -> Path:
 def _features(path: Path) -> Path:
     """A file exercising creation properties, odd types, attribute kinds, links and order tracking."""
     with h5py.File(path, "w") as f:
-        f.create_dataset("c/gzip", data=_floats((16, 8)), chunks=(4, 4), compression="gzip",
-                         compression_opts=6, shuffle=True, maxshape=(None, 8))
+        f.create_dataset(
+            "c/gzip",
+            data=_floats((16, 8)),
+            chunks=(4, 4),
+            compression="gzip",
+            compression_opts=6,
+            shuffle=True,
+            maxshape=(None, 8),
+        )
         f.create_dataset("c/lzf", data=_floats((10,)), chunks=(5,), compression="lzf")
         f.create_dataset("c/fletcher", data=_floats((9,)), chunks=(3,), fletcher32=True)
         f.create_dataset("c/scaleoffset", data=np.arange(50, dtype="i4"), scaleoffset=0, chunks=(10,))

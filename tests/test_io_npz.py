@@ -108,7 +108,7 @@ def test_rebuild_keeps_zip_fields_written_by_zipfile(tmp_path):
         info = zipfile.ZipInfo("custom.npy", date_time=(2021, 6, 30, 12, 34, 56))
         info.compress_type = zipfile.ZIP_LZMA
         info.external_attr = 0o644 << 16
-        info.comment = "a member comment".encode()
+        info.comment = b"a member comment"
         info.extra = b"\xfe\xca\x04\x00abcd"
         with zf.open(info, "w", force_zip64=True) as f:
             np.lib.format.write_array(f, sample("<f4", (4, 4)))

@@ -28,7 +28,11 @@ def test_parse_and_canonical_text():
         ("threshold:sparsity=0.5,max_error=0.1", "threshold: give one budget, not sparsity and max_error"),
         ("threshold:sparsity=1.5", "threshold: sparsity=1.5 is out of range; valid: 0 <= x <= 1"),
         ("threshold:sparsity=abc", "threshold: sparsity='abc' is not a number"),
-        ("threshold:spars=0.5", "threshold: unknown parameter 'spars'; parameters: sparsity (0 <= x <= 1); threshold (0 <= x); max_error (0 <= x)"),
+        (
+            "threshold:spars=0.5",
+            "threshold: unknown parameter 'spars'; parameters: sparsity (0 <= x <= 1); threshold (0 <= x); "
+            "max_error (0 <= x)",
+        ),
         ("threshold:sparsity", "threshold: 'sparsity' is not key=value"),
         ("threshold:sparsity=0.5,sparsity=0.6", "threshold: parameter 'sparsity' given twice"),
         ("zstd", "has no decomposition method"),
@@ -94,7 +98,9 @@ def test_bad_rule(text):
 
 def test_rules_file(tmp_path):
     path = tmp_path / "rules.toml"
-    path.write_text('pipeline = "threshold:max_error=0.1"\nmin_size = 10\n[[rule]]\nmatch = "*.bias"\npipeline = "keep"\n')
+    path.write_text(
+        'pipeline = "threshold:max_error=0.1"\nmin_size = 10\n[[rule]]\nmatch = "*.bias"\npipeline = "keep"\n'
+    )
     loaded = load_rules_file(path)
     assert str(loaded.pipeline) == "threshold:max_error=0.1" and loaded.min_size == 10
     assert [r.text() for r in loaded.rules] == ["*.bias=keep"]

@@ -18,7 +18,23 @@ from safetensors.numpy import save_file
 from sparsify import dtypes
 
 SAFETENSORS_NAMES = sorted(dtypes.SAFETENSORS_TYPES)
-NUMPY_DTYPES = ["<f2", "<f4", "<f8", ">f4", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "|b1", "<c8", "<c16"]
+NUMPY_DTYPES = [
+    "<f2",
+    "<f4",
+    "<f8",
+    ">f4",
+    "|i1",
+    "<i2",
+    "<i4",
+    "<i8",
+    "|u1",
+    "<u2",
+    "<u4",
+    "<u8",
+    "|b1",
+    "<c8",
+    "<c16",
+]
 
 shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple)
 slow = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -121,12 +137,16 @@ def test_hdf5_every_dtype_tree_identical(tmp_path, shape, seed):
         group.attrs["weight_names"] = np.array([b"dense/kernel:0"])
         for i, name in enumerate(NUMPY_DTYPES):
             dtype = np.dtype(name)
-            data = np.frombuffer(random_bytes(rng, int(np.prod(shape) if shape else 1) * dtype.itemsize), dtype=np.uint8)
+            data = np.frombuffer(
+                random_bytes(rng, int(np.prod(shape) if shape else 1) * dtype.itemsize), dtype=np.uint8
+            )
             array = data.view(dtype).reshape(shape) if dtype.kind != "b" else (data % 2).astype(bool).reshape(shape)
             group.create_dataset(f"d{i}:0", data=array)
         if len(shape) and all(shape):
             f.create_dataset("chunked", data=rng.standard_normal(shape), chunks=True, compression="gzip", shuffle=True)
-        bf16 = f.create_dataset("layers/dense/vars/0", data=rng.standard_normal((3, 4)).astype(ml_dtypes.bfloat16).view("V2"))
+        bf16 = f.create_dataset(
+            "layers/dense/vars/0", data=rng.standard_normal((3, 4)).astype(ml_dtypes.bfloat16).view("V2")
+        )
         bf16.attrs["dtype"] = "bfloat16"
     check_roundtrip(source, tmp_path, "keep+zstd")
 

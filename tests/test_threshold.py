@@ -88,9 +88,7 @@ def test_nonfinite_values_are_kept():
         assert np.isinf(out.approximation[0, [0, 2]]).all() and np.isnan(out.approximation[0, 3]), stage
 
 
-@pytest.mark.parametrize(
-    "density, layout", [(0.01, "csr"), (0.9, "bitmask")]
-)
+@pytest.mark.parametrize("density, layout", [(0.01, "csr"), (0.9, "bitmask")])
 def test_storage_picks_the_smaller_layout(density, layout):
     rng = np.random.default_rng(0)
     mask = rng.random((300, 200)) < density
@@ -121,7 +119,9 @@ def test_deterministic(fp32_model, tmp_path):
     check_deterministic(fp32_model, tmp_path, "threshold:max_error=0.1+zstd")
 
 
-@pytest.mark.parametrize("text", ["threshold:sparsity=0.9", "threshold:max_error=0.05+zstd:level=7", "keep", "threshold:threshold=0.01+zstd"])
+@pytest.mark.parametrize(
+    "text", ["threshold:sparsity=0.9", "threshold:max_error=0.05+zstd:level=7", "keep", "threshold:threshold=0.01+zstd"]
+)
 def test_config_roundtrip(text):
     check_config_roundtrip(text)
 

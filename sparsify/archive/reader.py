@@ -7,8 +7,9 @@ Every defect is a :class:`CorruptArchiveError` (exit code 3) with a one-line mes
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,8 @@ from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, 
 from sparsify.codec import decode_part, decode_tensor, matrix_shape, sha256
 from sparsify.errors import CorruptArchiveError, InputError, SparsifyError
 from sparsify.io.base import SourceMeta, TensorInfo
-from sparsify.methods import METHODS
+
+_MAX_EXPANSION = 1 << 16
 
 
 class Archive:
@@ -76,24 +78,26 @@ class Archive:
     def decode(self, tensor: Mapping[str, Any]) -> np.ndarray:
         """One tensor, decoded, in its original type and shape."""
         try:
-            return decode_tensor(tensor, self.stored_bytes, METHODS)
+            return decode_tensor(tensor, self.stored_bytes)
         except CorruptArchiveError as exc:
             raise CorruptArchiveError(f"{self.path}: tensor {tensor['name']!r}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptArchiveError(f"{self.path}: tensor {tensor['name']!r} cannot be decoded: {exc!r}") from None
+        except MemoryError:
+            raise CorruptArchiveError(
+                f"{self.path}: tensor {tensor['name']!r} declares shape {tensor['shape']}, too large to decode here"
+            ) from None
 
     def source_meta(self) -> SourceMeta:
         """The source file's metadata and rebuild blobs, as its reader gave them."""
         source = self.manifest["source"]
-        blobs = {
-            name: decode_part(part, self.stored_bytes(part)).tobytes() for name, part in source["blobs"].items()
-        }
+        blobs = {name: decode_part(part, self.stored_bytes(part)).tobytes() for name, part in source["blobs"].items()}
         return SourceMeta(summary=source["summary"], rebuild=source["rebuild"], blobs=blobs)
 
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "Archive":
+    def __enter__(self) -> Archive:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -160,6 +164,11 @@ def _check_part(part: Mapping[str, Any], entries: dict[str, container.Entry]) ->
     logical = dtypes.nbytes_of(part["dtype"], tuple(shape))
     if part["codec"] is None:
         _check(logical == entry.nbytes, f"part {part['key']!r}: {entry.nbytes} bytes stored, {logical} declared")
+    else:  # zstd cannot expand a frame more than ~32768x (RLE blocks): refuse a bomb before allocating
+        _check(
+            logical <= _MAX_EXPANSION * entry.nbytes + (1 << 20),
+            f"part {part['key']!r} declares {logical} bytes from {entry.nbytes}",
+        )
 
 
 def _check(condition: bool, message: str) -> None:

@@ -78,7 +78,7 @@ class WeightReader(ABC):
     def close(self) -> None:
         """Release the file."""
 
-    def __enter__(self) -> "WeightReader":
+    def __enter__(self) -> WeightReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -112,7 +112,7 @@ class WeightWriter(ABC):
     def abort(self) -> None:
         """Release resources after a failure; the caller deletes the partial file."""
 
-    def __enter__(self) -> "WeightWriter":
+    def __enter__(self) -> WeightWriter:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:

@@ -120,12 +120,16 @@ def _tensor_info(path: Path, name: str, ds: h5py.Dataset) -> TensorInfo | None:
     if ds.id.get_space().get_simple_extent_type() == h5s.NULL:
         return None
     if ds.dtype.hasobject:
-        raise InputError(f"{path}: dataset {name!r} holds variable-length strings, references or sequences, "
-                         "which sparsify does not support")
+        raise InputError(
+            f"{path}: dataset {name!r} holds variable-length strings, references or sequences, "
+            "which sparsify does not support"
+        )
     dcpl = ds.id.get_create_plist()
     if dcpl.get_layout() == h5d.VIRTUAL or dcpl.get_external_count():
-        raise InputError(f"{path}: dataset {name!r} keeps its data outside the file (virtual or external "
-                         "storage), which sparsify refuses")
+        raise InputError(
+            f"{path}: dataset {name!r} keeps its data outside the file (virtual or external "
+            "storage), which sparsify refuses"
+        )
     dtype = _ml_float_name(ds) or name_of(ds.dtype)
     if numpy_of(dtype).itemsize != ds.id.get_type().get_size():
         raise InputError(f"{path}: dataset {name!r} has an element type sparsify cannot map to numpy")
@@ -268,8 +272,9 @@ def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
     for name in src.attrs:
         aid = src.attrs.get_id(name)
         if _holds_references(aid.dtype):
-            raise ValueError(f"attribute {name!r} of {src.name!r} holds object references, which sparsify "
-                             "does not support")
+            raise ValueError(
+                f"attribute {name!r} of {src.name!r} holds object references, which sparsify does not support"
+            )
         new = h5py.h5a.create(dst.id, name.encode(), aid.get_type(), aid.get_space())
         if aid.shape is not None:  # None: a null dataspace (h5py.Empty), no value to copy
             value = np.empty(aid.shape, aid.dtype)
@@ -358,8 +363,7 @@ class HDF5Writer(WeightWriter):
         if not same_format:
             for info in self.infos:
                 if numpy_of(info.dtype) is None:
-                    raise InputError(f"tensor {info.name!r} is of the packed type {info.dtype}, "
-                                     "which HDF5 cannot hold")
+                    raise InputError(f"tensor {info.name!r} is of the packed type {info.dtype}, which HDF5 cannot hold")
         try:
             if same_format:
                 self._file = _from_skeleton(self.path, meta)

@@ -54,7 +54,7 @@ class _NpyHeader:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     @classmethod
-    def parse(cls, stream) -> "_NpyHeader":
+    def parse(cls, stream) -> _NpyHeader:
         """Read a header from the start of a member; ValueError when it is not a valid one."""
         magic = stream.read(np.lib.format.MAGIC_LEN)
         version = np.lib.format.read_magic(io.BytesIO(magic))
@@ -126,9 +126,7 @@ class NpzReader(WeightReader):
             raise
 
     def tensors(self) -> list[TensorInfo]:
-        return [
-            TensorInfo(key, name_of(m.header.dtype), m.header.shape, "first") for key, m in self._members.items()
-        ]
+        return [TensorInfo(key, name_of(m.header.dtype), m.header.shape, "first") for key, m in self._members.items()]
 
     def read(self, name: str) -> np.ndarray:
         """The array stored under ``name``, read from its member alone (its CRC checked)."""
@@ -177,9 +175,7 @@ class NpzReader(WeightReader):
         with _input_errors(self.path, f"array {key!r}: "), self._zip.open(info) as stream:
             header = _NpyHeader.parse(stream)
         if header.dtype.hasobject:
-            raise InputError(
-                f"{self.path}: array {key!r} holds Python objects (pickled); sparsify refuses to unpickle"
-            )
+            raise InputError(f"{self.path}: array {key!r} holds Python objects (pickled); sparsify refuses to unpickle")
         if len(header.raw) + header.data_bytes != info.file_size:
             raise InputError(
                 f"{self.path}: array {key!r}: member holds {info.file_size} bytes but its .npy header "

@@ -13,8 +13,9 @@ pipeline parser validates and ``sparsify methods`` prints.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -80,7 +81,9 @@ class Method(Stage):
         """Approximate ``target`` (float64, shape (m, n)) by stored parts."""
 
     @abstractmethod
-    def decode(self, parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarray:
+    def decode(
+        self, parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, int]
+    ) -> np.ndarray:
         """The float64 (m, n) approximation that ``parts`` encode (raise CorruptArchiveError on bad parts)."""
 
 

@@ -10,13 +10,15 @@ Budgets (exactly one):
   squares, and tau may only sit between distinct magnitudes.
 
 Non-finite entries (inf, nan) are always kept under ``threshold`` and ``max_error`` (they cannot be
-approximated); under ``sparsity`` they are dropped last, after every finite entry. Kept values are stored in the tensor's own type, so
-they are bit-exact copies; the parts are those of :mod:`sparsify.sparse`.
+approximated); under ``sparsity`` they are dropped last, after every finite entry. Kept values are
+stored in the tensor's own type, so they are bit-exact copies; the parts are those of
+:mod:`sparsify.sparse`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -102,5 +104,7 @@ class Threshold(Method):
         }
         return StageOutput(parts, resolved, approximation)
 
-    def decode(self, parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarray:
+    def decode(
+        self, parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, int]
+    ) -> np.ndarray:
         return sparse.unpack(parts, shape)

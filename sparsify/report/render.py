@@ -39,7 +39,26 @@ def _snr(row: dict[str, Any]) -> str:
     return _num(row["snr_db"], ".1f")
 
 
-COLUMNS = ("tensor", "shape", "dtype", "pipeline", "original", "stored", "ratio", "bits/w", "density", "rel. err", "max abs", "SNR dB", "cosine")
+COLUMNS = (
+    "tensor",
+    "shape",
+    "dtype",
+    "pipeline",
+    "original",
+    "stored",
+    "ratio",
+    "bits/w",
+    "density",
+    "rel. err",
+    "max abs",
+    "SNR dB",
+    "cosine",
+)
+
+
+def _reason(reason: str) -> str:
+    """Why a tensor got its pipeline, shown only when it is not the user's choice (default or rule)."""
+    return "" if reason == "default" or reason.startswith("rule ") else f" ({reason})"
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
@@ -47,7 +66,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
         row["name"],
         "x".join(map(str, row["shape"])) or "scalar",
         row["dtype"],
-        row["pipeline"] + ("" if row["reason"] in ("default",) or row["reason"].startswith("rule") else f" ({row['reason']})"),
+        row["pipeline"] + _reason(row["reason"]),
         human_bytes(row["original_bytes"]),
         human_bytes(row["stored_bytes"]),
         _num(row["ratio"], ".2f"),
@@ -81,7 +100,9 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
 
 def render_table(report: dict[str, Any], out: TextIO, color: bool | None = None) -> None:
     """The report as a rich table on ``out`` (colour only on a terminal, never with NO_COLOR)."""
-    console = Console(file=out, width=None if out.isatty() else 200, no_color=color is False, highlight=False, soft_wrap=False)
+    console = Console(
+        file=out, width=None if out.isatty() else 200, no_color=color is False, highlight=False, soft_wrap=False
+    )
     table = Table(show_header=True, header_style="bold", show_footer=False, box=None, pad_edge=False)
     for i, name in enumerate(COLUMNS):
         table.add_column(name, justify="left" if i < 4 else "right", overflow="fold")
