@@ -10,22 +10,18 @@ The CLI is a thin shell over these functions. Each streams tensors one at a time
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from sparsify import __version__, dtypes
+from sparsify import __version__
 from sparsify.archive import Archive, ArchiveWriter
 from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION
 from sparsify.atomic import atomic_output
-from sparsify.codec import decode_tensor, encode_tensor, sha256
+from sparsify.codec import encode_tensor, measure, sha256
 from sparsify.errors import UsageError
 from sparsify.io import EXTENSIONS, FORMATS, open_weights, writer_class
-from sparsify.metrics import exact_metrics, tensor_metrics
 from sparsify.pipeline import Pipeline, parse_pipeline
 from sparsify.report.model import SCHEMA_VERSION, build_report
 from sparsify.rules import DEFAULT_MIN_SIZE, DEFAULT_PIPELINE, Rule, choose, load_rules_file, parse_rule
@@ -117,11 +113,8 @@ def compress(
                 if progress:
                     progress(info.name, index, len(infos))
                 array = reader.read(info.name)
-                encoded = encode_tensor(
-                    array, info, choose(info, options.rules, options.pipeline, options.min_size), options.seed
-                )
-                decoded = decode_tensor(encoded.record, encoded.stored_part)
-                encoded.record["metrics"] = _measure(array, decoded, info.dtype)
+                choice = choose(info, options.rules, options.pipeline, options.min_size)
+                encoded = encode_tensor(array, info, choice, options.seed)
                 writer.add_tensor(encoded)
                 records.append(encoded.record)
             manifest = {
@@ -146,15 +139,6 @@ def compress(
             writer.close()
     with Archive(output) as archive:
         return build_report(archive, command="compress")
-
-
-def _measure(original: np.ndarray, decoded: np.ndarray, dtype: str) -> dict[str, Any]:
-    """Metrics of the decoded tensor against the original (bit-exact shortcut where bytes match)."""
-    same_bytes = original.dtype == decoded.dtype and sha256(original) == sha256(decoded)
-    if not dtypes.is_real_numeric(dtype):
-        # Only keep stores these; without a norm, a changed byte counts as an infinite error.
-        return exact_metrics(None) if same_bytes else {**exact_metrics(None), "exact": False, "rel_error": math.inf}
-    return exact_metrics(original) if same_bytes else tensor_metrics(original, decoded)
 
 
 def _gate(records: list[dict[str, Any]], max_error: float | None) -> dict[str, Any] | None:
@@ -291,5 +275,5 @@ def _compare(record, decoded, original, by_name, problems: list[str]) -> dict[st
     array = original.read(info.name)
     if sha256(array) != record["sha256"]:
         problems.append(f"{record['name']}: the original file's tensor differs from the one compressed")
-    metrics = _measure(array, decoded, info.dtype)
+    metrics = measure(array, decoded, info.dtype)
     return {"rel_error": metrics["rel_error"], "max_abs_error": metrics["max_abs_error"]}

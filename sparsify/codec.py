@@ -9,6 +9,7 @@ the report measures exactly what a later ``decompress`` returns.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from sparsify import dtypes
 from sparsify.errors import CorruptArchiveError
 from sparsify.io.base import TensorInfo
 from sparsify.methods import CODERS, METHODS, EncodeContext, LosslessMethod, Method
-from sparsify.metrics import as_float64, finite_sq_norm
+from sparsify.metrics import as_float64, exact_metrics, finite_sq_norm, tensor_metrics
 from sparsify.pipeline import resolve_config, stage_text
 from sparsify.rules import Choice
 
@@ -87,17 +88,47 @@ def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
+# How often the codec re-runs a pipeline whose last stage has a max_error budget that rounding on
+# storage (factors in the tensor's type, the cast back to it) pushed just past the bound.
+_MAX_BUDGET_RETRIES = 4
+
+
 def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int = 0) -> EncodedTensor:
-    """Run ``choice.pipeline`` on one tensor; returns its record and coded parts."""
+    """Run ``choice.pipeline`` on one tensor, decode what would be stored and measure it.
+
+    The record's ``metrics`` are measured from the decoded, stored bytes. When the last stage has a
+    ``max_error`` budget and the measured error exceeds it (rounding of stored values), the pipeline
+    runs again with the budget tightened by the overshoot, up to a few times; ``budget_scale`` in the
+    record says by how much (1.0: not needed).
+    """
     pipeline = choice.pipeline
-    rows, cols = matrix_shape(info.shape, info.layout)
+    if pipeline.lossless:
+        encoded = _encode(array, info, choice, seed, 1.0)
+        encoded.record["metrics"] = measure(array, decode_tensor(encoded.record, encoded.stored_part), info.dtype)
+        return encoded
+    bound = pipeline.methods[-1].config.get("max_error")
+    scale = 1.0
+    for _ in range(_MAX_BUDGET_RETRIES):
+        encoded = _encode(array, info, choice, seed, scale)
+        metrics = measure(array, decode_tensor(encoded.record, encoded.stored_part), info.dtype)
+        encoded.record["metrics"] = metrics
+        if bound is None or metrics["rel_error"] <= bound or metrics["rel_error"] == 0:
+            break
+        scale *= 0.98 * (bound / metrics["rel_error"]) ** 2
+    return encoded
+
+
+def _encode(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int, budget_scale: float) -> EncodedTensor:
+    pipeline = choice.pipeline
+    layout = pipeline.view or info.layout
+    rows, cols = matrix_shape(info.shape, layout)
     record: dict[str, Any] = {
         "name": info.name,
         "dtype": info.dtype,
         "shape": list(info.shape),
         "sha256": sha256(array),
         "original_bytes": dtypes.nbytes_of(info.dtype, info.shape),
-        "view": {"layout": info.layout, "rows": rows, "cols": cols},
+        "view": {"layout": layout, "rows": rows, "cols": cols},
         "pipeline": str(pipeline),
         "reason": choice.reason,
         "stages": [],
@@ -109,8 +140,13 @@ def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int
         record["stages"].append({"method": method.name, "config": method.config, "resolved": {}, "parts": list(stored)})
         raw_parts += [(f"0.{method.name}.{k}", v) for k, v in stored.items()]
     else:
-        residual = to_matrix(array, info.layout)
-        ctx = EncodeContext(value_dtype=dtypes.numpy_of(info.dtype), reference_sq=finite_sq_norm(residual), seed=seed)
+        residual = to_matrix(array, layout)
+        ctx = EncodeContext(
+            value_dtype=dtypes.numpy_of(info.dtype),
+            float_dtype=_float_dtype(info.dtype),
+            reference_sq=finite_sq_norm(residual) * budget_scale,
+            seed=seed,
+        )
         for i, method in enumerate(pipeline.methods):
             out = method.encode(residual, ctx)
             record["stages"].append(
@@ -119,11 +155,29 @@ def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int
             raw_parts += [(f"{i}.{method.name}.{k}", v) for k, v in out.parts.items()]
             if i + 1 < len(pipeline.methods):
                 residual = residual - out.approximation
+        record["budget_scale"] = budget_scale
     coded = [code_part(name, value, info.name, pipeline.coders) for name, value in raw_parts]
     record["coders"] = [stage_text(c) for c in pipeline.coders]
     record["parts"] = [p.record for p in coded]
     record["stored_bytes"] = sum(p.record["nbytes"] for p in coded)
     return EncodedTensor(record, coded)
+
+
+_STORED_FLOATS = ("F16", "BF16", "F32", "F64")
+
+
+def _float_dtype(dtype: str) -> np.dtype:
+    """Where computed values are stored: the tensor's own float type if it is a common one, else F32."""
+    return dtypes.numpy_of(dtype if dtype in _STORED_FLOATS else "F32")
+
+
+def measure(original: np.ndarray, decoded: np.ndarray, dtype: str) -> dict[str, Any]:
+    """Metrics of the decoded tensor against the original (bit-exact shortcut where bytes match)."""
+    same_bytes = original.dtype == decoded.dtype and sha256(original) == sha256(decoded)
+    if not dtypes.is_real_numeric(dtype):
+        # Only keep stores these; without a norm, a changed byte counts as an infinite error.
+        return exact_metrics(None) if same_bytes else {**exact_metrics(None), "exact": False, "rel_error": math.inf}
+    return exact_metrics(original) if same_bytes else tensor_metrics(original, decoded)
 
 
 def code_part(name: str, value: np.ndarray, tensor: str, coders) -> CodedPart:

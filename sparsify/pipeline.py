@@ -32,6 +32,11 @@ class Pipeline:
     def lossless(self) -> bool:
         return isinstance(self.methods[0], LosslessMethod)
 
+    @property
+    def view(self) -> str | None:
+        """The matrix view the stages ask for (``first``/``last``), or None for the format's default."""
+        return next((m.config["view"] for m in self.methods if "view" in m.config), None)
+
     def with_methods(self, methods: tuple[Stage, ...]) -> Pipeline:
         """This pipeline's coders behind other methods (e.g. keep for a tensor stored losslessly)."""
         return Pipeline(tuple(methods), self.coders)
@@ -67,6 +72,9 @@ def parse_pipeline(text: str) -> Pipeline:
         raise UsageError(f"pipeline {text!r}: byte coders ({', '.join(CODERS)}) must come after every method")
     if any(isinstance(m, LosslessMethod) for m in methods) and len(methods) > 1:
         raise UsageError(f"pipeline {text!r}: keep stores the tensor as it is and must be the only method")
+    views = {m.config["view"] for m in methods if "view" in m.config}
+    if len(views) > 1:
+        raise UsageError(f"pipeline {text!r}: stages ask for different views ({', '.join(sorted(views))})")
     names = [c.name for c in coders]
     if len(set(names)) != len(names):
         raise UsageError(f"pipeline {text!r}: each coder may appear once")

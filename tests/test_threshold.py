@@ -82,7 +82,7 @@ def test_error_search_respects_ties():
 
 def test_nonfinite_values_are_kept():
     w = np.array([[np.inf, 0.1, -np.inf, np.nan, 5.0, 0.2]])
-    ctx = EncodeContext(np.dtype(np.float32), 25.05)
+    ctx = EncodeContext(np.dtype(np.float32), np.dtype(np.float32), 25.05)
     for stage in (Threshold(sparsity=0.5), Threshold(max_error=1.0), Threshold(threshold=10.0)):
         out = stage.encode(w, ctx)
         assert np.isinf(out.approximation[0, [0, 2]]).all() and np.isnan(out.approximation[0, 3]), stage

@@ -28,14 +28,22 @@ class EncodeContext:
 
     value_dtype:  numpy dtype in which to store values copied from the tensor (its own type, so
                   kept weights are bit-exact copies).
-    reference_sq: ||W||_F^2 of the original tensor's finite entries (float64); ``max_error`` budgets are
-                  relative to ||W||_F even when the stage encodes a residual.
+    float_dtype:  numpy dtype in which to store computed values (factors, dictionaries, codes): the
+                  tensor's own type for F16/BF16/F32/F64 tensors, float32 otherwise.
+    reference_sq: the squared norm that ``max_error`` budgets are relative to: ||W||_F^2 of the
+                  original tensor (float64), even when the stage encodes a residual. The codec may
+                  pass less, to tighten a budget that rounding on storage would otherwise break.
     seed:         seed for any randomness (deterministic output).
     """
 
     value_dtype: np.dtype
+    float_dtype: np.dtype
     reference_sq: float
     seed: int = 0
+
+    def error_budget_sq(self, max_error: float) -> float:
+        """The largest ||W - W_hat||_F^2 that a ``max_error`` budget allows."""
+        return max_error * max_error * self.reference_sq
 
 
 @dataclass
@@ -73,8 +81,20 @@ class Stage(ABC):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config.items())})"
 
 
+VIEW = Param(
+    "view",
+    str,
+    "matrix view: output channels on the first or last axis [default: first for safetensors/npz, "
+    "last for HDF5 (Keras kernels)]",
+    choices=("first", "last"),
+)
+
+
 class Method(Stage):
-    """A lossy decomposition stage (matrix -> parts) that composes additively with others."""
+    """A lossy decomposition stage (matrix -> parts) that composes additively with others.
+
+    Every method accepts :data:`VIEW`; the pipeline checks that its stages agree on it.
+    """
 
     @abstractmethod
     def encode(self, target: np.ndarray, ctx: EncodeContext) -> StageOutput:

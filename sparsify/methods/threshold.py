@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from sparsify import sparse
-from sparsify.methods.base import EncodeContext, Method, StageOutput
+from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
 from sparsify.params import Param
 
 # The search compares a running sum with the target; the report re-measures the error with a pairwise
@@ -76,6 +76,7 @@ class Threshold(Method):
         Param("sparsity", float, "fraction of entries set to zero", low=0.0, high=1.0, budget=True),
         Param("threshold", float, "keep entries with |w| > threshold", low=0.0, budget=True),
         Param("max_error", float, "largest tau with relative Frobenius error <= max_error", low=0.0, budget=True),
+        VIEW,
     )
     example = "threshold:max_error=0.05"
 
@@ -89,7 +90,7 @@ class Threshold(Method):
             tau = float(self.config["threshold"])
             keep = ~(squares <= tau * tau)  # nan compares False, so nan is kept
         else:
-            tau_sq = squared_threshold_for_error(squares, self.config["max_error"] ** 2 * ctx.reference_sq)
+            tau_sq = squared_threshold_for_error(squares, ctx.error_budget_sq(self.config["max_error"]))
             keep = ~(squares <= tau_sq)
             tau = float(np.sqrt(tau_sq))
         values = target[keep].astype(ctx.value_dtype)
