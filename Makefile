@@ -30,8 +30,13 @@ test: install
 	$(VENV)/bin/ruff check sparsify tests bench sample_models
 	$(PY) -m pytest -q
 
-bench: install
+bench: install $(VENV)/.bench-installed
 	$(PY) bench/run.py
+	$(PY) bench/methods.py
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
 
 samples: install
 	$(PY) -m pip install --quiet -e '.[dev,samples]'

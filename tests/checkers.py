@@ -101,3 +101,34 @@ def check_config_roundtrip(text: str) -> None:
     pipeline = parse_pipeline(text)
     again = parse_pipeline(str(pipeline))
     assert again == pipeline and str(again) == str(pipeline)
+
+
+def check_encode_decode(method, target: np.ndarray, *, float_dtype=np.float32, reference_sq=None, seed=0):
+    """A method's contract on one matrix: ``decode(parts)`` is exactly the ``approximation`` that
+    ``encode`` returned, parts are plain numeric arrays, ``resolved`` is JSON-able. Returns the output.
+    """
+    import json
+
+    from sparsify.methods.base import EncodeContext
+
+    target = np.asarray(target, dtype=np.float64)
+    ctx = EncodeContext(
+        value_dtype=np.dtype(float_dtype),
+        float_dtype=np.dtype(float_dtype),
+        reference_sq=float(np.sum(target**2)) if reference_sq is None else reference_sq,
+        seed=seed,
+    )
+    out = method.encode(target, ctx)
+    assert out.approximation.shape == target.shape and out.approximation.dtype == np.float64
+    for name, part in out.parts.items():
+        assert isinstance(part, np.ndarray) and part.dtype.kind in "biuf" or part.dtype.name == "bfloat16", name
+    json.dumps(out.resolved)
+    decoded = method.decode(out.parts, out.resolved, target.shape)
+    assert np.array_equal(decoded, out.approximation), "decode(parts) differs from the approximation encode gave"
+    return out
+
+
+def relative_error(target: np.ndarray, approximation: np.ndarray) -> float:
+    """||target - approximation||_F / ||target||_F in float64."""
+    target = np.asarray(target, dtype=np.float64)
+    return float(np.linalg.norm(target - approximation) / np.linalg.norm(target))

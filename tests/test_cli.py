@@ -123,7 +123,10 @@ def test_verify_gate_and_mismatch(model, tmp_path):
     "args, message",
     [
         (["compress", "{model}", "-p", "threshold"], "threshold needs a budget: one of sparsity, threshold, max_error"),
-        (["compress", "{model}", "-p", "nope"], "unknown stage 'nope'; methods: keep, threshold; coders: zstd"),
+        (
+            ["compress", "{model}", "-p", "nope"],
+            "unknown stage 'nope'; methods: keep, threshold, svd, lasso, ksvd; coders: zstd",
+        ),
         (["compress", "{model}", "--rule", "bad"], "is not GLOB=PIPELINE"),
         (["compress", "{model}", "--json", "--markdown"], "choose one of --json and --markdown"),
         (["compress", "{model}", "--max-error", "-1"], "Invalid value for '--max-error'"),

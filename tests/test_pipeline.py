@@ -22,8 +22,8 @@ def test_parse_and_canonical_text():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("", "empty pipeline; methods: keep, threshold; coders: zstd"),
-        ("prune:sparsity=0.5", "unknown stage 'prune'; methods: keep, threshold; coders: zstd"),
+        ("", "empty pipeline; methods: keep, threshold, svd, lasso, ksvd; coders: zstd"),
+        ("prune:sparsity=0.5", "unknown stage 'prune'; methods: keep, threshold, svd, lasso, ksvd; coders: zstd"),
         ("threshold", "threshold needs a budget: one of sparsity, threshold, max_error"),
         ("threshold:sparsity=0.5,max_error=0.1", "threshold: give one budget, not sparsity and max_error"),
         ("threshold:sparsity=1.5", "threshold: sparsity=1.5 is out of range; valid: 0 <= x <= 1"),
@@ -52,7 +52,7 @@ def test_errors_list_the_valid_options(text, message):
 
 def test_composition_of_methods():
     p = parse_pipeline("threshold:threshold=1.0+threshold:sparsity=0.5+zstd:level=9")
-    assert len(p.methods) == 2 and str(p) == "threshold:threshold=1.0+threshold:sparsity=0.5+zstd:level=9"
+    assert len(p.methods) == 2 and str(p) == "threshold:threshold=1+threshold:sparsity=0.5+zstd:level=9"
 
 
 def info(name, shape, dtype="F32"):

@@ -1,0 +1,118 @@
+"""Benchmark of the lasso method against scikit-learn on float64 matrices (rows for the bench driver).
+
+``run(matrices)`` codes each matrix's columns over a seeded random unit-norm dictionary with twice as
+many atoms as the column length (non-orthogonal, so the reference is coordinate descent), at three
+alpha budgets, three ways: sparsify's solver (:func:`sparsify.lasso_solver.fista_lasso`, no
+debiasing so that all three solve the same problem), ``sklearn.decomposition.sparse_encode(algorithm=
+"lasso_cd", alpha=alpha)`` (which divides alpha by the column length itself, so its alpha is ours) and,
+on matrices of at most ``SKLEARN_LASSO_MAX_SIGNALS`` columns, ``sklearn.linear_model.Lasso(alpha=alpha
+/ L)``. Every row also carries the objective ½‖Y − DX‖² + α‖X‖₁ (summed), to show the results are
+equal. stored_bytes: 4-byte values, the narrowest CSR index types (one row per signal) and the
+float32 dictionary.
+
+``python bench/method_lasso.py [weights.h5 dataset]`` runs it on a Keras kernel (default: the full
+CREPE model's ``conv2/conv2/kernel:0``, 128 x 65,536) and prints the rows.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sparsify import sparse  # noqa: E402
+from sparsify.lasso_solver import fista_lasso  # noqa: E402
+
+FRACTIONS = (0.6, 0.4, 0.25)  # alpha as a fraction of the median over signals of max |Dᵀy|
+SKLEARN_LASSO_MAX_SIGNALS = 2048
+
+
+def _dictionary(length: int, seed: int) -> np.ndarray:
+    d = np.random.default_rng(seed).standard_normal((length, 2 * length))
+    return d / np.linalg.norm(d, axis=0)
+
+
+def _row(name, shape, budget, impl, codes, d, y, alpha, seconds) -> dict:
+    nnz = int(np.count_nonzero(codes))
+    signals, atoms = codes.shape[1], codes.shape[0]
+    stored = nnz * 4 + sparse.csr_nbytes(signals, atoms, nnz) + d.size * 4
+    residual = y - d @ codes
+    return {
+        "matrix": name,
+        "shape": list(shape),
+        "method": "lasso",
+        "budget": budget,
+        "impl": impl,
+        "stored_bytes": int(stored),
+        "rel_error": float(np.linalg.norm(residual) / np.linalg.norm(y)),
+        "seconds": seconds,
+        "objective": float(0.5 * np.sum(residual**2) + alpha * np.abs(codes).sum()),
+        "mean_nnz": nnz / signals,
+    }
+
+
+def run(matrices: dict[str, np.ndarray], seed: int = 0) -> list[dict]:
+    """Rows for each matrix (columns are the signals) at three alphas; see the module docstring."""
+    from sklearn.decomposition import sparse_encode
+    from sklearn.linear_model import Lasso
+
+    rows = []
+    for name, matrix in matrices.items():
+        y = np.asarray(matrix, dtype=np.float64)
+        length, count = y.shape
+        d = _dictionary(length, seed)
+        gram, dty = d.T @ d, d.T @ y
+        scale = float(np.median(np.abs(dty).max(axis=0)))
+        for fraction in FRACTIONS:
+            alpha = fraction * scale
+            budget = f"alpha={alpha:.4g}"
+            start = time.perf_counter()
+            codes = fista_lasso(gram, d.T @ y, alpha)
+            rows.append(_row(name, y.shape, budget, "sparsify", codes, d, y, alpha, time.perf_counter() - start))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                start = time.perf_counter()
+                codes = sparse_encode(y.T, d.T, algorithm="lasso_cd", alpha=alpha).T
+                seconds = time.perf_counter() - start
+                rows.append(
+                    _row(
+                        name, y.shape, budget, "reference: sklearn sparse_encode(lasso_cd)", codes, d, y, alpha, seconds
+                    )
+                )
+                if count <= SKLEARN_LASSO_MAX_SIGNALS:
+                    start = time.perf_counter()
+                    model = Lasso(alpha=alpha / length, fit_intercept=False, tol=1e-8, max_iter=10_000).fit(d, y)
+                    codes = np.atleast_2d(model.coef_).T
+                    seconds = time.perf_counter() - start
+                    rows.append(_row(name, y.shape, budget, "reference: sklearn Lasso", codes, d, y, alpha, seconds))
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    import h5py
+
+    path = argv[0] if argv else "/tmp/crepe_full_weights/weights.h5"
+    dataset = argv[1] if len(argv) > 1 else "conv2/conv2/kernel:0"
+    with h5py.File(path, "r") as f:
+        kernel = f[dataset][()]
+    matrix = np.moveaxis(kernel, -1, 0).reshape(kernel.shape[-1], -1).astype(np.float64)
+    rows = run({dataset: matrix})
+    for r in rows:
+        print(
+            f"{r['budget']:>14} {r['impl']:<44} {r['seconds']:8.2f}s  obj {r['objective']:.10g}  "
+            f"nnz/signal {r['mean_nnz']:6.2f}  rel_error {r['rel_error']:.4f}  {r['stored_bytes']:,} B"
+        )
+    for budget in dict.fromkeys(r["budget"] for r in rows):
+        ours = next(r for r in rows if r["budget"] == budget and r["impl"] == "sparsify")
+        ref = next(r for r in rows if r["budget"] == budget and r["impl"].startswith("reference: sklearn sparse"))
+        rel = (ours["objective"] - ref["objective"]) / ref["objective"]
+        print(f"{budget}: speedup {ref['seconds'] / ours['seconds']:.2f}x, objective difference {rel:+.2e}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
