@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -18,7 +19,7 @@ import click
 from sparsify import __version__, api
 from sparsify.errors import ExitCode, SparsifyError
 from sparsify.methods import CODERS, METHODS
-from sparsify.pipeline import describe_param
+from sparsify.pipeline import describe_param, value_text
 from sparsify.report.progress import progress_bar
 from sparsify.report.render import render_json, render_markdown, render_table
 
@@ -242,8 +243,10 @@ def methods(json_flag):
         click.echo(f"{cls.name}  ({kind}) - {cls.summary}")
         budgets = [p for p in cls.params if p.budget]
         for p in cls.params:
-            default = f" [default: {p.default}]" if p.default is not None else ""
-            click.echo(f"    {p.name:<10} {p.range_text():<22} {p.doc}{default}")
+            default = f"  [default: {value_text(p.default)}]" if p.default is not None else ""
+            click.echo(f"    {p.name:<12}{p.range_text()}{default}")
+            for line in textwrap.wrap(p.doc, width=84):
+                click.echo(" " * 16 + line)
         if budgets:
             click.echo(f"    budget: exactly one of {', '.join(p.name for p in budgets)}")
         click.echo(f"    example: {cls.example}\n")

@@ -49,11 +49,12 @@ def stage_text(stage: Stage) -> str:
     """The canonical text of one stage, every effective parameter in spec order."""
     if not stage.config:
         return stage.name
-    values = ",".join(f"{p.name}={_value_text(stage.config[p.name])}" for p in stage.params if p.name in stage.config)
+    values = ",".join(f"{p.name}={value_text(stage.config[p.name])}" for p in stage.params if p.name in stage.config)
     return f"{stage.name}:{values}"
 
 
-def _value_text(value: Any) -> str:
+def value_text(value: Any) -> str:
+    """A parameter value as the grammar writes it (``true``, ``3``, ``0.05``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
