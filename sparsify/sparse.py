@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import scipy.sparse
 
 from sparsify.errors import CorruptArchiveError
 
@@ -69,8 +70,20 @@ def unpack(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarra
             raise CorruptArchiveError(f"bitmask marks {int(mask.sum())} entries but {values.size} values are stored")
         dense.reshape(-1)[mask] = values
         return dense
-    indptr = parts["indptr"].reshape(-1).astype(np.int64)
-    indices = parts["indices"].reshape(-1).astype(np.int64)
+    return unpack_csr(parts, shape).toarray()
+
+
+def unpack_csr(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> scipy.sparse.csr_matrix:
+    """The (m, n) matrix the parts of :func:`pack` describe, as a validated float64 scipy CSR matrix."""
+    m, n = shape
+    if "mask" in parts:
+        return scipy.sparse.csr_matrix(unpack(parts, shape))
+    try:
+        indptr = parts["indptr"].reshape(-1).astype(np.int64)
+        indices = parts["indices"].reshape(-1).astype(np.int64)
+        values = parts["values"].reshape(-1).astype(np.float64)
+    except KeyError as exc:
+        raise CorruptArchiveError(f"missing sparse part {exc.args[0]!r}") from None
     if (
         indptr.size != m + 1
         or indptr[0] != 0
@@ -80,9 +93,7 @@ def unpack(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarra
         or (indices.size and (indices.min() < 0 or indices.max() >= n))
     ):
         raise CorruptArchiveError(f"inconsistent CSR parts for a {m}x{n} matrix with {values.size} values")
-    rows = np.repeat(np.arange(m), np.diff(indptr))
-    dense[rows, indices] = values
-    return dense
+    return scipy.sparse.csr_matrix((values, indices, indptr), shape=(m, n))
 
 
 def layout_of(parts: Mapping[str, np.ndarray]) -> str:

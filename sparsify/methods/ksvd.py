@@ -461,10 +461,7 @@ def _reconstruct(
 ) -> np.ndarray:
     """The float64 (m, n) matrix of a stored dictionary (L, K) and (K, S) code parts."""
     length, atoms = stored.shape
-    if "mask" in code_parts:
-        codes = scipy.sparse.csr_matrix(sparse.unpack(code_parts, (atoms, count)))
-    else:
-        codes = _csr(code_parts, atoms, count)
+    codes = sparse.unpack_csr(code_parts, (atoms, count))
     dictionary = stored.astype(np.float64)
     if atoms == 0 or codes.nnz == 0:
         approx_t = np.zeros((count, length), dtype=np.float64)
@@ -472,22 +469,3 @@ def _reconstruct(
         approx_t = np.asarray(codes.T.tocsr() @ dictionary.T)  # (S, L), row by row in a fixed order
     return np.ascontiguousarray(from_signals(approx_t.T, shape, segment))
 
-
-def _csr(parts: Mapping[str, np.ndarray], rows: int, cols: int) -> scipy.sparse.csr_matrix:
-    """A validated scipy CSR matrix from :func:`sparsify.sparse.pack`'s CSR parts."""
-    try:
-        indptr = parts["indptr"].reshape(-1).astype(np.int64)
-        indices = parts["indices"].reshape(-1).astype(np.int64)
-    except KeyError as exc:
-        raise CorruptArchiveError(f"ksvd: missing part {_CODES}{exc.args[0]}") from None
-    values = parts["values"].reshape(-1).astype(np.float64)
-    if (
-        indptr.size != rows + 1
-        or indptr[0] != 0
-        or indptr[-1] != values.size
-        or indices.size != values.size
-        or np.any(np.diff(indptr) < 0)
-        or (indices.size and (indices.min() < 0 or indices.max() >= cols))
-    ):
-        raise CorruptArchiveError(f"ksvd: inconsistent CSR codes for a {rows}x{cols} matrix with {values.size} values")
-    return scipy.sparse.csr_matrix((values, indices, indptr), shape=(rows, cols))

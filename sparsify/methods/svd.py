@@ -64,6 +64,7 @@ import scipy.linalg
 from sparsify.errors import CorruptArchiveError
 from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
 from sparsify.params import Param
+from sparsify.sparse import narrowest_uint
 
 SOLVERS = ("auto", "exact", "randomized")
 # auto: randomized only for blocks at least this small side, and ranks at most p // RANDOMIZED_FRACTION.
@@ -352,7 +353,7 @@ class SVD(Method):
         )
         parts: dict[str, np.ndarray] = {}
         if "block" in self.config:
-            parts["ranks"] = np.asarray(ranks, dtype=_narrowest_uint(max(ranks, default=0)))
+            parts["ranks"] = np.asarray(ranks, dtype=narrowest_uint(max(ranks, default=0)))
             flat = [v.reshape(-1) for v in vt_blocks]
             parts["us"] = us.astype(dtype)
             parts["vt"] = (np.concatenate(flat) if flat else np.zeros(0)).astype(dtype)
@@ -432,9 +433,3 @@ def _factor_dtype(dtype: np.dtype, largest: float) -> np.dtype:
             return candidate
     return np.dtype(np.float64)
 
-
-def _narrowest_uint(value: int) -> type:
-    for t in (np.uint8, np.uint16, np.uint32):
-        if value <= np.iinfo(t).max:
-            return t
-    return np.uint64
