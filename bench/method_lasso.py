@@ -2,16 +2,20 @@
 
 ``run(matrices)`` codes each matrix's columns over a seeded random unit-norm dictionary with twice as
 many atoms as the column length (non-orthogonal, so the reference is coordinate descent), at three
-alpha budgets, three ways: sparsify's solver (:func:`sparsify.lasso_solver.fista_lasso`, no
-debiasing so that all three solve the same problem), ``sklearn.decomposition.sparse_encode(algorithm=
-"lasso_cd", alpha=alpha)`` (which divides alpha by the column length itself, so its alpha is ours) and,
+alpha budgets, several ways: sparsify's solver (:func:`sparsify.lasso_solver.fista_lasso`, no
+debiasing so that all solve the same problem) from scratch and warm-started from its solution at the
+previous (larger) alpha, as the ``nnz`` / ``max_error`` searches do, ``sklearn.decomposition.
+sparse_encode(algorithm="lasso_cd", alpha=alpha)`` (which divides alpha by the column length itself,
+so its alpha is ours) and,
 on matrices of at most ``SKLEARN_LASSO_MAX_SIGNALS`` columns, ``sklearn.linear_model.Lasso(alpha=alpha
 / L)``. Every row also carries the objective ½‖Y − DX‖² + α‖X‖₁ (summed), to show the results are
 equal. stored_bytes: 4-byte values, the narrowest CSR index types (one row per signal) and the
 float32 dictionary.
 
 ``python bench/method_lasso.py [weights.h5 dataset]`` runs it on a Keras kernel (default: the full
-CREPE model's ``conv2/conv2/kernel:0``, 128 x 65,536) and prints the rows.
+CREPE model's ``conv2/conv2/kernel:0``, 128 x 65,536) and prints the rows, then per alpha the speed-up
+over sklearn next to the one measured before the float32-FISTA + Newton solver (``BEFORE``: the
+previous float64 FISTA with polishing, same machine and matrix).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from sparsify.lasso_solver import fista_lasso  # noqa: E402
 
 FRACTIONS = (0.6, 0.4, 0.25)  # alpha as a fraction of the median over signals of max |Dᵀy|
 SKLEARN_LASSO_MAX_SIGNALS = 2048
+# Seconds (sparsify, sklearn sparse_encode) per fraction on conv2 128 x 65,536, with the previous solver.
+BEFORE = {0.6: (17.0, 3.9), 0.4: (79.0, 9.1), 0.25: (163.0, 11.9)}
 
 
 def _dictionary(length: int, seed: int) -> np.ndarray:
@@ -68,12 +74,20 @@ def run(matrices: dict[str, np.ndarray], seed: int = 0) -> list[dict]:
         d = _dictionary(length, seed)
         gram, dty = d.T @ d, d.T @ y
         scale = float(np.median(np.abs(dty).max(axis=0)))
+        previous = None
         for fraction in FRACTIONS:
             alpha = fraction * scale
             budget = f"alpha={alpha:.4g}"
             start = time.perf_counter()
             codes = fista_lasso(gram, d.T @ y, alpha)
             rows.append(_row(name, y.shape, budget, "sparsify", codes, d, y, alpha, time.perf_counter() - start))
+            rows[-1]["fraction"] = fraction
+            if previous is not None:
+                start = time.perf_counter()
+                warm = fista_lasso(gram, d.T @ y, alpha, init=previous)
+                seconds = time.perf_counter() - start
+                rows.append(_row(name, y.shape, budget, "sparsify, warm start", warm, d, y, alpha, seconds))
+            previous = codes
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 start = time.perf_counter()
@@ -111,7 +125,14 @@ def main(argv: list[str]) -> None:
         ours = next(r for r in rows if r["budget"] == budget and r["impl"] == "sparsify")
         ref = next(r for r in rows if r["budget"] == budget and r["impl"].startswith("reference: sklearn sparse"))
         rel = (ours["objective"] - ref["objective"]) / ref["objective"]
-        print(f"{budget}: speedup {ref['seconds'] / ours['seconds']:.2f}x, objective difference {rel:+.2e}")
+        line = f"{budget}: speedup {ref['seconds'] / ours['seconds']:.2f}x, objective difference {rel:+.2e}"
+        warm = next((r for r in rows if r["budget"] == budget and r["impl"] == "sparsify, warm start"), None)
+        if warm is not None:
+            line += f"; warm start {ref['seconds'] / warm['seconds']:.2f}x"
+        if ours.get("fraction") in BEFORE:
+            was, sk = BEFORE[ours["fraction"]]
+            line += f"; before: {was:.0f}s vs {sk}s = {sk / was:.2f}x"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ same problem has ``alpha_sk = alpha / L``. ``sklearn.decomposition.sparse_encode
 alpha=alpha)`` divides by L itself, so its ``alpha`` is this module's.
 
 * :func:`soft_threshold` -- the proximal map of t||x||₁ (the solution when D is orthonormal);
-* :func:`fista_lasso` -- FISTA with adaptive restart, vectorised over signals, whose iterates are
-  polished by semismooth-Newton (active-set) steps: the exact solution for a support and sign pattern
-  is one small linear solve, accepted when it meets the KKT conditions;
+* :func:`fista_lasso` -- the solver, vectorised over signals: FISTA with adaptive restart in float32
+  (sgemm, cheap) only to find each signal's support and signs, then semismooth-Newton (active-set)
+  steps in float64: the exact solution for a support and sign pattern is one small linear solve
+  (batched over signals), accepted only when it meets the KKT conditions; solved signals leave the
+  working set. Warm starts (``init``) serve the alpha searches. A float64 FISTA fallback
+  (:func:`_fista_block`) catches the rare signal float32 cannot settle;
 * :func:`solve_on_support` -- batched least squares restricted to each signal's support (grouped by
   support size), used by the polishing step and by :func:`debias`;
 * :func:`bisect_alpha` -- bisection on alpha for a monotone budget (``nnz`` or ``max_error``).
@@ -30,8 +33,6 @@ import numpy as np
 _SOLVE_CHUNK = 1 << 22
 # Relative slack on the KKT inequality |g_j| <= alpha off the support (rounding in G x).
 _KKT_SLACK = 1e-9
-# Support sizes are padded up to a multiple of this, so one batched solve covers several sizes.
-_PAD = 8
 
 
 def soft_threshold(z: np.ndarray, threshold: float) -> np.ndarray:
@@ -65,10 +66,9 @@ def lasso_objective(gram: np.ndarray, dty: np.ndarray, y_sq: np.ndarray, codes: 
 def solve_on_support(gram: np.ndarray, rhs: np.ndarray, support: np.ndarray) -> np.ndarray:
     """For each column s: x_S = G_SS⁻¹ rhs_S on S = support[:, s], zero elsewhere.
 
-    Batched: columns are grouped by support size, rounded up to a multiple of 8 (padded with identity
-    rows and zero right-hand sides, whose solution is zero), and each group is solved with one stacked
-    ``np.linalg.solve`` (in chunks of bounded memory). A singular or non-finite block falls back to the
-    minimum-norm solution (pseudo-inverse) for that chunk.
+    Batched: columns are grouped by their exact support size n, and each group is solved with stacked
+    ``np.linalg.solve`` calls on its (count, n, n) Gram blocks (in chunks of bounded memory). A singular
+    or non-finite block falls back to the minimum-norm solution (pseudo-inverse) for that chunk.
 
     Parameters
     ----------
@@ -82,32 +82,31 @@ def solve_on_support(gram: np.ndarray, rhs: np.ndarray, support: np.ndarray) -> 
     """
     k, count = support.shape
     x = np.zeros((k, count), dtype=np.float64)
-    sizes = support.sum(axis=0)
-    buckets = -(-sizes // _PAD) * _PAD
-    for size in np.unique(buckets):
-        if size == 0:
-            continue
-        size = int(min(size, k))
-        cols = np.flatnonzero(np.minimum(buckets, k) == size)
+    gram, rhs = np.ascontiguousarray(gram, dtype=np.float64), np.ascontiguousarray(rhs, dtype=np.float64)
+    sizes = np.count_nonzero(support, axis=0)
+    order = np.argsort(sizes, kind="stable")
+    edges = np.searchsorted(sizes[order], np.arange(k + 2))
+    for size in range(1, k + 1):
+        cols = order[edges[size] : edges[size + 1]]
         step = max(1, _SOLVE_CHUNK // (size * size))
-        eye = np.eye(size)
         for first in range(0, cols.size, step):
             c = cols[first : first + step]
-            mask = support[:, c].T
-            rows = np.argsort(~mask, axis=1, kind="stable")[:, :size]  # support atoms first, ascending
-            valid = np.take_along_axis(mask, rows, axis=1)
-            pair = valid[:, :, None] & valid[:, None, :]
-            blocks = np.where(pair, gram[rows[:, :, None], rows[:, None, :]], eye)
-            right = np.where(valid, np.take_along_axis(rhs[:, c].T, rows, axis=1), 0.0)[..., None]
-            try:
-                solution = np.linalg.solve(blocks, right)[..., 0]
-                if not np.isfinite(solution).all():
-                    raise np.linalg.LinAlgError
-            except np.linalg.LinAlgError:
-                solution = (np.linalg.pinv(blocks, hermitian=True) @ right)[..., 0]
-            owner = np.broadcast_to(c[:, None], rows.shape)
-            x[rows[valid], owner[valid]] = solution[valid]
+            rows = np.nonzero(support[:, c].T)[1].reshape(c.size, size)  # each signal's atoms, ascending
+            flat = rows * count + c[:, None]  # positions in the (K, S) arrays
+            blocks = np.take(gram, rows[:, :, None] * k + rows[:, None, :])
+            x.flat[flat] = _solve_blocks(blocks, np.take(rhs, flat))
     return x
+
+
+def _solve_blocks(blocks: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Solutions of the stacked systems blocks (n, m, m) @ x (n, m) = right (n, m); pseudo-inverse if singular."""
+    try:
+        solution = np.linalg.solve(blocks, right[..., None])[..., 0]
+        if np.isfinite(solution).all():
+            return solution
+    except np.linalg.LinAlgError:
+        pass
+    return (np.linalg.pinv(blocks, hermitian=True) @ right[..., None])[..., 0]
 
 
 def debias(gram: np.ndarray, dty: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -126,50 +125,109 @@ def debias(gram: np.ndarray, dty: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return solve_on_support(gram, dty, codes != 0)
 
 
-def _kkt_ok(gram: np.ndarray, dty: np.ndarray, x: np.ndarray, signs: np.ndarray, alpha: float) -> np.ndarray:
-    """Per column, the KKT conditions: x has the signs ``signs``, B - G x = alpha signs on the support and
-    |B_j - G_j x| <= alpha off it."""
-    support = signs != 0
-    grad = dty - gram @ x
-    scale = np.maximum(np.abs(dty).max(axis=0, initial=0.0), 1e-300)
-    off_ok = np.where(support, True, np.abs(grad) <= alpha * (1 + _KKT_SLACK) + 1e-13 * scale).all(axis=0)
-    # On the support the gradient must balance alpha exactly (fails when G_SS is singular and the
-    # system inconsistent, e.g. more atoms than the signal length).
-    on_ok = np.where(support, np.abs(grad - alpha * signs) <= _KKT_SLACK * (alpha + scale), True).all(axis=0)
-    return off_ok & on_ok & (np.sign(x) == signs).all(axis=0)
+def _kkt_ok(
+    residual: np.ndarray, x: np.ndarray, support: np.ndarray, signs: np.ndarray, alpha: float, scale: np.ndarray
+) -> np.ndarray:
+    """Per column, the lasso's KKT conditions for x on ``support`` with ``signs`` (all (K, S)).
+
+    ``residual`` is (B - G x) - alpha signs. x must have the signs ``signs`` on the support; there the
+    residual must vanish (it does not when G_SS is singular and the system inconsistent, e.g. more atoms
+    than the signal length) and off it |B_j - G_j x| <= alpha, both up to rounding relative to ``scale``
+    (S,), the columns' max |B|. Returns a bool array (S,).
+    """
+    on_bound = _KKT_SLACK * (alpha + scale)
+    off_bound = alpha * (1 + _KKT_SLACK) + 1e-13 * scale
+    fits = (np.abs(residual) <= np.where(support, on_bound, off_bound)).all(axis=0)
+    signed = np.count_nonzero(x * signs > 0, axis=0) == np.count_nonzero(support, axis=0)
+    return fits & signed
 
 
 def _newton(
-    gram: np.ndarray, dty: np.ndarray, codes: np.ndarray, alpha: float, tau: float, steps: int, rank: int
+    gram: np.ndarray, dty: np.ndarray, codes: np.ndarray, alpha: float, steps: int, rank: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Semismooth Newton (primal-dual active set) steps from ``codes``; which columns reached the optimum.
+    """Semismooth Newton (primal-dual active set) steps from ``codes``, in float64.
 
-    One step: the support and signs of the prox-gradient point p = x + tau (B - G x), thresholded at
-    tau alpha; on support S with signs s the optimum solves G_SS x_S = B_S - alpha s. The result is the
-    lasso minimiser iff it keeps the signs s and |B_j - G_j x| <= alpha off S (the KKT conditions of
-    the convex problem), which is checked; columns that pass are final.
+    One step: the support S and signs s of the prox-gradient point p = x + tau (B - G x), thresholded at
+    tau alpha (tau = 1 / max diag G); on (S, s) the optimum solves G_SS x_S = B_S - alpha s, one batched
+    solve. The result is the lasso minimiser iff it meets the KKT conditions (:func:`_kkt_ok`), which
+    is checked; columns that pass are final and leave the working set.
+
+    Parameters
+    ----------
+    gram : ndarray (K, K); dty : ndarray (K, S); codes : ndarray (K, S), the starting points
+    alpha : float; steps : int, at most this many steps; rank : int, rank of G (a larger support is
+        singular and skipped)
+
+    Returns
+    -------
+    x : ndarray (K, S), the minimiser where ``solved``, else the last Newton iterate
+    solved : bool ndarray (S,)
     """
-    result = codes.copy()
-    solved = np.zeros(codes.shape[1], dtype=bool)
-    live = np.arange(codes.shape[1])
-    x, b = codes, dty
+    x = np.array(codes, dtype=np.float64)
+    solved = np.zeros(x.shape[1], dtype=bool)
+    tau = 1.0 / float(np.max(np.diag(gram)))
+    live = np.arange(x.shape[1])
+    cur, b = x, dty
+    scale = np.maximum(np.abs(dty).max(axis=0, initial=0.0), 1e-300)
+    point = gram @ cur
+    point -= b
+    point *= -tau
+    point += cur  # cur + tau (B - G cur)
     for _ in range(steps):
-        point = b - gram @ x
-        point *= tau
-        point += x
-        signs = np.where(np.abs(point) > tau * alpha, np.sign(point), 0.0)
-        # A support larger than rank(G) has a singular G_SS and cannot be optimal with these signs: skip.
-        small = np.count_nonzero(signs, axis=0) <= rank
-        signs[:, ~small] = 0.0
-        x = solve_on_support(gram, b - alpha * signs, signs != 0)
-        ok = small & _kkt_ok(gram, b, x, signs, alpha)
-        result[:, live[ok]] = x[:, ok]
+        support = np.abs(point) > tau * alpha
+        support[:, np.count_nonzero(support, axis=0) > rank] = False  # singular G_SS: cannot be optimal
+        signs = np.copysign(support, point)
+        rhs = signs * -alpha
+        rhs += b
+        cur = solve_on_support(gram, rhs, support)
+        residual = rhs - gram @ cur  # (B - G cur) - alpha signs
+        ok = _kkt_ok(residual, cur, support, signs, alpha, scale)
+        x[:, live[ok]] = cur[:, ok]
         solved[live[ok]] = True
         keep = ~ok
-        live, x, b = live[keep], x[:, keep], b[:, keep]
+        live, cur, b, scale = live[keep], cur[:, keep], b[:, keep], scale[keep]
         if live.size == 0:
             break
-    return result, solved
+        # The next prox point: cur + tau (residual + alpha signs).
+        point = residual[:, keep]
+        point += alpha * signs[:, keep]
+        point *= tau
+        point += cur
+    x[:, live] = cur
+    return x, solved
+
+
+def _fista32_steps(
+    descent: np.ndarray, shift: np.ndarray, state: tuple[np.ndarray, ...], threshold: float, iters: int, watch: int
+) -> tuple[np.ndarray, ...]:
+    """``iters`` FISTA iterations in float32 (sgemm is twice dgemm's speed): only to find supports and signs.
+
+    The gradient step is z - (G z - B) / lip = A z + C with ``descent`` A = I - G / lip (K, K) and
+    ``shift`` C = B / lip (K, S), both float32; ``threshold`` is alpha / lip. ``state`` is (x, z, t):
+    iterate and extrapolated point (K, S) and momentum (S,), returned updated, followed by ``settled``
+    (S,): whether each signal's support stayed the same over the last ``watch`` iterations. Per-signal
+    momentum reset when it points uphill (O'Donoghue & Candès 2015).
+    """
+    x, z, t = state[:3]
+    thr = np.float32(threshold)
+    clipped = np.empty_like(x)
+    settled = np.ones(x.shape[1], dtype=bool)
+    for it in range(iters):
+        new = descent @ z
+        new += shift
+        new -= np.clip(new, -thr, thr, out=clipped)  # soft threshold
+        if it >= iters - watch:
+            settled &= ((new == 0) == (x == 0)).all(axis=0)
+        change = np.subtract(new, x, out=x)  # x is not needed any more: reuse its memory
+        z -= new
+        uphill = np.einsum("ks,ks->s", z, change) > 0
+        t_next = np.float32(0.5) * (1 + np.sqrt(1 + 4 * t * t))
+        momentum = np.where(uphill, np.float32(0), (t - 1) / t_next)
+        t = np.where(uphill, np.float32(1), t_next)
+        change *= momentum
+        change += new
+        x, z = new, change
+    return x, z, t, settled
 
 
 def fista_lasso(
@@ -177,25 +235,33 @@ def fista_lasso(
     dty: np.ndarray,
     alpha: float,
     *,
+    init: np.ndarray | None = None,
     max_iter: int = 30000,
     tol: float = 1e-12,
-    block: int = 4096,
+    block: int = 8192,
+    first_iters: int = 12,
+    warm_iters: int = 4,
+    ready: int = 3,
+    max_warm_iters: int = 300,
     polish_every: int = 5,
     newton_steps: int = 2,
 ) -> np.ndarray:
-    """Solve the lasso for every signal at once by FISTA with adaptive restart and active-set polishing.
+    """Solve the lasso exactly for every signal at once: float32 FISTA to find supports, float64 Newton to finish.
 
     Minimises, independently for each column,
 
     .. math:: \\tfrac12 x^\\top G x - b^\\top x + \\alpha \\lVert x \\rVert_1
               = \\tfrac12 \\lVert y - D x \\rVert^2 + \\alpha \\lVert x \\rVert_1 - \\tfrac12 \\lVert y \\rVert^2 .
 
-    Iteration (Beck & Teboulle 2009), step 1/λ_max(G), per-signal momentum reset when it points uphill
-    (O'Donoghue & Candès 2015). Every ``polish_every`` iterations, each unfinished signal takes up to
-    ``newton_steps`` semismooth-Newton (primal-dual active set) steps: the exact solution for the support
-    and signs of its prox-gradient point, one batched solve, accepted when it meets the KKT conditions;
-    such signals are finished, so the others iterate on a shrinking set. Signals loop in column blocks
-    of ``block`` (a loop over blocks and iterations, never over signals).
+    Rounds of: a few FISTA iterations in float32 (cheap, approximate: ``first_iters``, then
+    ``warm_iters`` per round), then, for the signals whose float32 support has settled, up to
+    ``newton_steps`` semismooth-Newton steps in float64 from that iterate (:func:`_newton`: the exact
+    solution for a support and sign pattern, one batched solve, accepted only when it meets the KKT
+    conditions in float64). Signals that pass are final and leave the working set, so later rounds
+    cost less. With ``init`` (a warm start) FISTA starts there, and the first round is ``warm_iters`` long.
+    The few still unsolved after ``max_warm_iters`` float32 iterations fall back to float64 FISTA with
+    periodic Newton polishing (:func:`_fista_block`). Signals go in column blocks of ``block`` (a loop
+    over blocks, rounds and iterations, never over signals).
 
     Parameters
     ----------
@@ -204,16 +270,23 @@ def fista_lasso(
     dty : ndarray of shape (K, S)
         B = DᵀY.
     alpha : float >= 0
+    init : ndarray of shape (K, S), optional
+        A warm start (e.g. the solution at a nearby alpha) for the float32 iterations.
     max_iter : int
-        Iterations at most per block; a signal still moving then keeps its last iterate.
+        float64 FISTA iterations at most in the fallback; a signal still moving then keeps its last iterate.
     tol : float
-        A signal also stops when its largest coefficient change is <= tol * its largest coefficient.
+        Fallback stop: a signal's largest coefficient change <= tol * its largest coefficient.
     block : int
         Signals per block.
+    first_iters, warm_iters, max_warm_iters : int
+        float32 FISTA iterations before the first round, per later round, and in all.
+    ready : int
+        A signal tries Newton only when its float32 support was unchanged over the last ``ready``
+        iterations of the round (a failed try costs a solve; this keeps tries mostly successful).
     polish_every : int
-        Iterations between polishing steps (0: never polish).
+        Fallback iterations between Newton polishing steps (0: never polish).
     newton_steps : int
-        Newton steps per polishing.
+        Newton steps per round.
 
     Returns
     -------
@@ -230,12 +303,71 @@ def fista_lasso(
     if not lip > 0:
         return codes
     rank = int(np.count_nonzero(eigenvalues > lip * k * np.finfo(np.float64).eps))
+    solver = _BlockSolver(gram, lip, rank, alpha, warm_iters, max_warm_iters, newton_steps, first_iters, ready)
     for first in range(0, count, block):
         cols = slice(first, first + block)
-        codes[:, cols] = _fista_block(
-            gram, lip, np.ascontiguousarray(dty[:, cols]), alpha, max_iter, tol, polish_every, newton_steps, rank
-        )
+        start = None if init is None else init[:, cols]
+        codes[:, cols], unsolved = solver.solve(np.ascontiguousarray(dty[:, cols]), start)
+        if unsolved[1].size:
+            x0, which = unsolved
+            fallback = _fista_block(
+                gram, lip, dty[:, cols][:, which], alpha, max_iter, tol, polish_every, newton_steps, rank, x0
+            )
+            codes[:, first + which] = fallback
     return codes
+
+
+class _BlockSolver:
+    """Rounds of float32 FISTA and float64 Newton for one block of signals (see :func:`fista_lasso`)."""
+
+    def __init__(
+        self,
+        gram: np.ndarray,
+        lip: float,
+        rank: int,
+        alpha: float,
+        warm_iters: int,
+        max_warm: int,
+        newton_steps: int,
+        first_iters: int,
+        ready: int,
+    ) -> None:
+        self.gram = gram
+        self.descent = (np.eye(gram.shape[0]) - gram / lip).astype(np.float32)
+        self.lip, self.rank, self.alpha = lip, rank, alpha
+        self.warm_iters, self.max_warm, self.newton_steps = warm_iters, max_warm, newton_steps
+        self.first_iters, self.ready = first_iters, ready
+
+    def solve(self, dty: np.ndarray, init: np.ndarray | None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Codes (K, S) for B = ``dty`` (K, S), and (last iterate (K, U), column indices (U,)) of the unsolved.
+
+        A signal tries Newton once its float32 support has been stable for ``ready`` iterations (all
+        do once ``max_warm`` iterations are spent); after a failure it waits for another stable stretch.
+        """
+        out = np.zeros_like(dty)
+        live = np.arange(dty.shape[1])
+        b, b32 = dty, (dty / self.lip).astype(np.float32)
+        x = np.zeros_like(b32) if init is None else np.array(init, dtype=np.float32)
+        count = b.shape[1]
+        state = (x, x.copy(), np.ones(count, dtype=np.float32), np.ones(count, dtype=bool))
+        # From a warm start a few iterations settle the support; a Newton try on the stale one would
+        # often solve a much larger system, and fail.
+        spent = self.first_iters if init is None else self.warm_iters
+        state = _fista32_steps(self.descent, b32, state, self.alpha / self.lip, spent, self.ready)
+        while True:
+            last = spent >= self.max_warm
+            cand = np.flatnonzero(state[3]) if not last else np.arange(live.size)
+            if cand.size:
+                exact, ok = _newton(self.gram, b[:, cand], state[0][:, cand], self.alpha, self.newton_steps, self.rank)
+                out[:, live[cand[ok]]] = exact[:, ok]
+                keep = np.ones(live.size, dtype=bool)
+                keep[cand[ok]] = False
+                live, b, b32 = live[keep], b[:, keep], b32[:, keep]
+                state = tuple(v[..., keep] for v in state)
+            if live.size == 0 or last:
+                return out, (state[0].astype(np.float64), live)
+            state = _fista32_steps(self.descent, b32, state, self.alpha / self.lip, self.warm_iters, self.ready)
+            spent += self.warm_iters
 
 
 def _fista_block(
@@ -248,15 +380,16 @@ def _fista_block(
     polish_every: int,
     newton_steps: int,
     rank: int,
+    x0: np.ndarray,
 ) -> np.ndarray:
+    """float64 FISTA with restart from ``x0`` (K, S), polished every ``polish_every`` iterations by Newton."""
     out = np.zeros_like(dty)
     live = np.arange(dty.shape[1])
     b = dty
-    x = np.zeros_like(b)
-    z = np.zeros_like(b)
+    x = np.array(x0, dtype=np.float64)
+    z = x.copy()
     t = np.ones(b.shape[1])
     step, thr = 1.0 / lip, alpha / lip
-    tau = 1.0 / float(np.max(np.diag(gram)))
     for it in range(1, max_iter + 1):
         point = gram @ z
         point -= b
@@ -275,7 +408,7 @@ def _fista_block(
         if polish_every and it % polish_every == 0:
             cand = np.flatnonzero(~done)
             if cand.size:
-                exact, ok = _newton(gram, b[:, cand], x[:, cand], alpha, tau, newton_steps, rank)
+                exact, ok = _newton(gram, b[:, cand], x[:, cand], alpha, newton_steps, rank)
                 x[:, cand[ok]] = exact[:, ok]
                 done[cand[ok]] = True
         if done.any():

@@ -15,7 +15,8 @@ Dictionaries (``dict``):
 * ``dct``      -- D the orthonormal DCT-II (``scipy.fft.dct(norm="ortho")``): x = soft_threshold(Dᵀy,
   alpha); only the codes are stored, the transform is implied by the config;
 * ``learned``  -- D (L x ``atoms``) learned on the tensor by K-SVD (:mod:`sparsify.methods.ksvd`) and
-  stored dense; the codes come from :func:`sparsify.lasso_solver.fista_lasso`, all signals at once.
+  stored dense; the codes come from :func:`sparsify.lasso_solver.fista_lasso`, all signals at once
+  (during an ``nnz`` / ``max_error`` search warm-started from the solution at the nearest alpha tried).
 
 Budgets (exactly one): ``alpha``; ``nnz`` -- the smallest alpha whose mean nonzero count per signal is
 <= nnz (exact from the sorted coefficients for orthonormal D, by bisection otherwise); ``max_error`` --
@@ -113,6 +114,13 @@ class _General:
         self.dty = dictionary.T @ signals
         self.debias = debias
         self._cache: dict[float, np.ndarray] = {}
+        self._lasso: dict[float, np.ndarray] = {}  # un-debiased solutions: warm starts for the alpha search
+
+    def _nearest_solution(self, alpha: float) -> np.ndarray | None:
+        """The lasso solution already computed at the alpha nearest to ``alpha`` (None if there is none)."""
+        if not self._lasso:
+            return None
+        return self._lasso[min(self._lasso, key=lambda a: abs(np.log(a / alpha)))]
 
     def codes(self, alpha: float) -> np.ndarray:
         if alpha in self._cache:
@@ -121,7 +129,8 @@ class _General:
             # Any least-squares solution minimises the alpha = 0 objective: take the minimum-norm one.
             x = np.linalg.pinv(self.d) @ self.y
         else:
-            x = fista_lasso(self.gram, self.dty, alpha)
+            x = fista_lasso(self.gram, self.dty, alpha, init=self._nearest_solution(alpha))
+            self._lasso[alpha] = x
         if self.debias and alpha > 0:
             refit = solve_on_support(self.gram, self.dty, x != 0)
             # Least squares never fits worse; keep the lasso values where rounding says otherwise.
@@ -196,23 +205,36 @@ class Lasso(Method):
         return segment, -(-(m * n) // segment)
 
     def encode(self, target: np.ndarray, ctx: EncodeContext) -> StageOutput:
+        signals = to_signals(np.where(np.isfinite(target), target, 0.0), self.config.get("segment"))
+        out = self._encode_with(self._kind, target, signals, ctx)
+        if (
+            self._kind == "learned"
+            and "max_error" in self.config
+            and _error_sq(target, out.approximation) > ctx.error_budget_sq(self.config["max_error"])
+        ):
+            # Even alpha = 0 cannot reach the bound with the learned atoms: code the values themselves.
+            out = self._encode_with("identity", target, signals, ctx)
+            out.resolved["fallback"] = "the learned dictionary cannot reach max_error; coded with dict=identity"
+        return out
+
+    def _encode_with(self, kind: str, target: np.ndarray, signals: np.ndarray, ctx: EncodeContext) -> StageOutput:
+        """Code ``signals`` (L, S) of ``target`` with dictionary ``kind`` under this stage's budget."""
         shape = target.shape
-        segment = self.config.get("segment")
-        signals = to_signals(np.where(np.isfinite(target), target, 0.0), segment)
         length, count = signals.shape
         debias = bool(self.config.get("debias", True))
         dictionary = None
-        if self._kind == "learned":
+        if kind == "learned":
             dictionary = self._learn(signals, ctx)
             coder: _Orthonormal | _General = _General(dictionary.astype(np.float64), signals, debias)
         else:
-            coder = _Orthonormal(signals if self._kind == "identity" else _dct(signals), debias)
+            coder = _Orthonormal(signals if kind == "identity" else _dct(signals), debias)
 
         def store(alpha: float) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray]:
             codes = coder.codes(alpha)
-            parts = self._pack(codes, dictionary, ctx, shape)
+            parts = self._pack(kind, codes, dictionary, ctx, shape)
             total = int(np.count_nonzero(codes))
             resolved: dict[str, Any] = {
+                "dict": kind,
                 "alpha": float(alpha),
                 "nnz": total,
                 "mean_nnz": total / count if count else 0.0,
@@ -253,9 +275,9 @@ class Lasso(Method):
         return np.asarray(dictionary, dtype=np.float64).astype(ctx.float_dtype)
 
     def _pack(
-        self, codes: np.ndarray, dictionary: np.ndarray | None, ctx: EncodeContext, shape: tuple[int, int]
+        self, kind: str, codes: np.ndarray, dictionary: np.ndarray | None, ctx: EncodeContext, shape: tuple[int, int]
     ) -> dict[str, np.ndarray]:
-        if self._kind == "identity":
+        if kind == "identity":
             matrix = from_signals(codes, shape, self.config.get("segment"))
             keep = matrix != 0
             return sparse.pack(keep, matrix[keep].astype(ctx.float_dtype))
@@ -269,11 +291,13 @@ class Lasso(Method):
     def decode(
         self, parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, int]
     ) -> np.ndarray:
-        if self._kind == "identity":
+        # resolved["dict"] differs from the config's when a learned dictionary fell back to identity.
+        kind = resolved.get("dict", self._kind)
+        if kind == "identity":
             return sparse.unpack(parts, shape)
         length, count = self._signal_shape(shape)
         coded = {k: v for k, v in parts.items() if k != "dictionary"}
-        if self._kind == "dct":
+        if kind == "dct":
             signals = _dct(sparse.unpack(coded, (count, length)).T, inverse=True)
         else:
             if "dictionary" not in parts:
