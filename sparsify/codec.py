@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from sparsify import dtypes
-from sparsify.errors import CorruptArchiveError
+from sparsify.errors import CorruptArchiveError, UsageError
 from sparsify.io.base import TensorInfo
 from sparsify.methods import CODERS, METHODS, EncodeContext, LosslessMethod, Method
 from sparsify.metrics import as_float64, exact_metrics, finite_sq_norm, tensor_metrics
-from sparsify.pipeline import resolve_config, stage_text
+from sparsify.pipeline import check_config, resolve_config, stage_text
 from sparsify.rules import Choice
 
 
@@ -247,7 +247,10 @@ def _method(stage: Mapping[str, Any]):
     cls = METHODS.get(stage["method"])
     if cls is None:
         raise CorruptArchiveError(f"unknown method {stage['method']!r} (written by a newer sparsify?)")
-    return cls(**stage["config"])
+    try:
+        return cls(**check_config(cls, stage["config"]))
+    except UsageError as exc:
+        raise CorruptArchiveError(f"invalid stage config: {exc}") from None
 
 
 def _stage_parts(parts: Mapping[str, np.ndarray], index: int, stage: Mapping[str, Any]) -> dict[str, np.ndarray]:

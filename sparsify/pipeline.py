@@ -107,6 +107,31 @@ def parse_stage(chunk: str, pipeline_text: str) -> Stage:
     return cls(**resolve_config(cls, given))
 
 
+def check_config(cls: type[Stage], config: Any) -> dict[str, Any]:
+    """A stored stage config (from an archive's manifest) validated against the stage's specs:
+    known keys, the right types, values in range. UsageError otherwise."""
+    if not isinstance(config, dict):
+        raise UsageError(f"{cls.name}: config is not a mapping")
+    specs = {p.name: p for p in cls.params}
+    for key, value in config.items():
+        spec = specs.get(key)
+        if spec is None:
+            raise UsageError(f"{cls.name}: unknown parameter {key!r}; parameters: {_params_hint(cls)}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        well_typed = (
+            isinstance(value, bool)
+            if spec.kind is bool
+            else isinstance(value, str) and (not spec.choices or value in spec.choices)
+            if spec.kind is str
+            else number and (spec.kind is float or float(value).is_integer())
+        )
+        if not well_typed:
+            raise UsageError(f"{cls.name}: {key}={value!r} is not valid; valid: {spec.range_text()}")
+        if number:
+            spec.check(value, cls.name)
+    return dict(config)
+
+
 def resolve_config(cls: type[Stage], given: dict[str, Any]) -> dict[str, Any]:
     """``given`` plus defaults, with exactly one budget; ordered as the spec."""
     budgets = [p.name for p in cls.params if p.budget]

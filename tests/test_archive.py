@@ -146,6 +146,10 @@ CASES = {
         ),
         "unknown codec 'lz9'",
     ),
+    "bad stage config": (
+        lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["stages"][0]["config"].update(sparsity=7)),
+        "invalid stage config: threshold: sparsity=7 is out of range",
+    ),
     "inconsistent view": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["view"].update(rows=7)), "bad view"),
 }
 

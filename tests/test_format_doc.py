@@ -1,9 +1,10 @@
 """docs/FORMAT.md is enough to read an archive.
 
 This module holds a small, independent ``.sparsify`` reader written from docs/FORMAT.md alone, using
-only json, struct, hashlib, numpy, ml_dtypes and zstandard. sparsify itself is used only to *create*
-archives (``sparsify.compress``); every byte is then parsed, checked and decoded here and compared with
-the original weights read by the safetensors library.
+only json, struct, hashlib, numpy, ml_dtypes, zstandard and (for the DCT of lasso) scipy.fft. sparsify
+itself is used only to *create* archives (``sparsify.compress``) and, as the reference, to decompress
+them (``sparsify.decompress``); every byte is parsed, checked and decoded here and compared with the
+original weights and with what ``decompress`` writes (read with safetensors / h5py): bit for bit.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ import json
 import struct
 from pathlib import Path
 
+import h5py
 import ml_dtypes
 import numpy as np
 import pytest
+import scipy.fft
 import zstandard
 from safetensors.numpy import load_file
+from threadpoolctl import threadpool_limits  # test speed only (see the fixture below), not the reader
 
-import sparsify  # only to create archives
+import sparsify  # only to create archives and as the reference decoder
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 FP32 = SAMPLES / "digits_mlp.safetensors"
 BF16 = SAMPLES / "digits_mlp_bf16.safetensors"
 HDF5 = SAMPLES / "digits_mlp.h5"
+CREPE = SAMPLES / "crepe-tiny" / "weights.h5"
 WEIGHTS = ("fc1.weight", "fc2.weight", "fc3.weight")
 BIASES = ("fc1.bias", "fc2.bias", "fc3.bias")
 
@@ -279,7 +284,7 @@ class Reader:
         return next(t for t in self.manifest["tensors"] if t["name"] == name)
 
     def tensor(self, name: str) -> np.ndarray:
-        """§7.2."""
+        """§7.2 (methods: §6)."""
         record = self.record(name)
         shape, dtype = record["shape"], numpy_type(record["dtype"])
         arrays = {p["name"]: self.part_array(p) for p in record["parts"]}
@@ -292,10 +297,14 @@ class Reader:
         rows, cols = record["view"]["rows"], record["view"]["cols"]
         total = np.zeros((rows, cols), dtype=np.float64)
         for i, stage in enumerate(stages):
-            if stage["method"] != "threshold":
-                raise FormatError(f"unknown or misplaced method {stage['method']!r}")
-            parts = {p: arrays[f"{i}.threshold.{p}"] for p in stage["parts"]}
-            total += sparse_to_dense(parts, rows, cols)
+            method = stage["method"]
+            if method not in STAGE_DECODERS:
+                raise FormatError(f"{name}: unknown or misplaced method {method!r}; refusing to decode it")
+            try:
+                parts = {p: arrays[f"{i}.{method}.{p}"] for p in stage["parts"]}
+            except KeyError as exc:
+                raise FormatError(f"{name}: missing part {exc.args[0]!r}") from None
+            total += STAGE_DECODERS[method](parts, stage, rows, cols)  # §7.2: the sum of all stages
         return cast_back(from_matrix(total, shape, record["view"]["layout"]), dtype)
 
 
@@ -331,9 +340,122 @@ def sparse_to_dense(parts: dict, m: int, n: int) -> np.ndarray:
     return dense
 
 
+def threshold_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
+    """§6.2."""
+    return sparse_to_dense(parts, m, n)
+
+
+FLOAT_PARTS = {np.dtype(SAFETENSORS[k][1]) for k in ("F16", "BF16", "F32", "F64")}
+
+
+def svd_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
+    """§6.3: us @ vt, or per column block with ``block=N`` (ranks + concatenated factors)."""
+    us, vt = parts["us"], parts["vt"]
+    if us.dtype not in FLOAT_PARTS or vt.dtype != us.dtype:
+        raise FormatError(f"svd: factors of types {us.dtype} and {vt.dtype}")
+    us, vt = np.ascontiguousarray(us, dtype=np.float64), np.ascontiguousarray(vt, dtype=np.float64)
+    block = stage["config"].get("block")
+    if block is None:
+        if set(parts) != {"us", "vt"} or us.ndim != 2 or us.shape[0] != m or vt.shape != (us.shape[1], n):
+            raise FormatError(f"svd: factors {us.shape} x {vt.shape} do not make {m} x {n}")
+        if us.shape[1] > min(m, n):
+            raise FormatError("svd: rank exceeds min(m, n)")
+        return us @ vt
+    if type(block) is not int or block < 1:
+        raise FormatError(f"svd: bad block {block!r}")
+    widths = [block] * (n // block) + ([n % block] if n % block else [])
+    ranks = parts["ranks"]
+    if ranks.dtype.kind != "u" or ranks.shape != (len(widths),):
+        raise FormatError("svd: bad ranks part")
+    ranks = ranks.astype(np.int64)
+    if any(r > min(m, w) for r, w in zip(ranks, widths, strict=True)):
+        raise FormatError("svd: a block rank exceeds its block")
+    if us.shape != (m, int(ranks.sum())) or vt.shape != (int(np.dot(ranks, widths)) if widths else 0,):
+        raise FormatError(f"svd: factors {us.shape}, {vt.shape} do not fit the block ranks")
+    out = np.zeros((m, n), dtype=np.float64)
+    col = a = b = 0
+    for r, w in zip(ranks.tolist(), widths, strict=True):
+        if r:
+            out[:, col : col + w] = us[:, a : a + r] @ vt[b : b + r * w].reshape(r, w)
+        col, a, b = col + w, a + r, b + r * w
+    return out
+
+
+def signal_shape(m: int, n: int, segment) -> tuple[int, int]:
+    """§6.4 signals: (L, S)."""
+    if segment is None:
+        return m, n
+    if type(segment) is not int or segment < 1:
+        raise FormatError(f"bad segment {segment!r}")
+    return segment, -(-(m * n) // segment)
+
+
+def signals_to_matrix(signals: np.ndarray, m: int, n: int, segment) -> np.ndarray:
+    """§6.4: the (m, n) stage matrix from the (L, S) signals (segment padding dropped)."""
+    if segment is None:
+        return signals.reshape(m, n)
+    return np.ascontiguousarray(signals.T).reshape(-1)[: m * n].reshape(m, n)
+
+
+def lasso_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
+    """§6.4: decoded by resolved.dict (a learned dictionary may have fallen back to identity)."""
+    kind = stage["resolved"].get("dict", stage["config"].get("dict", "identity"))
+    segment = stage["config"].get("segment")
+    length, count = signal_shape(m, n, segment)
+    if kind == "identity":
+        return sparse_to_dense(parts, m, n)
+    if kind == "dct":
+        codes = sparse_to_dense(parts, count, length)  # signals x atoms
+        signals = scipy.fft.idct(codes.T, type=2, norm="ortho", axis=0) if codes.size else codes.T
+        return signals_to_matrix(signals, m, n, segment)
+    if kind == "learned":
+        coded = {k: v for k, v in parts.items() if k != "dictionary"}
+        if "dictionary" not in parts:
+            raise FormatError("lasso: dict=learned without a dictionary part")
+        dictionary = parts["dictionary"]
+        if dictionary.dtype not in FLOAT_PARTS or dictionary.ndim != 2 or dictionary.shape[0] != length:
+            raise FormatError(f"lasso: dictionary {dictionary.dtype}{dictionary.shape} for signals of length {length}")
+        codes = sparse_to_dense(coded, count, dictionary.shape[1])  # signals x atoms
+        return signals_to_matrix(dictionary.astype(np.float64) @ codes.T, m, n, segment)
+    raise FormatError(f"lasso: unknown dictionary {kind!r}")
+
+
+def ksvd_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
+    """§6.5: D @ X with X (atoms x signals) in the ``codes_`` parts, summed in ascending atom order."""
+    segment = stage["config"].get("segment")
+    length, count = signal_shape(m, n, segment)
+    dictionary = parts.get("dictionary")
+    if dictionary is None or dictionary.dtype not in FLOAT_PARTS or dictionary.ndim != 2:
+        raise FormatError("ksvd: missing or bad dictionary")
+    if dictionary.shape[0] != length:
+        raise FormatError(f"ksvd: dictionary {dictionary.shape} for signals of length {length}")
+    codes = {k[len("codes_") :]: v for k, v in parts.items() if k.startswith("codes_")}
+    if len(codes) + 1 != len(parts):
+        raise FormatError(f"ksvd: unexpected parts {sorted(parts)}")
+    atoms = dictionary.shape[1]
+    x = sparse_to_dense(codes, atoms, count)
+    d = dictionary.astype(np.float64)
+    acc = np.zeros((count, length), dtype=np.float64)  # signal-major: row s = y_s
+    for k in range(atoms):
+        users = np.flatnonzero(x[k])
+        if users.size:
+            acc[users] += x[k, users, None] * d[:, k]
+    return signals_to_matrix(acc.T, m, n, segment)
+
+
+STAGE_DECODERS = {"threshold": threshold_stage, "svd": svd_stage, "lasso": lasso_stage, "ksvd": ksvd_stage}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_blas_thread():
+    """Small matrices: multi-threaded BLAS only adds contention (x100 slower on a busy 2-core machine)."""
+    with threadpool_limits(1, user_api="blas"):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -535,3 +657,167 @@ def test_deterministic(tmp_path):
     a = make(tmp_path, FP32, "a.sparsify", pipeline="threshold:sparsity=0.9+zstd")
     b = make(tmp_path, FP32, "b.sparsify", pipeline="threshold:sparsity=0.9+zstd")
     assert a.read_bytes() == b.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------
+# svd, lasso, ksvd (FORMAT.md §6.3-§6.5): bit-identical to what sparsify.decompress writes
+# ---------------------------------------------------------------------------------------------------
+
+
+def reference(tmp_path: Path, archive: Path, suffix: str) -> dict[str, np.ndarray]:
+    """The tensors ``sparsify.decompress`` writes for ``archive``, read back by safetensors or h5py."""
+    out = sparsify.decompress(archive, tmp_path / f"{archive.stem}.out{suffix}", force=True)
+    if suffix == ".safetensors":
+        return load_file(str(out))
+    tensors: dict[str, np.ndarray] = {}
+    with h5py.File(out, "r") as f:
+        f.visititems(lambda name, obj: tensors.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return tensors
+
+
+def check_archive(reader: Reader, expected: dict[str, np.ndarray], originals: dict[str, np.ndarray]) -> None:
+    """Every tensor decodes bit-identically to ``expected``; lossy ones match their recorded metrics."""
+    assert {t["name"] for t in reader.manifest["tensors"]} == set(expected)
+    for record in reader.manifest["tensors"]:
+        name = record["name"]
+        decoded = reader.tensor(name)
+        assert decoded.dtype == expected[name].dtype and decoded.shape == expected[name].shape, name
+        assert decoded.tobytes() == expected[name].tobytes(), name
+        original = originals[name]
+        assert sha256(np.ascontiguousarray(original).tobytes()) == record["sha256"]
+        if record["stages"][0]["method"] == "keep":
+            assert "budget_scale" not in record
+            assert decoded.tobytes() == original.tobytes()
+            continue
+        scale = record["budget_scale"]  # §4.4
+        assert isinstance(scale, float) and 0 < scale <= 1
+        if not any("max_error" in s["config"] for s in record["stages"]):
+            assert scale == 1.0
+        w, w_hat = original.astype(np.float64), decoded.astype(np.float64)
+        rel = np.linalg.norm(w_hat - w) / np.linalg.norm(w)
+        assert rel == pytest.approx(record["metrics"]["rel_error"], rel=1e-9, abs=1e-12), name
+        bound = record["stages"][-1]["config"].get("max_error")
+        if bound is not None:
+            assert rel <= bound
+
+
+def stage_of(reader: Reader, name: str, index: int = 0) -> tuple[dict, dict[str, dict]]:
+    """A tensor's stage ``index`` and its part records by part name."""
+    record = reader.record(name)
+    stage = record["stages"][index]
+    prefix = f"{index}.{stage['method']}."
+    parts = {p["name"][len(prefix) :]: p for p in record["parts"] if p["name"].startswith(prefix)}
+    assert list(parts) == stage["parts"]
+    return stage, parts
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "rules"),
+    [
+        ("svd:rank=4", []),
+        ("svd:max_error=0.3,block=64", ["fc3.weight=svd:max_error=1.0"]),  # fc3.weight: rank 0
+        ("lasso:alpha=0.02", []),
+        ("lasso:nnz=8,dict=dct,segment=64", []),
+        ("lasso:max_error=0.4,dict=learned", []),  # fc1.weight falls back to identity
+        ("ksvd:atoms=16,nnz=2,iters=2", []),
+        ("ksvd:nnz=2,atoms=16,iters=2,segment=32", []),
+        ("svd:rank=2+threshold:sparsity=0.9", []),
+    ],
+)
+def test_new_methods(tmp_path, originals, pipeline, rules):
+    path = make(tmp_path, FP32, "m.sparsify", pipeline=pipeline, rules=rules)
+    reader = Reader(path)
+    check_archive(reader, reference(tmp_path, path, ".safetensors"), originals)
+    for name in WEIGHTS:
+        stage, parts = stage_of(reader, name)
+        rows, cols = originals[name].shape
+        method, config = stage["method"], stage["config"]
+        if method == "svd" and "block" not in config:
+            rank = parts["us"]["shape"][1]
+            assert parts["us"]["shape"] == [rows, rank] and parts["vt"]["shape"] == [rank, cols]
+            assert rank == stage["resolved"]["rank"] == (0 if config.get("max_error") == 1.0 else config.get("rank"))
+            assert parts["us"]["dtype"] == parts["vt"]["dtype"] == "F32"
+        elif method == "svd":
+            ranks = reader.part_array(parts["ranks"]).tolist()
+            widths = [64] * (cols // 64) + ([cols % 64] if cols % 64 else [])
+            assert ranks == stage["resolved"]["ranks"] and len(ranks) == len(widths)
+            assert parts["us"]["shape"] == [rows, sum(ranks)]
+            assert parts["vt"]["shape"] == [sum(r * w for r, w in zip(ranks, widths, strict=True))]
+        elif method == "lasso":
+            kind = stage["resolved"]["dict"]
+            length, count = signal_shape(rows, cols, config.get("segment"))
+            assert (stage["resolved"]["signal_length"], stage["resolved"]["signals"]) == (length, count)
+            if kind == "learned":
+                assert config["dict"] == "learned" and stage["parts"][-1] == "dictionary"
+                assert parts["dictionary"]["shape"] == [length, stage["resolved"]["atoms"]]
+            else:
+                assert "dictionary" not in parts and kind == config["dict"] or "fallback" in stage["resolved"]
+            if kind == "dct":
+                codes = sparse_to_dense({k: reader.part_array(v) for k, v in parts.items()}, count, length)
+                assert np.count_nonzero(codes) <= 8 * count  # mean nnz <= 8 per signal
+        elif method == "ksvd":
+            resolved = stage["resolved"]
+            length, count = signal_shape(rows, cols, config.get("segment"))
+            assert parts["dictionary"]["shape"] == [length, 16]
+            assert all(k.startswith("codes_") for k in stage["parts"][1:])
+            codes = sparse_to_dense(
+                {k[6:]: reader.part_array(v) for k, v in parts.items() if k != "dictionary"}, 16, count
+            )
+            assert np.count_nonzero(codes, axis=0).max() <= 2 == resolved["nnz"]  # atoms x signals
+            assert np.count_nonzero(codes) == resolved["codes_nnz"]
+    if "learned" in pipeline:  # resolved.dict, not config.dict, says how to decode (§6.4)
+        kinds = {n: reader.record(n)["stages"][0]["resolved"]["dict"] for n in WEIGHTS}
+        assert kinds == {"fc1.weight": "identity", "fc2.weight": "learned", "fc3.weight": "learned"}
+        assert reader.record("fc1.weight")["stages"][0]["config"]["dict"] == "learned"
+
+
+def test_composition_sum(tmp_path, originals):
+    """svd then threshold on the residual: the tensor is the sum of both stages (§7.2)."""
+    path = make(tmp_path, FP32, "comp.sparsify", pipeline="svd:rank=2+threshold:sparsity=0.9")
+    reader = Reader(path)
+    record = reader.record("fc2.weight")
+    assert [s["method"] for s in record["stages"]] == ["svd", "threshold"]
+    w = originals["fc2.weight"].astype(np.float64)
+    _, svd_parts = stage_of(reader, "fc2.weight", 0)
+    low_rank = svd_stage({k: reader.part_array(v) for k, v in svd_parts.items()}, record["stages"][0], *w.shape)
+    assert np.linalg.norm(w - reader.tensor("fc2.weight")) < np.linalg.norm(w - low_rank)
+
+
+def test_layout_last_and_view_override(tmp_path):
+    """HDF5 kernels use layout last; ``view=first`` in a pipeline overrides it (§7.1)."""
+    path = make(
+        tmp_path,
+        CREPE,
+        "crepe.sparsify",
+        pipeline="keep",
+        rules=[
+            "conv1/*kernel*=svd:rank=4+threshold:sparsity=0.95",
+            "conv2/*kernel*=lasso:nnz=4,dict=dct,segment=64",
+            "conv3/*kernel*=svd:rank=2,block=100,view=first",
+            "classifier/*kernel*=ksvd:atoms=16,nnz=2,iters=2",
+        ],
+    )
+    reader = Reader(path)
+    expected = reference(tmp_path, path, ".h5")
+    with h5py.File(CREPE, "r") as f:
+        originals = {t["name"]: f[t["name"]][()] for t in reader.manifest["tensors"]}
+    check_archive(reader, expected, originals)
+    views = {t["name"].split("/")[0]: t["view"] for t in reader.manifest["tensors"] if "kernel" in t["name"]}
+    assert views["conv1"] == {"layout": "last", "rows": 128, "cols": 512}
+    assert views["classifier"] == {"layout": "last", "rows": 360, "cols": 256}
+    assert views["conv3"] == {"layout": "first", "rows": 64, "cols": 256}
+
+
+def test_unknown_method_refused(tmp_path):
+    """§9: a method this reader does not know is refused, never guessed."""
+    data = make(tmp_path, FP32, "u.sparsify", pipeline="svd:rank=4").read_bytes()
+    old = b'\\"method\\":\\"svd\\"'
+    assert data.count(old) == 3
+    patched = tmp_path / "unknown.sparsify"
+    patched.write_bytes(data.replace(old, b'\\"method\\":\\"svx\\"'))
+    reader = Reader(patched)  # the container and manifest are fine ...
+    with pytest.raises(FormatError, match="unknown or misplaced method 'svx'"):
+        reader.tensor("fc2.weight")  # ... the tensor is not decodable
+    check_lossless(reader, "fc2.bias", load_file(str(FP32))["fc2.bias"])  # other tensors still are
+    with pytest.raises(Exception, match="unknown method 'svx'"):
+        sparsify.decompress(patched, tmp_path / "unknown.safetensors")

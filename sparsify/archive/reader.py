@@ -81,7 +81,7 @@ class Archive:
             return decode_tensor(tensor, self.stored_bytes)
         except CorruptArchiveError as exc:
             raise CorruptArchiveError(f"{self.path}: tensor {tensor['name']!r}: {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, ArithmeticError) as exc:
             raise CorruptArchiveError(f"{self.path}: tensor {tensor['name']!r} cannot be decoded: {exc!r}") from None
         except MemoryError:
             raise CorruptArchiveError(

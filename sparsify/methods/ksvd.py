@@ -21,18 +21,19 @@ training set is all signals or a seeded sample of them. At the end every signal 
 against the dictionary *as stored* (in the tensor's float type), and the stored codes are what the
 approximation is computed from.
 
-Budgets (exactly one; the others take the defaults below):
+Size: ``atoms=K`` atoms [default: min(256, S / 4) -- a dictionary as large as the signal set would
+just store the signals]. Budget (exactly one; ``nnz=8`` when none is given):
 
-* ``atoms=K``     -- dictionary size (nnz: 8);
-* ``nnz=k``       -- nonzeros per signal (atoms: 256);
-* ``max_error=e`` -- the smallest nnz (atoms: 256) whose stored approximation has relative Frobenius
+* ``nnz=k``       -- nonzeros per signal;
+* ``max_error=e`` -- the smallest nnz whose stored approximation has relative Frobenius
   error <= e, by a doubling then bisection search (each probe is a full K-SVD run at that nnz, so
   the result is exactly what ``nnz=k`` with the same seed gives). A stage whose input is already
   within the bound stores nothing (atoms = nnz = 0); when no nnz up to min(L, atoms) meets the bound
   (rounding of stored values), the dictionary becomes the identity and the codes the signal values.
 
 Defaults and why: 256 atoms is 2x overcomplete for length-128 signals (typical K-SVD) and costs
-little beside the codes when S >> 256; atoms are capped at S (more atoms than signals cannot help).
+little beside the codes when S >> 256; atoms are capped at S (more atoms than signals cannot help)
+and, by default, at S / 4.
 nnz = 8 keeps codes at ~48 bytes per signal (8 x 4-byte values + 2-byte indices), a strong reduction
 for signals of length >= 64, with nnz capped at min(L, atoms). ``iters=10`` rounds get most of the
 gain of K-SVD on weight matrices. Training on ``sample=32768`` signals (128 per default atom) bounds
@@ -468,4 +469,3 @@ def _reconstruct(
     else:
         approx_t = np.asarray(codes.T.tocsr() @ dictionary.T)  # (S, L), row by row in a fixed order
     return np.ascontiguousarray(from_signals(approx_t.T, shape, segment))
-

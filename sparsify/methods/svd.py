@@ -432,4 +432,3 @@ def _factor_dtype(dtype: np.dtype, largest: float) -> np.dtype:
         if largest < float(ml_dtypes.finfo(candidate).max):
             return candidate
     return np.dtype(np.float64)
-
