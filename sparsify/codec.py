@@ -102,11 +102,7 @@ def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int
     record says by how much (1.0: not needed).
     """
     pipeline = choice.pipeline
-    if pipeline.lossless:
-        encoded = _encode(array, info, choice, seed, 1.0)
-        encoded.record["metrics"] = measure(array, decode_tensor(encoded.record, encoded.stored_part), info.dtype)
-        return encoded
-    bound = pipeline.methods[-1].config.get("max_error")
+    bound = None if pipeline.lossless else pipeline.methods[-1].config.get("max_error")
     scale = 1.0
     for _ in range(_MAX_BUDGET_RETRIES):
         encoded = _encode(array, info, choice, seed, scale)
