@@ -183,9 +183,9 @@ def code_part(name: str, value: np.ndarray, tensor: str, coders) -> CodedPart:
     raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
     stored, codec = raw, None
     for coder in coders:
-        coded = coder.encode(memoryview(stored))
-        if len(coded) < stored.size:
-            stored, codec = np.frombuffer(coded, dtype=np.uint8), coder.name
+        for variant, coded in coder.encode(stored, value.dtype.itemsize):
+            if len(coded) < stored.size:
+                stored, codec = np.frombuffer(coded, dtype=np.uint8), variant
     record = {
         "name": name,
         "key": f"{tensor}/{name}",
@@ -203,14 +203,16 @@ def decode_part(part: Mapping[str, Any], stored: np.ndarray) -> np.ndarray:
     shape = tuple(part["shape"])
     size = dtypes.nbytes_of(part["dtype"], shape)
     data = stored.reshape(-1)
+    numpy_dtype = dtypes.numpy_of(part["dtype"])
     if part["codec"] is not None:
-        coder_cls = CODERS.get(part["codec"])
+        coder_cls = CODERS.get(str(part["codec"]).split("+", 1)[0])
         if coder_cls is None:
             raise CorruptArchiveError(f"part {part['key']!r} uses unknown codec {part['codec']!r}")
-        data = np.frombuffer(coder_cls(**resolve_config(coder_cls, {})).decode(memoryview(data), size), dtype=np.uint8)
+        coder = coder_cls(**resolve_config(coder_cls, {}))
+        itemsize = numpy_dtype.itemsize if numpy_dtype is not None else 1
+        data = np.frombuffer(coder.decode(part["codec"], memoryview(data), size, itemsize), dtype=np.uint8)
     if data.size != size:
         raise CorruptArchiveError(f"part {part['key']!r} has {data.size} bytes, its dtype and shape need {size}")
-    numpy_dtype = dtypes.numpy_of(part["dtype"])
     return data if numpy_dtype is None else data.view(numpy_dtype).reshape(shape)
 
 

@@ -51,7 +51,7 @@ def test_compress_inspect_decompress_verify(model, tmp_path):
         archive = tmp_path / "model.sparsify"
         assert archive.exists()
         r = invoke("inspect", str(archive))
-        assert r.rc == 0 and "fc1.weight" in r.stdout and "keep+zstd:level=3" in r.stdout
+        assert r.rc == 0 and "fc1.weight" in r.stdout and "keep+zstd:level=3,bytegroup=true" in r.stdout
     os.rename(model, tmp_path / "kept.safetensors")
     r = invoke("decompress", str(archive))
     assert r.rc == 0 and f"wrote {model}" in r.stderr
@@ -92,7 +92,7 @@ def test_markdown_report():
     r = invoke("inspect", str(GOLDEN), "--markdown")
     assert r.rc == 0
     assert r.stdout.startswith("### sparsify inspect: digits_mlp.safetensors")
-    assert "| fc1.weight | 256x64 | F32 | threshold:sparsity=0.9+zstd:level=3 |" in r.stdout
+    assert "| fc1.weight | 256x64 | F32 | threshold:sparsity=0.9+zstd:level=3,bytegroup=true |" in r.stdout
 
 
 def test_gate_failure_exits_1_and_archive_records_it(model):

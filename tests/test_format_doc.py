@@ -258,7 +258,7 @@ class Reader:
         size = nbytes_of(part["dtype"], part["shape"])
         if part["codec"] is None:
             return raw
-        if part["codec"] != "zstd":
+        if part["codec"] not in ("zstd", "zstd+bytegroup"):
             raise FormatError(f"unknown codec {part['codec']!r}")
         params = zstandard.get_frame_parameters(raw)
         if params.content_size != size:
@@ -266,6 +266,9 @@ class Reader:
         out = zstandard.ZstdDecompressor().decompress(raw, max_output_size=size)
         if len(out) != size:
             raise FormatError("zstd part has the wrong size")
+        if part["codec"] == "zstd+bytegroup":  # byte k of every element was stored in plane k
+            itemsize = numpy_type(part["dtype"]).itemsize
+            out = np.frombuffer(out, np.uint8).reshape(itemsize, -1).T.tobytes()
         return out
 
     def part_array(self, part) -> np.ndarray:
@@ -545,7 +548,7 @@ def test_bitmask_zstd_parts(tmp_path, originals):
         packed = reader.part_array(mask)
         kept = reader.tensor(name) != 0
         assert bool(packed[0] & 0x80) == kept[0, 0] and bool(packed[0] & 0x01) == kept[0, 7]
-    coded = [p for t in reader.manifest["tensors"] for p in t["parts"] if p["codec"] == "zstd"]
+    coded = [p for t in reader.manifest["tensors"] for p in t["parts"] if p["codec"] in ("zstd", "zstd+bytegroup")]
     assert coded
     for p in coded:
         assert reader.entries[p["key"]]["dtype"] == "U8" and reader.entries[p["key"]]["shape"] == [p["nbytes"]]

@@ -15,7 +15,7 @@ from sparsify.rules import choose, load_rules_file, parse_rule
 def test_parse_and_canonical_text():
     p = parse_pipeline(" threshold : max_error = 0.05 + zstd ")
     assert p.methods == (Threshold(max_error=0.05),)
-    assert str(p) == "threshold:max_error=0.05+zstd:level=3"
+    assert str(p) == "threshold:max_error=0.05+zstd:level=3,bytegroup=true"
     assert not p.lossless and parse_pipeline("keep").lossless
 
 
@@ -51,8 +51,8 @@ def test_errors_list_the_valid_options(text, message):
 
 
 def test_composition_of_methods():
-    p = parse_pipeline("threshold:threshold=1.0+threshold:sparsity=0.5+zstd:level=9")
-    assert len(p.methods) == 2 and str(p) == "threshold:threshold=1+threshold:sparsity=0.5+zstd:level=9"
+    p = parse_pipeline("threshold:threshold=1.0+threshold:sparsity=0.5+zstd:level=9,bytegroup=true")
+    assert len(p.methods) == 2 and str(p) == "threshold:threshold=1+threshold:sparsity=0.5+zstd:level=9,bytegroup=true"
 
 
 def info(name, shape, dtype="F32"):
@@ -65,13 +65,13 @@ DEFAULT = parse_pipeline("threshold:sparsity=0.9+zstd")
 @pytest.mark.parametrize(
     "tensor, pipeline, reason",
     [
-        (info("fc.weight", (64, 64)), "threshold:sparsity=0.9+zstd:level=3", "default"),
-        (info("fc.bias", (4096,)), "keep+zstd:level=3", "1-D: lossless"),
-        (info("scalar", ()), "keep+zstd:level=3", "0-D: lossless"),
-        (info("small", (8, 8)), "keep+zstd:level=3", "< 1024 elements: lossless"),
-        (info("ids", (64, 64), "I64"), "keep+zstd:level=3", "integer/bool: lossless"),
-        (info("mask", (64, 64), "BOOL"), "keep+zstd:level=3", "integer/bool: lossless"),
-        (info("c", (64, 64), "C64"), "keep+zstd:level=3", "C64: keep only"),
+        (info("fc.weight", (64, 64)), "threshold:sparsity=0.9+zstd:level=3,bytegroup=true", "default"),
+        (info("fc.bias", (4096,)), "keep+zstd:level=3,bytegroup=true", "1-D: lossless"),
+        (info("scalar", ()), "keep+zstd:level=3,bytegroup=true", "0-D: lossless"),
+        (info("small", (8, 8)), "keep+zstd:level=3,bytegroup=true", "< 1024 elements: lossless"),
+        (info("ids", (64, 64), "I64"), "keep+zstd:level=3,bytegroup=true", "integer/bool: lossless"),
+        (info("mask", (64, 64), "BOOL"), "keep+zstd:level=3,bytegroup=true", "integer/bool: lossless"),
+        (info("c", (64, 64), "C64"), "keep+zstd:level=3,bytegroup=true", "C64: keep only"),
     ],
 )
 def test_defaults_store_small_1d_int_bool_losslessly(tensor, pipeline, reason):

@@ -32,7 +32,9 @@ class ArchiveWriter:
 
     def add_blob(self, name: str, data: bytes) -> dict[str, Any]:
         """Store a source blob (zstd-coded where smaller); returns its part record."""
-        part = code_part(name, np.frombuffer(data, dtype=np.uint8), SOURCE_BLOB_PREFIX.rstrip("/"), (Zstd(level=9),))
+        part = code_part(
+            name, np.frombuffer(data, dtype=np.uint8), SOURCE_BLOB_PREFIX.rstrip("/"), (Zstd(level=9, bytegroup=False),)
+        )
         self._add(part)
         return part.record
 

@@ -124,12 +124,16 @@ class LosslessMethod(Stage):
 
 
 class Coder(Stage):
-    """A byte stage (bytes -> bytes) applied to every stored part, e.g. zstd."""
+    """A byte stage applied to every stored part, e.g. zstd.
+
+    It may offer several variants (a transform before compressing, say); the codec keeps whichever
+    candidate is smallest, raw bytes included, and records the variant's id in the part record.
+    """
 
     @abstractmethod
-    def encode(self, data: memoryview) -> bytes:
-        """The coded form of ``data``."""
+    def encode(self, data: np.ndarray, itemsize: int) -> list[tuple[str, bytes]]:
+        """Candidate codings ``(codec id, bytes)`` of ``data`` (1-D uint8; elements of ``itemsize`` bytes)."""
 
     @abstractmethod
-    def decode(self, data: memoryview, size: int) -> bytes:
-        """The ``size`` original bytes of coded ``data`` (raise CorruptArchiveError when it does not fit)."""
+    def decode(self, codec: str, data: memoryview, size: int, itemsize: int) -> bytes:
+        """The ``size`` original bytes of ``data`` coded as ``codec`` (CorruptArchiveError when they do not fit)."""
