@@ -12,6 +12,9 @@ ROOT = TESTS.parent
 SAMPLES = ROOT / "sample_models"
 sys.path.insert(0, str(TESTS))
 
+DIGITS_TENSORS = ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight", "fc3.bias", "fc3.weight"]
+"""The digits MLP's tensors, in file order."""
+
 SAMPLE_FILES = {
     "fp32": SAMPLES / "digits_mlp.safetensors",
     "bf16": SAMPLES / "digits_mlp_bf16.safetensors",
