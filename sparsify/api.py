@@ -132,7 +132,7 @@ def compress(
                 },
                 "options": options.as_manifest(),
                 "tensors": records,
-                "gate": _gate(records, options.max_error),
+                "gate": _gate(((r["name"], r["metrics"]["rel_error"]) for r in records), options.max_error),
             }
             writer.finish(manifest)
         finally:
@@ -141,10 +141,11 @@ def compress(
         return build_report(archive, command="compress")
 
 
-def _gate(records: list[dict[str, Any]], max_error: float | None) -> dict[str, Any] | None:
+def _gate(errors: Iterable[tuple[str, float | None]], max_error: float | None) -> dict[str, Any] | None:
+    """The ``--max-error`` gate over ``(tensor name, rel. error)`` pairs; None errors (not measured) pass."""
     if max_error is None:
         return None
-    failures = [r["name"] for r in records if not r["metrics"]["rel_error"] <= max_error]
+    failures = [name for name, error in errors if error is not None and not error <= max_error]
     return {"max_error": max_error, "passed": not failures, "failures": failures}
 
 
@@ -256,9 +257,7 @@ def verify(
         finally:
             if original is not None:
                 original.close()
-    if max_error is not None:
-        failures = [t["name"] for t in result.tensors if not (t.get("rel_error") or 0.0) <= max_error]
-        result.gate = {"max_error": max_error, "passed": not failures, "failures": failures}
+    result.gate = _gate(((t["name"], t.get("rel_error")) for t in result.tensors), max_error)
     return result
 
 

@@ -104,9 +104,10 @@ def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int
     pipeline = choice.pipeline
     bound = None if pipeline.lossless else pipeline.methods[-1].config.get("max_error")
     scale = 1.0
+    checksum = sha256(array)
     for _ in range(_MAX_BUDGET_RETRIES):
-        encoded = _encode(array, info, choice, seed, scale)
-        metrics = measure(array, decode_tensor(encoded.record, encoded.stored_part), info.dtype)
+        encoded = _encode(array, info, choice, seed, scale, checksum)
+        metrics = measure(array, decode_tensor(encoded.record, encoded.stored_part), info.dtype, checksum)
         encoded.record["metrics"] = metrics
         if bound is None or metrics["rel_error"] <= bound or metrics["rel_error"] == 0:
             break
@@ -114,7 +115,9 @@ def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int
     return encoded
 
 
-def _encode(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int, budget_scale: float) -> EncodedTensor:
+def _encode(
+    array: np.ndarray, info: TensorInfo, choice: Choice, seed: int, budget_scale: float, checksum: str
+) -> EncodedTensor:
     pipeline = choice.pipeline
     layout = pipeline.view or info.layout
     rows, cols = matrix_shape(info.shape, layout)
@@ -122,7 +125,7 @@ def _encode(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int, budg
         "name": info.name,
         "dtype": info.dtype,
         "shape": list(info.shape),
-        "sha256": sha256(array),
+        "sha256": checksum,
         "original_bytes": dtypes.nbytes_of(info.dtype, info.shape),
         "view": {"layout": layout, "rows": rows, "cols": cols},
         "pipeline": str(pipeline),
@@ -167,9 +170,14 @@ def _float_dtype(dtype: str) -> np.dtype:
     return dtypes.numpy_of(dtype if dtype in _STORED_FLOATS else "F32")
 
 
-def measure(original: np.ndarray, decoded: np.ndarray, dtype: str) -> dict[str, Any]:
-    """Metrics of the decoded tensor against the original (bit-exact shortcut where bytes match)."""
-    same_bytes = original.dtype == decoded.dtype and sha256(original) == sha256(decoded)
+def measure(
+    original: np.ndarray, decoded: np.ndarray, dtype: str, original_sha256: str | None = None
+) -> dict[str, Any]:
+    """Metrics of the decoded tensor against the original (bit-exact shortcut where bytes match).
+
+    ``original_sha256``: the original's checksum when the caller already has it.
+    """
+    same_bytes = original.dtype == decoded.dtype and (original_sha256 or sha256(original)) == sha256(decoded)
     if not dtypes.is_real_numeric(dtype):
         # Only keep stores these; without a norm, a changed byte counts as an infinite error.
         return exact_metrics(None) if same_bytes else {**exact_metrics(None), "exact": False, "rel_error": math.inf}
