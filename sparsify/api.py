@@ -10,24 +10,34 @@ The CLI is a thin shell over these functions. Each streams tensors one at a time
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsify import __version__
+from sparsify import __version__, ratecontrol
 from sparsify.archive import Archive, ArchiveWriter
 from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION
+from sparsify.archive.writer import archive_size
 from sparsify.atomic import atomic_output
 from sparsify.codec import encode_tensor, measure, sha256
 from sparsify.errors import UsageError
 from sparsify.io import EXTENSIONS, FORMATS, open_weights, writer_class
+from sparsify.metrics import as_float64, finite_sq_norm
 from sparsify.pipeline import Pipeline, parse_pipeline
-from sparsify.report.model import SCHEMA_VERSION, build_report
-from sparsify.rules import DEFAULT_MIN_SIZE, DEFAULT_PIPELINE, Rule, choose, load_rules_file, parse_rule
+from sparsify.report.model import SCHEMA_VERSION, build_report, record_overhead
+from sparsify.rules import DEFAULT_MIN_SIZE, DEFAULT_PIPELINE, Choice, Rule, choose, load_rules_file, parse_rule
 
 Progress = Callable[[str, int, int], None]
 """progress(tensor_name, index, count), called before each tensor."""
+
+
+AUTO = "auto"
+# What ``-p auto`` hands to the rules for the tensors it does not plan (their lossless coders), and
+# what marks the tensors it plans (any lossy pipeline would do).
+_AUTO_PLACEHOLDER = "quant:bits=8+zstd"
 
 
 @dataclass(frozen=True)
@@ -39,14 +49,27 @@ class Options:
     min_size: int
     max_error: float | None
     seed: int
+    auto: bool = False
+    target_ratio: float | None = None
+    target_size: int | None = None
+    target_error: float | None = None
+
+    @property
+    def target(self) -> dict[str, float] | None:
+        """The whole-model target, if any: ``{"ratio": R}``, ``{"size": B}`` or ``{"error": E}``."""
+        for key, value in (("ratio", self.target_ratio), ("size", self.target_size), ("error", self.target_error)):
+            if value is not None:
+                return {key: value}
+        return None
 
     def as_manifest(self) -> dict[str, Any]:
         return {
-            "pipeline": str(self.pipeline),
+            "pipeline": AUTO if self.auto else str(self.pipeline),
             "rules": [{"match": r.pattern, "pipeline": str(r.pipeline), "origin": r.origin} for r in self.rules],
             "min_size": self.min_size,
             "max_error": self.max_error,
             "seed": self.seed,
+            "target": self.target,
         }
 
 
@@ -57,6 +80,9 @@ def resolve_options(
     min_size: int | None = None,
     max_error: float | None = None,
     seed: int = 0,
+    target_ratio: float | None = None,
+    target_size: int | None = None,
+    target_error: float | None = None,
 ) -> Options:
     """Parse and validate compress options; UsageError before any file is touched."""
     parsed_rules = tuple(parse_rule(r) for r in rules)
@@ -70,7 +96,38 @@ def resolve_options(
         raise UsageError(f"min_size must be >= 0, not {min_size}")
     if max_error is not None and not max_error >= 0:
         raise UsageError(f"max_error must be >= 0, not {max_error}")
-    return Options(parse_pipeline(text), parsed_rules, int(min_size), max_error, int(seed))
+    targets = [
+        n
+        for n, v in (("target_ratio", target_ratio), ("target_size", target_size), ("target_error", target_error))
+        if v is not None
+    ]
+    if len(targets) > 1:
+        raise UsageError(f"give one target, not {' and '.join(targets)}")
+    if target_ratio is not None and not (math.isfinite(target_ratio) and target_ratio > 0):
+        raise UsageError(f"target_ratio must be a number > 0, not {target_ratio}")
+    if target_size is not None and not target_size > 0:
+        raise UsageError(f"target_size must be > 0 bytes, not {target_size}")
+    if target_error is not None and not (math.isfinite(target_error) and target_error >= 0):
+        raise UsageError(f"target_error must be >= 0, not {target_error}")
+    auto = text.strip() == AUTO
+    if targets and not auto and pipeline is not None:
+        raise UsageError(f"a target chooses each tensor's pipeline itself: use -p auto (or no -p), not {pipeline!r}")
+    auto = auto or bool(targets)
+    if auto and not targets and max_error is None:
+        raise UsageError(
+            "-p auto needs a bound or a target: --max-error E, --target-ratio R, --target-size B or --target-error E"
+        )
+    return Options(
+        parse_pipeline(_AUTO_PLACEHOLDER if auto else text),
+        parsed_rules,
+        int(min_size),
+        max_error,
+        int(seed),
+        auto,
+        target_ratio,
+        None if target_size is None else int(target_size),
+        target_error,
+    )
 
 
 def default_archive_path(source: Path) -> Path:
@@ -90,34 +147,37 @@ def compress(
     seed: int = 0,
     force: bool = False,
     progress: Progress | None = None,
+    target_ratio: float | None = None,
+    target_size: int | None = None,
+    target_error: float | None = None,
 ) -> dict[str, Any]:
     """Compress a weight file into an archive; returns the report (see :mod:`sparsify.report.model`).
 
-    pipeline:   default pipeline, e.g. ``"threshold:max_error=0.05"`` (default ``keep+zstd``).
+    pipeline:   default pipeline, e.g. ``"threshold:max_error=0.05"`` (default ``keep+zstd``), or
+                ``"auto"``: per tensor, the candidate with the fewest bytes within ``max_error``
+                (:mod:`sparsify.ratecontrol`).
     rules:      ``"GLOB=PIPELINE"`` strings, first match wins; then the rules of ``rules_file`` (TOML).
     min_size:   tensors with fewer elements are stored losslessly unless a rule names them (1024).
     max_error:  gate: the report's ``gate.passed`` is False when any tensor's rel. error exceeds it
-                (the archive is written all the same and records the failure).
+                (the archive is written all the same and records the failure); with ``auto`` or a
+                target, also the bound every chosen candidate meets.
+    target_ratio, target_size, target_error: one whole-model target (source bytes / archive bytes,
+                archive bytes, or weighted rel. error); the tensors' pipelines are chosen for least
+                total error within the size (or fewest bytes within the error). The report's
+                ``plan`` says what was chosen, the slope, and whether the target was met.
     """
-    options = resolve_options(pipeline, rules, rules_file, min_size, max_error, seed)
+    options = resolve_options(
+        pipeline, rules, rules_file, min_size, max_error, seed, target_ratio, target_size, target_error
+    )
     source = Path(source)
     output = Path(output) if output is not None else default_archive_path(source)
     with open_weights(source) as reader, atomic_output(output, force, (source,)) as temp:
         writer = ArchiveWriter(temp)
         try:
             meta = reader.source_meta()
-            blobs = {name: writer.add_blob(name, data) for name, data in meta.blobs.items()}
-            records = []
             infos = reader.tensors()
-            for index, info in enumerate(infos):
-                if progress:
-                    progress(info.name, index, len(infos))
-                array = reader.read(info.name)
-                choice = choose(info, options.rules, options.pipeline, options.min_size)
-                encoded = encode_tensor(array, info, choice, options.seed)
-                writer.add_tensor(encoded)
-                records.append(encoded.record)
-            manifest = {
+            blobs = {name: writer.add_blob(name, data) for name, data in meta.blobs.items()}
+            head = {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
                 "tool": {"name": "sparsify", "version": __version__},
@@ -131,14 +191,141 @@ def compress(
                     "blobs": blobs,
                 },
                 "options": options.as_manifest(),
-                "tensors": records,
-                "gate": _gate(((r["name"], r["metrics"]["rel_error"]) for r in records), options.max_error),
             }
-            writer.finish(manifest)
+            plan = _plan(reader, infos, options, head, progress) if options.auto else None
+            records = []
+            for index, info in enumerate(infos):
+                if progress:
+                    progress(info.name, index, len(infos))
+                array = reader.read(info.name)
+                choice = choose(info, options.rules, options.pipeline, options.min_size)
+                if plan is not None and info.name in plan.choices:
+                    choice = plan.choices[info.name]
+                encoded = encode_tensor(array, info, choice, options.seed)
+                writer.add_tensor(encoded)
+                records.append(encoded.record)
+            writer.finish(_manifest(head, plan.summary if plan else None, records, options.max_error))
         finally:
             writer.close()
     with Archive(output) as archive:
         return build_report(archive, command="compress")
+
+
+def _manifest(
+    head: dict[str, Any], plan: dict[str, Any] | None, records: list[dict[str, Any]], max_error: float | None
+) -> dict[str, Any]:
+    """The archive's manifest: the file-level ``head``, the plan, the tensors' records and the gate."""
+    gate = _gate(((r["name"], r["metrics"]["rel_error"]) for r in records), max_error)
+    return {**head, "plan": plan, "tensors": records, "gate": gate}
+
+
+# Rounds of re-allocation that correct the byte budget by the exactly predicted archive size.
+_PLAN_ROUNDS = 4
+
+
+def _plan(reader, infos, options: Options, head: dict[str, Any], progress: Progress | None) -> ratecontrol.Plan:
+    """Pass 1 of ``auto`` and targets: measure every planned tensor's candidates, then choose.
+
+    The archive's size for a choice is computed exactly (:func:`sparsify.archive.writer.archive_size`)
+    from the candidates' records, and the allocation is corrected by its difference from the
+    allocator's running estimate, so a byte budget is met as planned.
+    """
+    mode = "auto" if options.target is None else next(iter(options.target))
+    records, planned, fixed_bytes = _measure(reader, infos, options, mode, progress)
+    summary: dict[str, Any] = {"mode": mode, "max_error": options.max_error, "target": options.target}
+    summary["candidates"] = sum(t.measured for t in planned)
+    if mode == "auto":
+        for t in planned:
+            best = ratecontrol.fewest_bytes(t.points, options.max_error)
+            t.chosen = best if best is not None else min(range(len(t.points)), key=lambda i: t.points[i].sq_error)
+        summary["slope"] = None
+    else:
+        budget = head["source"]["size"] / options.target["ratio"] if mode == "ratio" else options.target.get("size")
+        error_target = options.target.get("error")
+        # The error target is over the planned tensors: lossless ones would hide the others' error.
+        planned_sq_norm = sum(t.sq_norm for t in planned)
+        overhead = fixed_bytes + len(json.dumps(head))
+        for _ in range(_PLAN_ROUNDS):
+            outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, error_target)
+            outcome["budget_bytes"] = budget
+            reason = ratecontrol.plan_reason({**summary, **outcome})
+            chosen = [r if isinstance(r, dict) else {**r.points[r.chosen].record, "reason": reason} for r in records]
+            exact = _predicted_size(head, {**summary, **outcome}, chosen, options.max_error)
+            if budget is None or exact == outcome["predicted_bytes"]:
+                break
+            overhead += exact - outcome["predicted_bytes"]
+        outcome["met"] = outcome["met"] and (budget is None or exact <= budget)
+        summary.update(outcome, predicted_bytes=exact)
+    choices = {}
+    for t in planned:
+        point = t.points[t.chosen]
+        choices[t.name] = Choice(parse_pipeline(point.pipeline), ratecontrol.plan_reason(summary))
+    return ratecontrol.Plan(choices, summary)
+
+
+def _measure(reader, infos, options: Options, mode: str, progress: Progress | None):
+    """Encode every tensor the rules leave to the default with each of its candidates.
+
+    Returns ``(records, planned, fixed_bytes)``: per tensor in file order either the record of its
+    fixed pipeline (rules, lossless defaults) or its :class:`ratecontrol.TensorPlan`; the plans; and
+    the fixed tensors' bytes with their manifest share.
+    """
+    planned: list[ratecontrol.TensorPlan] = []
+    records: list[dict[str, Any] | ratecontrol.TensorPlan] = []
+    fixed_bytes = 0
+    for index, info in enumerate(infos):
+        if progress:
+            progress(f"{info.name} (planning)", index, len(infos))
+        array = reader.read(info.name)
+        base = choose(info, options.rules, options.pipeline, options.min_size)
+        if base.reason != "default":
+            encoded = encode_tensor(array, info, base, options.seed)
+            fixed_bytes += encoded.record["stored_bytes"] + record_overhead(encoded.record)
+            records.append(encoded.record)
+            continue
+        candidates = ratecontrol.candidates_for(mode, array, options.max_error)
+        points = ratecontrol.measure_candidates(array, info, candidates, options.seed)
+        measured = len(points)
+        if options.max_error is not None:
+            points = [p for p in points if p.rel_error <= options.max_error] or points
+        planned.append(ratecontrol.TensorPlan(info.name, finite_sq_norm(as_float64(array)), points, 0, measured))
+        records.append(planned[-1])
+    return records, planned, fixed_bytes
+
+
+def rate_distortion(
+    source: str | Path,
+    *,
+    rules: Iterable[str] = (),
+    rules_file: str | Path | None = None,
+    min_size: int | None = None,
+    max_error: float | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Rate-distortion curves of a model (for ``sparsify plot``), from the rate controller's
+    candidates: the best pipeline per tensor at a sweep of budgets (the Lagrangian allocation), one
+    uniform step for all tensors, and the usual RTN settings. Points are ``{"bits_per_weight",
+    "rel_error"}`` (whole archive bits per weight as predicted; weighted rel. error over all
+    tensors, as in the report). Nothing is written.
+    """
+    options = resolve_options("auto", rules, rules_file, min_size, max_error, seed, target_ratio=1.0)
+    with open_weights(Path(source)) as reader:
+        infos = reader.tensors()
+        records, planned, fixed_bytes = _measure(reader, infos, options, "ratio", progress)
+        fixed = [r for r in records if isinstance(r, dict)]
+        numel = sum(i.numel for i in infos)
+        fixed_sq = sum(r["metrics"]["sq_error"] or 0.0 for r in fixed)
+        total_sq_norm = sum(r["metrics"]["sq_norm"] or 0.0 for r in fixed) + sum(t.sq_norm for t in planned)
+        overhead = fixed_bytes + len(json.dumps(reader.source_meta().summary))
+    return ratecontrol.model_curves(planned, overhead, fixed_sq, total_sq_norm, numel)
+
+
+def _predicted_size(head, summary, records: list[dict[str, Any]], max_error: float | None) -> int:
+    """The exact archive size for these tensor records (the plan's own figures in the manifest are
+    taken from the allocation, so they have the final ones' length to within a few bytes)."""
+    parts = list(head["source"]["blobs"].values()) + [p for r in records for p in r["parts"]]
+    return archive_size(_manifest(head, summary, records, max_error), parts)
 
 
 def _gate(errors: Iterable[tuple[str, float | None]], max_error: float | None) -> dict[str, Any] | None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import click
 
 from sparsify import __version__, api
-from sparsify.errors import ExitCode, SparsifyError
-from sparsify.methods import CODERS, METHODS
+from sparsify.errors import ExitCode, OutputError, SparsifyError
+from sparsify.methods import CODERS, METHODS, VALUE_CODERS
 from sparsify.pipeline import describe_param, value_text
 from sparsify.report.progress import progress_bar
 from sparsify.report.render import render_json, render_markdown, render_table
@@ -28,7 +29,7 @@ INTERNAL_ERROR = 70
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  success
-  1  a gate failed: --max-error broken, or verify found a mismatch
+  1  a gate failed: --max-error broken, a --target-* not reached, or verify found a mismatch
   2  usage error (bad option, pipeline or rule)
   3  unreadable, unsupported or corrupt input
   4  cannot write the output (exists without --force, permission, space)
@@ -118,13 +119,53 @@ def _note(message: str, quiet: bool) -> None:
     type=click.FloatRange(min=0),
     help="Gate: exit 1 if any tensor's rel. error exceeds this (archive still written).",
 )
+@click.option(
+    "--target-ratio",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="R",
+    help="Whole model: least total error with INPUT bytes / archive bytes >= R (chooses each tensor's pipeline).",
+)
+@click.option(
+    "--target-size",
+    type=click.IntRange(min=1),
+    metavar="BYTES",
+    help="Whole model: least total error with the archive at most BYTES.",
+)
+@click.option(
+    "--target-error",
+    type=click.FloatRange(min=0),
+    metavar="E",
+    help="Whole model: fewest bytes with the weighted rel. error of the lossy tensors <= E.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods.")
 @click.option("--json", "json_flag", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown on stdout.")
-@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path),
+    metavar="FILE.png",
+    help="Also draw the model's rate-distortion curves and per-layer bars (needs sparsify[plot]).",
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT (and the plot) if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
 def compress(
-    input_path, output, pipeline, rules, rules_file, min_size, max_error, seed, json_flag, markdown_flag, force, quiet
+    input_path,
+    output,
+    pipeline,
+    rules,
+    rules_file,
+    min_size,
+    max_error,
+    target_ratio,
+    target_size,
+    target_error,
+    seed,
+    json_flag,
+    markdown_flag,
+    plot_path,
+    force,
+    quiet,
 ):
     """Compress INPUT (safetensors, HDF5 or npz) into an archive and print the size/error report.
 
@@ -133,9 +174,15 @@ def compress(
       keep+zstd                             lossless, entropy coded
       threshold:sparsity=0.9                drop the 90% smallest weights
       threshold:max_error=0.05+zstd         largest threshold with rel. error <= 0.05
+      quant:bits=4,group=128+zstd           round-to-nearest int4, a scale per 128 weights
+      threshold:sparsity=0.7+int8+zstd      sparse, kept values as int8 with scales
+      auto (with --max-error E)             per tensor, the fewest bytes within E
+    --target-ratio/--target-size/--target-error choose every tensor's pipeline for the whole model.
     1-D, integer, bool and small tensors stay lossless unless a rule names them.
     """
     fmt = _report_format(json_flag, markdown_flag)
+    if plot_path is not None:
+        _check_plot_path(plot_path, force)
     with progress_bar("compress", enabled=not quiet) as progress:
         report = api.compress(
             input_path,
@@ -148,13 +195,109 @@ def compress(
             seed=seed,
             force=force,
             progress=progress,
+            target_ratio=target_ratio,
+            target_size=target_size,
+            target_error=target_error,
         )
+        if plot_path is not None:
+            _plot(input_path, report, plot_path, rules, rules_file, min_size, seed, progress)
     _emit(report, fmt)
+    status = _gates(report)
+    if status == ExitCode.OK:
+        _note(f"wrote {report['archive']['path']}" + (f" and {plot_path}" if plot_path else ""), quiet)
+    return status
+
+
+def _gates(report: dict) -> ExitCode:
+    """Exit status from the report's gates, with a one-line message for each failure."""
+    status = ExitCode.OK
     gate = report["gate"]
     if gate is not None and not gate["passed"]:
         _note(f"sparsify: gate failed: rel. error above {gate['max_error']} in {', '.join(gate['failures'])}", False)
-        return ExitCode.GATE_FAILED
-    _note(f"wrote {report['archive']['path']}", quiet)
+        status = ExitCode.GATE_FAILED
+    plan = report.get("plan")
+    if plan is not None and plan.get("met") is False:
+        target = ", ".join(f"{k} {v}" for k, v in (plan.get("target") or {}).items())
+        _note(f"sparsify: target not reached ({target}): the smallest choice is {plan['archive_bytes']} bytes", False)
+        status = ExitCode.GATE_FAILED
+    return status
+
+
+def _check_plot_path(path: Path, force: bool) -> None:
+    from sparsify.report.plot import require_matplotlib
+
+    require_matplotlib()
+    if path.exists() and not force:
+        raise OutputError(f"{path} exists; use --force to overwrite it")
+
+
+def _plot(input_path, report, plot_path, rules, rules_file, min_size, seed, progress) -> None:
+    from sparsify.report.plot import render_plot
+
+    curves = api.rate_distortion(
+        input_path, rules=rules, rules_file=rules_file, min_size=min_size, seed=seed, progress=progress
+    )
+    render_plot(report, curves, plot_path)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="PNG to write [default: INPUT with .png].")
+@click.option("-p", "--pipeline", metavar="PIPELINE", help="Pipeline of the archive shown in the bars (as compress).")
+@click.option("--target-ratio", type=click.FloatRange(min=0, min_open=True), metavar="R", help="As compress.")
+@click.option("--target-size", type=click.IntRange(min=1), metavar="BYTES", help="As compress.")
+@click.option("--target-error", type=click.FloatRange(min=0), metavar="E", help="As compress.")
+@click.option("--max-error", type=click.FloatRange(min=0), help="As compress.")
+@click.option("--rule", "rules", multiple=True, metavar="GLOB=PIPELINE", help="As compress.")
+@click.option("--rules", "rules_file", type=click.Path(path_type=Path), metavar="FILE", help="As compress.")
+@click.option("--min-size", type=click.IntRange(min=0), help="As compress.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
+def plot(
+    input_path,
+    output,
+    pipeline,
+    target_ratio,
+    target_size,
+    target_error,
+    max_error,
+    rules,
+    rules_file,
+    min_size,
+    seed,
+    force,
+    quiet,
+):
+    """Draw INPUT's rate-distortion curves and per-layer bars into a PNG (needs sparsify[plot]).
+
+    The top panel: weighted rel. error against bits per weight for the best pipeline per tensor at
+    a sweep of budgets, one uniform quantiser step for all tensors, and RTN int8/int4/int2. The
+    bottom panel: bits per weight by part kind and rel. error of each tensor, for the archive that
+    the options describe (default: --target-ratio 8), compressed into a temporary file.
+    """
+    output = output or Path(input_path).with_suffix(".png")
+    _check_plot_path(output, force)
+    if pipeline is None and target_size is None and target_error is None and target_ratio is None:
+        target_ratio = 8.0
+    with progress_bar("plot", enabled=not quiet) as progress, tempfile.TemporaryDirectory() as tmp:
+        report = api.compress(
+            input_path,
+            Path(tmp) / "plot.sparsify",
+            pipeline=pipeline,
+            rules=rules,
+            rules_file=rules_file,
+            min_size=min_size,
+            max_error=max_error,
+            seed=seed,
+            progress=progress,
+            target_ratio=target_ratio,
+            target_size=target_size,
+            target_error=target_error,
+        )
+        report["archive"]["path"] = "(not kept)"
+        _plot(input_path, report, output, rules, rules_file, min_size, seed, progress)
+    _note(f"wrote {output}", quiet)
     return ExitCode.OK
 
 
@@ -223,7 +366,11 @@ def verify(archive, against, max_error, json_flag, quiet):
 @click.option("--json", "json_flag", is_flag=True, help="Print the methods as JSON.")
 def methods(json_flag):
     """List the pipeline stages, their parameters, ranges, defaults, budgets and an example."""
-    stages = [("method", cls) for cls in METHODS.values()] + [("coder", cls) for cls in CODERS.values()]
+    stages = (
+        [("method", cls) for cls in METHODS.values()]
+        + [("value coder", cls) for cls in VALUE_CODERS.values()]
+        + [("coder", cls) for cls in CODERS.values()]
+    )
     if json_flag:
         data = [
             {
@@ -238,7 +385,9 @@ def methods(json_flag):
         click.echo(json.dumps(data, indent=2))
         return ExitCode.OK
     click.echo("Pipeline: stages joined by '+', each 'name:key=value,...'. Methods add up (each encodes the")
-    click.echo("residual of the ones before); coders come last and apply to every stored part.\n")
+    click.echo("residual of the ones before); then at most one value coder, which stores the methods' float")
+    click.echo("parts (precision, integers, codebook); byte coders come last and apply to every stored part.")
+    click.echo("'-p auto' (with --max-error) or a --target-* option chooses the pipeline per tensor.\n")
     for kind, cls in stages:
         click.echo(f"{cls.name}  ({kind}) - {cls.summary}")
         budgets = [p for p in cls.params if p.budget]

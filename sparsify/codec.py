@@ -19,7 +19,8 @@ import numpy as np
 from sparsify import dtypes
 from sparsify.errors import CorruptArchiveError, UsageError
 from sparsify.io.base import TensorInfo
-from sparsify.methods import CODERS, METHODS, EncodeContext, LosslessMethod, Method
+from sparsify.methods import CODERS, METHODS, VALUE_CODERS, EncodeContext, LosslessMethod, Method
+from sparsify.methods.values import decode_parts, encode_parts, is_value_part
 from sparsify.metrics import as_float64, exact_metrics, finite_sq_norm, tensor_metrics
 from sparsify.pipeline import check_config, resolve_config, stage_text
 from sparsify.rules import Choice
@@ -145,17 +146,25 @@ def _encode(
             float_dtype=_float_dtype(info.dtype),
             reference_sq=finite_sq_norm(residual) * budget_scale,
             seed=seed,
+            coded_size=lambda index: coded_bytes(index, pipeline.coders)[0].size,
         )
         for i, method in enumerate(pipeline.methods):
             out = method.encode(residual, ctx)
-            record["stages"].append(
-                {"method": method.name, "config": method.config, "resolved": out.resolved, "parts": list(out.parts)}
-            )
-            raw_parts += [(f"{i}.{method.name}.{k}", v) for k, v in out.parts.items()]
+            stage = {"method": method.name, "config": method.config, "resolved": out.resolved}
+            parts, approximation = out.parts, out.approximation
+            if pipeline.values is not None and method.value_coded:
+                names = tuple(name for name, array in out.parts.items() if is_value_part(array))
+                parts, stage["values"] = encode_parts(pipeline.values, out.parts, names, seed)
+                decoded = decode_parts(parts, stage["values"], VALUE_CODERS)
+                approximation = method.decode(decoded, out.resolved, residual.shape)
+            stage["parts"] = list(parts)
+            record["stages"].append(stage)
+            raw_parts += [(f"{i}.{method.name}.{k}", v) for k, v in parts.items()]
             if i + 1 < len(pipeline.methods):
-                residual = residual - out.approximation
+                residual = residual - approximation
         record["budget_scale"] = budget_scale
     coded = [code_part(name, value, info.name, pipeline.coders) for name, value in raw_parts]
+    record["value_coder"] = None if pipeline.values is None else stage_text(pipeline.values)
     record["coders"] = [stage_text(c) for c in pipeline.coders]
     record["parts"] = [p.record for p in coded]
     record["stored_bytes"] = sum(p.record["nbytes"] for p in coded)
@@ -188,12 +197,7 @@ def code_part(name: str, value: np.ndarray, tensor: str, coders) -> CodedPart:
     """``value`` through ``coders`` (each kept only where it makes the bytes smaller), keyed
     ``<tensor>/<name>`` in the container."""
     dtype = dtypes.name_of(value.dtype)
-    raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-    stored, codec = raw, None
-    for coder in coders:
-        for variant, coded in coder.encode(stored, value.dtype.itemsize):
-            if len(coded) < stored.size:
-                stored, codec = np.frombuffer(coded, dtype=np.uint8), variant
+    stored, codec = coded_bytes(value, coders)
     record = {
         "name": name,
         "key": f"{tensor}/{name}",
@@ -204,6 +208,17 @@ def code_part(name: str, value: np.ndarray, tensor: str, coders) -> CodedPart:
         "sha256": sha256(stored),
     }
     return CodedPart(record, stored)
+
+
+def coded_bytes(value: np.ndarray, coders) -> tuple[np.ndarray, str | None]:
+    """The bytes (1-D uint8) that store ``value`` after ``coders`` and the codec id (None: raw)."""
+    stored = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+    codec = None
+    for coder in coders:
+        for variant, coded in coder.encode(stored, value.dtype.itemsize):
+            if len(coded) < stored.size:
+                stored, codec = np.frombuffer(coded, dtype=np.uint8), variant
+    return stored, codec
 
 
 def decode_part(part: Mapping[str, Any], stored: np.ndarray) -> np.ndarray:
@@ -245,7 +260,8 @@ def decode_tensor(record: Mapping[str, Any], load: Callable[[Mapping[str, Any]],
         method = _method(stage)
         if not isinstance(method, Method):
             raise CorruptArchiveError(f"tensor {record['name']!r}: stage {i} ({stage['method']}) cannot follow others")
-        total += method.decode(_stage_parts(parts, i, stage), stage["resolved"], (rows, cols))
+        method_parts = decode_parts(_stage_parts(parts, i, stage), _values_record(stage), VALUE_CODERS)
+        total += method.decode(method_parts, stage["resolved"], (rows, cols))
     return cast_back(from_matrix(total, shape, record["view"]["layout"]), numpy_dtype)
 
 
@@ -257,6 +273,13 @@ def _method(stage: Mapping[str, Any]):
         return cls(**check_config(cls, stage["config"]))
     except UsageError as exc:
         raise CorruptArchiveError(f"invalid stage config: {exc}") from None
+
+
+def _values_record(stage: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+    values = stage.get("values", {})
+    if not isinstance(values, dict) or not all(isinstance(v, dict) for v in values.values()):
+        raise CorruptArchiveError(f"stage {stage['method']}: malformed value coding record")
+    return values
 
 
 def _stage_parts(parts: Mapping[str, np.ndarray], index: int, stage: Mapping[str, Any]) -> dict[str, np.ndarray]:

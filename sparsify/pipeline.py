@@ -3,9 +3,11 @@
     pipeline := stage ("+" stage)*
     stage    := name [":" key "=" value ("," key "=" value)*]
 
-Decomposition methods come first and add up (each encodes the residual the earlier ones leave); byte
-coders (``zstd``) come last and apply to every stored part. A lossless method (``keep``) must be the
-only method. Every error is a :class:`UsageError` that lists the valid choices.
+Decomposition methods come first and add up (each encodes the residual the earlier ones leave); then
+at most one value coder (``fp16``, ``int8``, ``int4``, ``codebook`` ...), which stores the methods'
+float parts; byte coders (``zstd``) come last and apply to every stored part. A lossless method
+(``keep``) must be the only method and takes no value coder. Every error is a :class:`UsageError`
+that lists the valid choices.
 
 >>> str(parse_pipeline("threshold:max_error=0.05+zstd"))
 'threshold:max_error=0.05+zstd:level=3'
@@ -17,16 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparsify.errors import UsageError
-from sparsify.methods import CODERS, METHODS, Coder, LosslessMethod, Stage
+from sparsify.methods import CODERS, METHODS, VALUE_CODERS, Coder, LosslessMethod, Stage, ValueCoder
 from sparsify.params import Param
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    """A validated pipeline: decomposition stages, then byte coders."""
+    """A validated pipeline: decomposition stages, an optional value coder, then byte coders."""
 
     methods: tuple[Stage, ...]
     coders: tuple[Coder, ...] = ()
+    values: ValueCoder | None = None
 
     @property
     def lossless(self) -> bool:
@@ -39,10 +42,11 @@ class Pipeline:
 
     def with_methods(self, methods: tuple[Stage, ...]) -> Pipeline:
         """This pipeline's coders behind other methods (e.g. keep for a tensor stored losslessly)."""
-        return Pipeline(tuple(methods), self.coders)
+        return Pipeline(tuple(methods), self.coders, None if isinstance(methods[0], LosslessMethod) else self.values)
 
     def __str__(self) -> str:
-        return "+".join(stage_text(s) for s in (*self.methods, *self.coders))
+        values = (self.values,) if self.values is not None else ()
+        return "+".join(stage_text(s) for s in (*self.methods, *values, *self.coders))
 
 
 def stage_text(stage: Stage) -> str:
@@ -51,6 +55,27 @@ def stage_text(stage: Stage) -> str:
         return stage.name
     values = ",".join(f"{p.name}={value_text(stage.config[p.name])}" for p in stage.params if p.name in stage.config)
     return f"{stage.name}:{values}"
+
+
+def short_text(text: str) -> str:
+    """A pipeline's text with only the parameters that differ from their defaults (for display):
+    ``threshold:sparsity=0.7+int4:group=128,symmetric=true+zstd:level=3`` -> ``threshold:sparsity=0.7+int4+zstd``.
+    Text that does not parse is returned as it is."""
+    try:
+        pipeline = parse_pipeline(text)
+    except UsageError:
+        return text
+    stages = (*pipeline.methods, *((pipeline.values,) if pipeline.values else ()), *pipeline.coders)
+    out = []
+    for stage in stages:
+        defaults = {p.name: p.default for p in stage.params}
+        changed = ",".join(
+            f"{p.name}={value_text(stage.config[p.name])}"
+            for p in stage.params
+            if p.name in stage.config and (p.budget or stage.config[p.name] != defaults[p.name])
+        )
+        out.append(f"{stage.name}:{changed}" if changed else stage.name)
+    return "+".join(out)
 
 
 def value_text(value: Any) -> str:
@@ -67,28 +92,42 @@ def parse_pipeline(text: str) -> Pipeline:
     if not isinstance(text, str) or not text.strip():
         raise UsageError(f"empty pipeline; {_choices_hint()}")
     stages = [parse_stage(chunk, text) for chunk in text.split("+")]
-    methods = [s for s in stages if not isinstance(s, Coder)]
+    methods = [s for s in stages if not isinstance(s, (Coder, ValueCoder))]
+    values = [s for s in stages if isinstance(s, ValueCoder)]
     coders = [s for s in stages if isinstance(s, Coder)]
     if not methods:
         raise UsageError(f"pipeline {text!r} has no decomposition method; methods: {', '.join(METHODS)}")
-    if stages[: len(methods)] != methods:
-        raise UsageError(f"pipeline {text!r}: byte coders ({', '.join(CODERS)}) must come after every method")
+    if stages != [*methods, *values, *coders]:
+        raise UsageError(
+            f"pipeline {text!r}: write the methods first, then a value coder ({', '.join(VALUE_CODERS)}), "
+            f"then byte coders ({', '.join(CODERS)})"
+        )
+    if len(values) > 1:
+        raise UsageError(f"pipeline {text!r}: give at most one value coder, not {' and '.join(v.name for v in values)}")
     if any(isinstance(m, LosslessMethod) for m in methods) and len(methods) > 1:
         raise UsageError(f"pipeline {text!r}: keep stores the tensor as it is and must be the only method")
+    if values and isinstance(methods[0], LosslessMethod):
+        raise UsageError(
+            f"pipeline {text!r}: keep is lossless and takes no value coder; for integers use quant (e.g. quant:bits=8)"
+        )
+    if values and not any(getattr(m, "value_coded", False) for m in methods):
+        raise UsageError(
+            f"pipeline {text!r}: {values[0].name} has no float parts to code ({methods[0].name} stores integers)"
+        )
     views = {m.config["view"] for m in methods if "view" in m.config}
     if len(views) > 1:
         raise UsageError(f"pipeline {text!r}: stages ask for different views ({', '.join(sorted(views))})")
     names = [c.name for c in coders]
     if len(set(names)) != len(names):
         raise UsageError(f"pipeline {text!r}: each coder may appear once")
-    return Pipeline(tuple(methods), tuple(coders))
+    return Pipeline(tuple(methods), tuple(coders), values[0] if values else None)
 
 
 def parse_stage(chunk: str, pipeline_text: str) -> Stage:
     """One ``name:key=value,...`` stage."""
     name, _, arguments = chunk.strip().partition(":")
     name = name.strip()
-    cls = METHODS.get(name) or CODERS.get(name)
+    cls = METHODS.get(name) or VALUE_CODERS.get(name) or CODERS.get(name)
     if cls is None:
         what = f"unknown stage {name!r}" if name else "empty stage"
         raise UsageError(f"pipeline {pipeline_text!r}: {what}; {_choices_hint()}")
@@ -156,7 +195,10 @@ def _params_hint(cls: type[Stage]) -> str:
 
 
 def _choices_hint() -> str:
-    return f"methods: {', '.join(METHODS)}; coders: {', '.join(CODERS)} (see `sparsify methods`)"
+    return (
+        f"methods: {', '.join(METHODS)}; value coders: {', '.join(VALUE_CODERS)}; coders: {', '.join(CODERS)} "
+        "(see `sparsify methods`)"
+    )
 
 
 def describe_param(p: Param) -> dict[str, Any]:

@@ -1,19 +1,25 @@
-"""Sparse matrices as stored parts: CSR with the narrowest index types, or a bitmask where smaller.
+"""Sparse matrices as stored parts: CSR with narrow or delta-coded indices, or a bitmask.
 
-A sparse (m, n) matrix with nnz stored values takes either
+A sparse (m, n) matrix with nnz stored values takes one of three layouts:
 
-* CSR: ``indptr`` (m + 1 entries, the narrowest unsigned type holding nnz), ``indices`` (nnz column
-  numbers, the narrowest unsigned type holding n - 1) and ``values`` (nnz, row-major order); or
-* bitmask: ``mask`` (ceil(m * n / 8) bytes, numpy ``packbits`` of the row-major nonzero pattern,
+* ``csr``: ``indptr`` (m + 1 entries, the narrowest unsigned type holding nnz), ``indices`` (nnz
+  column numbers, the narrowest unsigned type holding n - 1) and ``values`` (nnz, row-major order);
+* ``csr-delta``: ``indptr``, ``deltas`` and ``values``: the column numbers of each row as gaps (the
+  first one of a row as it is, each next one minus the one before it), in the narrowest unsigned
+  type holding the largest gap -- for dense-ish rows mostly small numbers, which take fewer bytes
+  and entropy-code well;
+* ``bitmask``: ``mask`` (ceil(m * n / 8) bytes, numpy ``packbits`` of the row-major nonzero pattern,
   big bit order) and ``values``.
 
-:func:`pack` picks whichever takes fewer bytes (CSR on a tie); :func:`unpack` validates before use,
-so a hostile archive with consistent checksums still cannot index out of bounds.
+:func:`pack` picks the layout whose index parts take the fewest bytes as they will be stored (a
+``coded_size`` function, e.g. after zstd; raw bytes by default; earlier in the list above on a tie);
+:func:`unpack` validates before use, so a hostile archive with consistent checksums still cannot
+index out of bounds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import scipy.sparse
@@ -39,21 +45,35 @@ def bitmask_nbytes(m: int, n: int) -> int:
     return (m * n + 7) // 8
 
 
-def pack(mask: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
+def pack(
+    mask: np.ndarray, values: np.ndarray, coded_size: Callable[[np.ndarray], int] | None = None
+) -> dict[str, np.ndarray]:
     """Parts for the (m, n) matrix whose nonzero pattern is ``mask`` (bool) and whose stored values,
-    in row-major order, are ``values`` (1-D, any dtype)."""
+    in row-major order, are ``values`` (1-D, any dtype).
+
+    ``coded_size(array)``: bytes an index array takes once stored (default: its raw size).
+    """
+    size = coded_size or (lambda array: array.nbytes)
     m, n = mask.shape
     nnz = int(values.size)
-    if csr_nbytes(m, n, nnz) <= bitmask_nbytes(m, n):
-        rows, cols = np.nonzero(mask)
-        indptr = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
-        return {
-            "indptr": indptr.astype(narrowest_uint(nnz)),
-            "indices": cols.astype(narrowest_uint(max(n - 1, 0))),
-            "values": values,
-        }
-    return {"mask": np.packbits(mask.reshape(-1)), "values": values}
+    bitmask = bitmask_nbytes(m, n)
+    if coded_size is None and csr_nbytes(m, n, nnz) > bitmask:
+        return {"mask": np.packbits(mask.reshape(-1)), "values": values}  # no index list can be smaller
+    rows, cols = np.nonzero(mask)
+    indptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
+    row_starts = indptr[:-1][np.diff(indptr) > 0]
+    gaps = np.diff(cols, prepend=0)
+    gaps[row_starts] = cols[row_starts]
+    indptr_part = indptr.astype(narrowest_uint(nnz))
+    candidates = [
+        {"indptr": indptr_part, "indices": cols.astype(narrowest_uint(max(n - 1, 0)))},
+        {"indptr": indptr_part, "deltas": gaps.astype(narrowest_uint(int(gaps.max(initial=0))))},
+    ]
+    if coded_size is not None or bitmask < min(sum(a.nbytes for a in c.values()) for c in candidates):
+        candidates.append({"mask": np.packbits(mask.reshape(-1))})
+    best = min(candidates, key=lambda parts: sum(size(a) for a in parts.values()))
+    return {**best, "values": values}
 
 
 def unpack(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -80,10 +100,12 @@ def unpack_csr(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> scipy
         return scipy.sparse.csr_matrix(unpack(parts, shape))
     try:
         indptr = parts["indptr"].reshape(-1).astype(np.int64)
-        indices = parts["indices"].reshape(-1).astype(np.int64)
         values = parts["values"].reshape(-1).astype(np.float64)
+        indices = parts["indices"].reshape(-1).astype(np.int64) if "deltas" not in parts else None
     except KeyError as exc:
         raise CorruptArchiveError(f"missing sparse part {exc.args[0]!r}") from None
+    if indices is None:
+        indices = _columns_from_gaps(parts["deltas"].reshape(-1).astype(np.int64), indptr, values.size)
     if (
         indptr.size != m + 1
         or indptr[0] != 0
@@ -96,6 +118,16 @@ def unpack_csr(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> scipy
     return scipy.sparse.csr_matrix((values, indices, indptr), shape=(m, n))
 
 
+def _columns_from_gaps(gaps: np.ndarray, indptr: np.ndarray, nnz: int) -> np.ndarray:
+    """Column numbers from per-row gaps: a running sum restarted at each row. Returns -1s when the
+    sizes disagree, which the caller's range check rejects."""
+    if gaps.size != nnz or indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
+        return np.full(nnz, -1, dtype=np.int64)
+    running = np.cumsum(gaps)
+    before_row = np.concatenate(([0], running))[indptr[:-1]]
+    return running - np.repeat(before_row, np.diff(indptr))
+
+
 def layout_of(parts: Mapping[str, np.ndarray]) -> str:
-    """``"csr"`` or ``"bitmask"``."""
-    return "bitmask" if "mask" in parts else "csr"
+    """``"csr"``, ``"csr-delta"`` or ``"bitmask"``."""
+    return "bitmask" if "mask" in parts else "csr-delta" if "deltas" in parts else "csr"

@@ -8,22 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from checkers import read_tensors
+from checkers import read_tensors, relative_error
 from conftest import DIGITS_TENSORS, SAMPLE_FILES
-from golden.make_golden import GOLDEN
+from golden.make_golden import GOLDEN, OLDER
 from safetensors import safe_open
 
 import sparsify
 from sparsify import container
-from sparsify.archive import Archive
+from sparsify.archive import FORMAT_VERSION, Archive
 from sparsify.errors import CorruptArchiveError, InputError
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
 
-@pytest.mark.parametrize("name", sorted(GOLDEN))
-def test_golden_archives_decode(name, tmp_path):
-    source = GOLDEN_DIR.parents[1] / "sample_models" / GOLDEN[name][0]
+@pytest.mark.parametrize("name", sorted(OLDER))
+def test_older_format_versions_decode(name, tmp_path):
+    """Archives written by earlier format versions stay readable, with the errors they recorded."""
+    source = GOLDEN_DIR.parents[1] / "sample_models" / OLDER[name]
     restored = sparsify.decompress(GOLDEN_DIR / name, tmp_path / "restored.safetensors")
     originals, decoded = read_tensors(source), read_tensors(restored)
     report = sparsify.inspect(GOLDEN_DIR / name)
@@ -37,12 +38,25 @@ def test_golden_archives_decode(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_archives_decode_to_their_recorded_errors(name, tmp_path):
+    source = GOLDEN_DIR.parents[1] / "sample_models" / GOLDEN[name][0]
+    restored = sparsify.decompress(GOLDEN_DIR / name, tmp_path / "restored.safetensors")
+    originals, decoded = read_tensors(source), read_tensors(restored)
+    for row in sparsify.inspect(GOLDEN_DIR / name)["tensors"]:
+        a, b = originals[row["name"]], decoded[row["name"]]
+        if row["exact"]:
+            assert a.tobytes() == b.tobytes()
+        else:
+            assert relative_error(a, b) == pytest.approx(row["rel_error"], rel=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_format_unchanged(name, tmp_path):
     """Compressing today gives the committed bytes; if not, the format changed: regenerate with
     tests/golden/make_golden.py (and bump FORMAT_VERSION if old readers cannot read the new files)."""
-    source_name, pipeline = GOLDEN[name]
+    source_name, options = GOLDEN[name]
     out = tmp_path / name
-    sparsify.compress(GOLDEN_DIR.parents[1] / "sample_models" / source_name, out, pipeline=pipeline)
+    sparsify.compress(GOLDEN_DIR.parents[1] / "sample_models" / source_name, out, **options)
     assert out.read_bytes() == (GOLDEN_DIR / name).read_bytes(), "archive format changed; see the docstring"
 
 
@@ -52,7 +66,7 @@ def test_archive_is_a_valid_safetensors_file():
         keys = list(f.keys())
         assert "fc1.weight/0.threshold.values" in keys
         manifest = json.loads(f.metadata()["sparsify"])
-    assert manifest["format"] == "sparsify" and manifest["format_version"] == "1.0"
+    assert manifest["format"] == "sparsify" and manifest["format_version"] == FORMAT_VERSION
 
 
 def test_inspect_reads_no_part(monkeypatch):

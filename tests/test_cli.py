@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import DIGITS_TENSORS, SAMPLE_FILES
 
 from sparsify.cli import cli, run
-from sparsify.methods import CODERS, METHODS
+from sparsify.methods import CODERS, METHODS, VALUE_CODERS
 
 GOLDEN = Path(__file__).parent / "golden" / "digits_mlp.threshold.sparsify"
 
@@ -51,7 +51,7 @@ def test_compress_inspect_decompress_verify(model, tmp_path):
         archive = tmp_path / "model.sparsify"
         assert archive.exists()
         r = invoke("inspect", str(archive))
-        assert r.rc == 0 and "fc1.weight" in r.stdout and "keep+zstd:level=3,bytegroup=true" in r.stdout
+        assert r.rc == 0 and "fc1.weight" in r.stdout and "keep+zstd" in r.stdout
     os.rename(model, tmp_path / "kept.safetensors")
     r = invoke("decompress", str(archive))
     assert r.rc == 0 and f"wrote {model}" in r.stderr
@@ -92,7 +92,7 @@ def test_markdown_report():
     r = invoke("inspect", str(GOLDEN), "--markdown")
     assert r.rc == 0
     assert r.stdout.startswith("### sparsify inspect: digits_mlp.safetensors")
-    assert "| fc1.weight | 256x64 | F32 | threshold:sparsity=0.9+zstd:level=3,bytegroup=true |" in r.stdout
+    assert "| fc1.weight | 256x64 | F32 | threshold:sparsity=0.9+zstd |" in r.stdout
 
 
 def test_gate_failure_exits_1_and_archive_records_it(model):
@@ -125,7 +125,7 @@ def test_verify_gate_and_mismatch(model, tmp_path):
         (["compress", "{model}", "-p", "threshold"], "threshold needs a budget: one of sparsity, threshold, max_error"),
         (
             ["compress", "{model}", "-p", "nope"],
-            "unknown stage 'nope'; methods: keep, threshold, svd, lasso, ksvd; coders: zstd",
+            "unknown stage 'nope'; methods: keep, threshold, svd, lasso, ksvd, quant; value coders: fp32, fp16",
         ),
         (["compress", "{model}", "--rule", "bad"], "is not GLOB=PIPELINE"),
         (["compress", "{model}", "--json", "--markdown"], "choose one of --json and --markdown"),
@@ -230,12 +230,12 @@ def test_decompress_converts_format(model, tmp_path):
 def test_methods_lists_every_stage_from_the_specs():
     r = invoke("methods")
     assert r.rc == 0
-    for cls in (*METHODS.values(), *CODERS.values()):
+    for cls in (*METHODS.values(), *VALUE_CODERS.values(), *CODERS.values()):
         assert cls.name in r.stdout and cls.example in r.stdout
         for p in cls.params:
             assert p.name in r.stdout and p.range_text() in r.stdout
     data = json.loads(invoke("methods", "--json").stdout)
-    assert {d["name"] for d in data} == set(METHODS) | set(CODERS)
+    assert {d["name"] for d in data} == set(METHODS) | set(VALUE_CODERS) | set(CODERS)
 
 
 def test_help_documents_exit_codes():

@@ -5,6 +5,10 @@ only json, struct, hashlib, numpy, ml_dtypes, zstandard and (for the DCT of lass
 itself is used only to *create* archives (``sparsify.compress``) and, as the reference, to decompress
 them (``sparsify.decompress``); every byte is parsed, checked and decoded here and compared with the
 original weights and with what ``decompress`` writes (read with safetensors / h5py): bit for bit.
+
+Format 1.1 additions covered: the ``zstd+planes`` codec (§5.3), the ``csr-delta`` sparse layout (§6.2),
+bit packing, integer groups and codebooks (§6.6), the ``quant`` method (§6.7), value coders (§6.8) and
+the manifest's ``plan`` and ``options.target`` (§4.3, §4.7).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import pytest
 import scipy.fft
 import zstandard
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 from threadpoolctl import threadpool_limits  # test speed only (see the fixture below), not the reader
 
 import sparsify  # only to create archives and as the reference decoder
@@ -143,6 +147,80 @@ def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
+def unzstd(frame: bytes, size: int) -> bytes:
+    """§5.2: one zstd frame that must declare, and hold, exactly ``size`` bytes."""
+    try:
+        params = zstandard.get_frame_parameters(frame)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"not a zstd frame: {exc}") from None
+    if params.content_size != size:  # also refuses a frame without a content size
+        raise FormatError(f"zstd frame holds {params.content_size} bytes, part needs {size}")
+    try:
+        out = zstandard.ZstdDecompressor().decompress(frame, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"bad zstd frame: {exc}") from None
+    if len(out) != size:
+        raise FormatError("zstd part has the wrong size")
+    return out
+
+
+PLANE_METHODS_SEEN: set[int] = set()  # which plane methods (§5.3) the tests' archives used (a test checks)
+
+
+def unplanes(data: bytes, size: int, itemsize: int) -> bytes:
+    """§5.3: a ``zstd+planes`` part back to its ``size`` raw bytes."""
+    if len(data) < 2:
+        raise FormatError("planes part shorter than its header")
+    flags, k = data[0], data[1]
+    if flags & ~1 or k != itemsize or k < 2 or size % k or (flags & 1 and k not in (2, 4, 8)):
+        raise FormatError(f"planes part: flags {flags:#x}, {k} planes for {itemsize}-byte elements, {size} bytes")
+    n, head = size // k, 2 + 9 * k
+    if len(data) < head:
+        raise FormatError("planes part shorter than its header")
+    entries = [struct.unpack_from("<BQ", data, 2 + 9 * j) for j in range(k)]
+    if sum(length for _, length in entries) != len(data) - head:
+        raise FormatError("planes part: plane lengths do not add up")
+    planes = np.empty((k, n), dtype=np.uint8)
+    offset = head
+    for j, (method, length) in enumerate(entries):
+        payload, offset = data[offset : offset + length], offset + length
+        PLANE_METHODS_SEEN.add(method)
+        if method == 0:  # raw
+            if length != n:
+                raise FormatError(f"raw plane {j} has {length} bytes, expected {n}")
+            planes[j] = np.frombuffer(payload, dtype=np.uint8)
+        elif method == 1:  # zstd
+            planes[j] = np.frombuffer(unzstd(payload, n), dtype=np.uint8)
+        elif method in (2, 3):  # palette + packed indices (3: the index bytes in a zstd frame)
+            if length < 2:
+                raise FormatError(f"packed plane {j} too short")
+            b, d = payload[0], payload[1]
+            if b not in (1, 2, 4) or not 1 <= d <= 2**b or length < 2 + d:
+                raise FormatError(f"packed plane {j}: {b} bits, palette of {d}")
+            palette = np.frombuffer(payload[2 : 2 + d], dtype=np.uint8)
+            per = 8 // b
+            m = -(-n // per)
+            body = payload[2 + d :]
+            if method == 3:
+                body = unzstd(body, m)
+            elif len(body) != m:
+                raise FormatError(f"packed plane {j} has {len(body)} index bytes, expected {m}")
+            packed = np.frombuffer(body, dtype=np.uint8)
+            shifts = (b * np.arange(per)).astype(np.uint8)  # element i: bits b*(i % per) and up, LSB first
+            index = ((packed[:, None] >> shifts) & np.uint8(2**b - 1)).reshape(-1)[:n]
+            if n and int(index.max()) >= d:
+                raise FormatError(f"packed plane {j}: index outside the palette")
+            planes[j] = palette[index]
+        else:
+            raise FormatError(f"plane {j} has unknown method {method}")
+    raw = np.ascontiguousarray(planes.T).reshape(-1)  # element i's byte j is plane j's byte i
+    if flags & 1:  # rotate every little-endian 8k-bit word right by one bit
+        words = raw.view(np.dtype(f"<u{k}"))
+        one, top = words.dtype.type(1), words.dtype.type(8 * k - 1)
+        raw = ((words >> one) | ((words & one) << top)).view(np.uint8)
+    return raw.tobytes()
+
+
 class Reader:
     """Reads a whole archive into memory and decodes its tensors on request."""
 
@@ -258,16 +336,16 @@ class Reader:
         size = nbytes_of(part["dtype"], part["shape"])
         if part["codec"] is None:
             return raw
+        dtype = numpy_type(part["dtype"])
+        itemsize = dtype.itemsize if dtype is not None else 1
+        if part["codec"] == "zstd+planes":
+            return unplanes(raw, size, itemsize)
         if part["codec"] not in ("zstd", "zstd+bytegroup"):
             raise FormatError(f"unknown codec {part['codec']!r}")
-        params = zstandard.get_frame_parameters(raw)
-        if params.content_size != size:
-            raise FormatError(f"zstd frame holds {params.content_size} bytes, part needs {size}")
-        out = zstandard.ZstdDecompressor().decompress(raw, max_output_size=size)
-        if len(out) != size:
-            raise FormatError("zstd part has the wrong size")
+        out = unzstd(raw, size)
         if part["codec"] == "zstd+bytegroup":  # byte k of every element was stored in plane k
-            itemsize = numpy_type(part["dtype"]).itemsize
+            if size % itemsize:
+                raise FormatError("byte-grouped part is not a whole number of elements")
             out = np.frombuffer(out, np.uint8).reshape(itemsize, -1).T.tobytes()
         return out
 
@@ -307,14 +385,17 @@ class Reader:
                 parts = {p: arrays[f"{i}.{method}.{p}"] for p in stage["parts"]}
             except KeyError as exc:
                 raise FormatError(f"{name}: missing part {exc.args[0]!r}") from None
+            parts = decode_values(parts, stage.get("values", {}))  # §6.8: value-coded parts first
             total += STAGE_DECODERS[method](parts, stage, rows, cols)  # §7.2: the sum of all stages
         return cast_back(from_matrix(total, shape, record["view"]["layout"]), dtype)
 
 
 def sparse_to_dense(parts: dict, m: int, n: int) -> np.ndarray:
-    """§6.2: CSR or bitmask parts to a dense float64 (m, n) matrix, validated first."""
+    """§6.2: CSR, CSR with column gaps, or bitmask parts to a dense float64 (m, n) matrix, validated first."""
     values = parts["values"].reshape(-1).astype(np.float64)
     dense = np.zeros((m, n), dtype=np.float64)
+    if set(parts) == {"indptr", "deltas", "values"}:
+        parts = {"indptr": parts["indptr"], "indices": columns_from_gaps(parts, m, n), "values": parts["values"]}
     if set(parts) == {"mask", "values"}:
         mask_bytes = parts["mask"].reshape(-1)
         if mask_bytes.dtype != np.uint8 or mask_bytes.size != (m * n + 7) // 8:
@@ -341,6 +422,32 @@ def sparse_to_dense(parts: dict, m: int, n: int) -> np.ndarray:
         raise FormatError("inconsistent CSR parts")
     dense[np.repeat(np.arange(m), np.diff(indptr)), indices] = values
     return dense
+
+
+def columns_from_gaps(parts: dict, m: int, n: int) -> np.ndarray:
+    """§6.2 ``csr-delta``: the column of every value, a running sum of the gaps restarted at each row
+    (the first gap of a row is its first column). Everything is checked before summing."""
+    indptr, gaps = parts["indptr"].reshape(-1), parts["deltas"].reshape(-1)
+    nnz = parts["values"].size
+    if indptr.dtype.kind != "u" or gaps.dtype.kind != "u":
+        raise FormatError("csr-delta index parts must be unsigned")
+    indptr = indptr.astype(np.int64)
+    if indptr.size != m + 1 or indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
+        raise FormatError("inconsistent csr-delta indptr")
+    if gaps.size != nnz or (nnz and int(gaps.max()) >= n):  # no gap reaches n: the sums cannot overflow
+        raise FormatError("csr-delta gaps do not fit the matrix")
+    row_of = np.repeat(np.arange(m), np.diff(indptr))
+    first = np.zeros(nnz, dtype=bool)
+    first[indptr[:-1][np.diff(indptr) > 0]] = True
+    if np.any(gaps[~first] == 0):
+        raise FormatError("csr-delta: a column repeats within a row")
+    columns = np.empty(nnz, dtype=np.int64)
+    for r in np.unique(row_of):  # row by row, plainly
+        begin, end = indptr[r], indptr[r + 1]
+        columns[begin:end] = np.cumsum(gaps[begin:end].astype(np.int64))
+    if nnz and int(columns.max()) >= n:
+        raise FormatError("csr-delta column outside the matrix")
+    return columns.astype(np.uint64)
 
 
 def threshold_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
@@ -446,7 +553,152 @@ def ksvd_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
     return signals_to_matrix(acc.T, m, n, segment)
 
 
-STAGE_DECODERS = {"threshold": threshold_stage, "svd": svd_stage, "lasso": lasso_stage, "ksvd": ksvd_stage}
+# -- §6.6 bit packing, integer groups, codebooks --------------------------------------------------
+
+
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """§6.6: ``count`` codes of ``bits`` bits from a big-endian bit stream (code k: bits k*b .. k*b+b-1)."""
+    if packed.dtype != np.uint8 or packed.ndim != 1:
+        raise FormatError("packed codes must be a 1-D U8 part")
+    if packed.size != -(-count * bits // 8):
+        raise FormatError(f"{packed.size} bytes do not hold exactly {count} codes of {bits} bits")
+    stream = np.unpackbits(packed, count=count * bits, bitorder="big").reshape(count, bits).astype(np.int64)
+    return stream @ (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
+
+
+def as_rows_shape(shape) -> tuple[int, int]:
+    """§6.6: (rows, cols) of a value array: 2-D as is, 0-D/1-D one row, N-D shape[0] x the rest."""
+    count = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) <= 1:
+        return 1, count
+    return shape[0], (count // shape[0] if shape[0] else 0)
+
+
+def int_values(parts: dict, resolved: dict, rows: int, cols: int) -> np.ndarray:
+    """§6.6 integer groups: float64 (rows, cols) values from ``q``, ``scale`` and optional ``zero``."""
+    bits, group, symmetric = resolved.get("bits"), resolved.get("group"), resolved.get("symmetric")
+    if type(bits) is not int or not 1 <= bits <= 8 or type(group) is not int or group < 0:
+        raise FormatError(f"integer coding: bits {bits!r}, group {group!r}")
+    if resolved.get("rows") != rows or set(parts) - {"q", "scale", "zero"} or not {"q", "scale"} <= set(parts):
+        raise FormatError(f"integer coding: rows {resolved.get('rows')!r} / parts {sorted(parts)} do not fit")
+    if symmetric is not ("zero" not in parts):
+        raise FormatError("integer coding: 'symmetric' disagrees with the presence of a 'zero' part")
+    width = cols if group == 0 or group >= cols else group
+    groups = -(-cols // width) if width else 0
+    scale = parts["scale"]
+    if scale.dtype not in (SAFETENSORS["F16"][1], SAFETENSORS["F32"][1]) or scale.shape != (rows, groups):
+        raise FormatError(f"integer coding: scale {scale.dtype}{scale.shape}, expected F16/F32 ({rows}, {groups})")
+    if "zero" in parts:
+        zero = parts["zero"]
+        if zero.dtype != np.uint8 or zero.shape != (rows, groups):
+            raise FormatError("integer coding: zero points must be U8 (rows, groups)")
+        offset = zero.astype(np.float64)
+    else:
+        offset = np.full((rows, groups), 2.0 ** (bits - 1))
+    codes = unpack_codes(parts["q"].reshape(-1), bits, rows * cols).reshape(rows, cols)
+    group_of = np.arange(cols) // width if width else np.zeros(0, dtype=np.int64)  # group of each column
+    return (codes.astype(np.float64) - offset[:, group_of]) * scale.astype(np.float64)[:, group_of]
+
+
+def codebook_values(parts: dict, resolved: dict, count: int) -> np.ndarray:
+    """§6.6 codebook: float64 ``codebook[index]`` for ``count`` packed indices."""
+    if set(parts) != {"codebook", "index"}:
+        raise FormatError(f"codebook coding with parts {sorted(parts)}")
+    codebook, bits = parts["codebook"], resolved.get("bits")
+    if codebook.dtype != SAFETENSORS["F32"][1] or codebook.ndim != 1 or codebook.size == 0:
+        raise FormatError("codebook must be a non-empty 1-D F32 part")
+    if type(bits) is not int or not 1 <= bits <= 8 or codebook.size > 2**bits:
+        raise FormatError(f"codebook of {codebook.size} entries with {bits!r}-bit indices")
+    index = unpack_codes(parts["index"].reshape(-1), bits, count)
+    if count and int(index.max()) >= codebook.size:
+        raise FormatError("codebook index out of range")
+    return codebook.astype(np.float64)[index]
+
+
+# -- §6.8 value coders ---------------------------------------------------------------------------
+
+CAST_CODERS = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
+INT_CODERS = {"int8": 8, "int4": 4}
+
+
+def decode_values(parts: dict, records: dict) -> dict:
+    """§6.8: replace each value-coded part's sub-parts (``<part>.<sub>``) by the part they decode to."""
+    if not isinstance(records, dict):
+        raise FormatError("stage 'values' must be an object")
+    parts = dict(parts)
+    for name, record in records.items():
+        coder = record.get("coder")
+        if "skipped" in record:  # stored as it is, under its own name
+            if name not in parts:
+                raise FormatError(f"skipped value coding of a missing part {name!r}")
+            continue
+        if coder not in CAST_CODERS and coder not in INT_CODERS and coder != "codebook":
+            raise FormatError(f"unknown value coder {coder!r}; refusing to decode it")
+        dtype, shape = numpy_type(record["dtype"]), record["shape"]
+        if dtype not in FLOAT_PARTS or not _is_shape(shape) or name in parts:
+            raise FormatError(f"value coding of {name!r}: bad dtype, shape or name")
+        try:
+            subs = {sub: parts.pop(f"{name}.{sub}") for sub in record["parts"]}
+        except KeyError as exc:
+            raise FormatError(f"value coding of {name!r}: missing sub-part {exc.args[0]!r}") from None
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        resolved = record["resolved"]
+        if coder in CAST_CODERS:
+            cast = subs.get("cast")
+            if set(subs) != {"cast"} or cast.dtype != SAFETENSORS[CAST_CODERS[coder]][1] or cast.size != count:
+                raise FormatError(f"{coder} coding of {name!r}: bad 'cast' sub-part")
+            values = cast.astype(np.float64)
+        elif coder in INT_CODERS:
+            if resolved.get("bits") != INT_CODERS[coder]:
+                raise FormatError(f"{coder} coding with {resolved.get('bits')!r} bits")
+            values = int_values(subs, resolved, *as_rows_shape(shape))
+        else:
+            values = codebook_values(subs, resolved, count)
+        parts[name] = values.astype(dtype).reshape(shape)  # float64 -> the part's own type
+    if any("." in name for name in parts):
+        raise FormatError(f"sub-parts without a value coding record: {sorted(parts)}")
+    return parts
+
+
+# -- §6.7 quant -------------------------------------------------------------------------------------
+
+SIGNED = {np.dtype(np.int8), *(SAFETENSORS[k][1] for k in ("I16", "I32", "I64"))}
+
+
+def quant_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
+    """§6.7: integer groups, a codebook, or a uniform step; float64 values, no cast on the way."""
+    names, resolved = set(parts), stage["resolved"]
+    if names == {"codebook", "index"}:
+        return codebook_values(parts, resolved, m * n).reshape(m, n)
+    if names == {"q", "step"}:
+        step = parts["step"]
+        if step.dtype != SAFETENSORS["F64"][1] or step.shape != (1,) or not np.isfinite(step[0]):
+            raise FormatError("quant: step must be one finite F64")
+        bits = resolved.get("bits")
+        if bits is not None:
+            if bits not in (2, 4) or type(bits) is not int:
+                raise FormatError(f"quant: {bits!r}-bit uniform codes")
+            codes = unpack_codes(parts["q"].reshape(-1), bits, m * n).astype(np.float64) - 2.0 ** (bits - 1)
+        else:
+            q = parts["q"]
+            if q.dtype not in SIGNED or q.size != m * n:
+                raise FormatError(f"quant: uniform codes {q.dtype}{q.shape} for a {m} x {n} matrix")
+            codes = q.astype(np.float64)
+        return codes.reshape(m, n) * float(step[0])
+    if names in ({"q", "scale"}, {"q", "scale", "zero"}):
+        return int_values(parts, resolved, m, n)
+    raise FormatError(f"quant: unknown parts {sorted(names)}")
+
+
+STAGE_DECODERS = {
+    "threshold": threshold_stage,
+    "svd": svd_stage,
+    "lasso": lasso_stage,
+    "ksvd": ksvd_stage,
+    "quant": quant_stage,
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -489,6 +741,13 @@ def check_lossless(reader: Reader, name: str, original: np.ndarray) -> None:
     assert record["metrics"]["exact"] is True
 
 
+LAYOUT_PARTS = {  # §6.2: a stage's parts list names its sparse layout
+    "csr": ["indptr", "indices", "values"],
+    "csr-delta": ["indptr", "deltas", "values"],
+    "bitmask": ["mask", "values"],
+}
+
+
 def check_pruned(reader: Reader, name: str, original: np.ndarray, layout: str) -> np.ndarray:
     """A one-stage threshold tensor: every entry is the original or 0, the largest ones kept."""
     record = reader.record(name)
@@ -496,7 +755,7 @@ def check_pruned(reader: Reader, name: str, original: np.ndarray, layout: str) -
     decoded = reader.tensor(name)
     assert decoded.dtype == original.dtype and decoded.shape == original.shape
     assert stage["resolved"]["layout"] == layout
-    assert stage["parts"] == (["mask", "values"] if layout == "bitmask" else ["indptr", "indices", "values"])
+    assert stage["parts"] == LAYOUT_PARTS[layout]
     kept = decoded != 0
     assert np.array_equal(decoded[kept], original[kept])  # bit-exact copies (no zeros in these weights)
     assert int(kept.sum()) == stage["resolved"]["nnz"] == round((1 - stage["config"]["sparsity"]) * original.size)
@@ -514,7 +773,7 @@ def test_csr_raw_parts(tmp_path, originals):
     """High sparsity gives CSR; without a coder every part is stored raw in its own type."""
     reader = Reader(make(tmp_path, FP32, "csr.sparsify", pipeline="threshold:sparsity=0.95"))
     manifest = reader.manifest
-    assert manifest["format"] == "sparsify" and manifest["format_version"] == "1.0"
+    assert manifest["format"] == "sparsify" and manifest["format_version"] == "1.1"
     assert [t["name"] for t in manifest["tensors"]] == list(originals)  # source file order
     for name in BIASES:
         assert reader.record(name)["stages"][0]["method"] == "keep"
@@ -548,7 +807,7 @@ def test_bitmask_zstd_parts(tmp_path, originals):
         packed = reader.part_array(mask)
         kept = reader.tensor(name) != 0
         assert bool(packed[0] & 0x80) == kept[0, 0] and bool(packed[0] & 0x01) == kept[0, 7]
-    coded = [p for t in reader.manifest["tensors"] for p in t["parts"] if p["codec"] in ("zstd", "zstd+bytegroup")]
+    coded = [p for t in reader.manifest["tensors"] for p in t["parts"] if p["codec"] in ("zstd", "zstd+planes")]
     assert coded
     for p in coded:
         assert reader.entries[p["key"]]["dtype"] == "U8" and reader.entries[p["key"]]["shape"] == [p["nbytes"]]
@@ -622,7 +881,7 @@ def test_bf16(tmp_path, originals):
 def test_version_rule(tmp_path):
     """§9: any 1.x is read, 2.0 is refused."""
     data = make(tmp_path, FP32, "v.sparsify", pipeline="threshold:sparsity=0.9+zstd").read_bytes()
-    old = b'\\"format_version\\":\\"1.0\\"'
+    old = b'\\"format_version\\":\\"1.1\\"'
     assert data.count(old) == 1
     minor = tmp_path / "minor.sparsify"
     minor.write_bytes(data.replace(old, b'\\"format_version\\":\\"1.7\\"'))
@@ -824,3 +1083,235 @@ def test_unknown_method_refused(tmp_path):
     check_lossless(reader, "fc2.bias", load_file(str(FP32))["fc2.bias"])  # other tensors still are
     with pytest.raises(Exception, match="unknown method 'svx'"):
         sparsify.decompress(patched, tmp_path / "unknown.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Format 1.1: zstd+planes, csr-delta, value coders, quant, plan (FORMAT.md §4.7, §5.3, §6.2, §6.6-§6.8)
+# ---------------------------------------------------------------------------------------------------
+
+
+def planes_part(flags: int, planes: list[tuple[int, bytes]]) -> bytes:
+    """A §5.3 part from (method, payload) per plane."""
+    head = bytes((flags, len(planes))) + b"".join(struct.pack("<BQ", m, len(p)) for m, p in planes)
+    return head + b"".join(p for _, p in planes)
+
+
+def test_planes_by_hand():
+    """§5.3's example, a packed plane, and the checks a reader must make."""
+    example = planes_part(1, [(0, b"\x00\x01"), (0, b"\x00\x00"), (0, b"\x00\x00"), (0, b"\x7f\x80")])
+    assert example[:11].hex() == "0104" + "00" + "0200000000000000"
+    assert np.frombuffer(unplanes(example, 8, 4), "<f4").tolist() == [1.0, -2.0]
+    # U16 elements 0x0000, 0x8001, 0x0002, 0x8003, 0x0004: the high bytes are a 1-bit palette plane
+    low = (0, b"\x00\x01\x02\x03\x04")
+    packed = (2, bytes((1, 2, 0x00, 0x80, 0b01010)))  # b=1, d=2, palette; element i is bit i (LSB first)
+    expected = np.array([0x0000, 0x8001, 0x0002, 0x8003, 0x0004], "<u2").tobytes()
+    assert unplanes(planes_part(0, [low, packed]), 10, 2) == expected
+    framed = (3, bytes((1, 2, 0x00, 0x80)) + zstandard.ZstdCompressor(write_content_size=True).compress(b"\x0a"))
+    assert unplanes(planes_part(0, [low, framed]), 10, 2) == expected
+    four = (2, bytes((2, 3, 5, 6, 7, 0b10_01_00_10, 0b00_00_00_01)))  # b=2: 4 per byte, indices 2,0,1,2,1
+    assert unplanes(planes_part(0, [(1, zstandard.ZstdCompressor().compress(bytes(5))), four]), 10, 2) == bytes(
+        [0, 7, 0, 5, 0, 6, 0, 7, 0, 6]
+    )
+    bad = [
+        planes_part(2, [low, packed]),  # unknown flag
+        planes_part(0, [low]),  # 1 plane for 2-byte elements
+        planes_part(0, [low, (2, bytes((1, 1, 0x00, 0b10)))]),  # index 1 outside a 1-entry palette
+        planes_part(0, [low, (0, b"\x00" * 4)]),  # raw plane of the wrong length
+        planes_part(0, [low, (4, b"\x00" * 5)]),  # unknown method
+        planes_part(0, [low, packed]) + b"\x00",  # lengths do not add up
+        planes_part(0, [low, (1, zstandard.ZstdCompressor(write_content_size=False).compress(bytes(5)))]),
+    ]
+    for data in bad:
+        with pytest.raises(FormatError):
+            unplanes(data, 10, 2)
+    with pytest.raises(FormatError):
+        unplanes(planes_part(1, [low, low, low]), 15, 3)  # rotation needs 2-, 4- or 8-byte elements
+
+
+def h5_tensors(path: Path, names) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {name: f[name][()] for name in names}
+
+
+def test_planes_archive(tmp_path):
+    """keep+zstd: multi-byte parts are zstd+planes; every plane method and both rotations occur."""
+    seen: set[tuple[int, int]] = set()
+    for source in (FP32, BF16, CREPE):
+        reader = Reader(make(tmp_path, source, f"{source.stem}.sparsify", pipeline="keep+zstd"))
+        names = [t["name"] for t in reader.manifest["tensors"]]
+        originals = load_file(str(source)) if source.suffix == ".safetensors" else h5_tensors(source, names)
+        for name in names:
+            check_lossless(reader, name, originals[name])
+            (part,) = reader.record(name)["parts"]
+            if part["codec"] == "zstd+planes":
+                stored = reader.stored(part)
+                assert stored[1] == numpy_type(part["dtype"]).itemsize
+                seen |= {(stored[0], stored[2 + 9 * j]) for j in range(stored[1])}
+    assert {flags for flags, _ in seen} == {0, 1} and {method for _, method in seen} == {0, 1, 2}
+    reader = Reader(make(tmp_path, BF16, "bf16-half.sparsify", pipeline="threshold:sparsity=0.5+zstd"))
+    for name in WEIGHTS:
+        reader.tensor(name)
+    assert 3 in PLANE_METHODS_SEEN  # packed indices in a zstd frame
+
+
+def test_csr_delta(tmp_path, originals):
+    """§6.2 csr-delta: per-row column gaps; chosen by stored size, recorded in resolved.layout."""
+    path = make(tmp_path, FP32, "delta.sparsify", pipeline="threshold:sparsity=0.95+zstd")
+    reader = Reader(path)
+    layouts = {n: reader.record(n)["stages"][0]["resolved"]["layout"] for n in WEIGHTS}
+    assert layouts["fc2.weight"] == "csr-delta" and layouts["fc1.weight"] == "bitmask"
+    check_archive(reader, reference(tmp_path, path, ".safetensors"), originals)
+    for name in WEIGHTS:
+        check_pruned(reader, name, originals[name], layouts[name])
+    _, parts = stage_of(reader, "fc2.weight")
+    gaps = reader.part_array(parts["deltas"])
+    indptr = reader.part_array(parts["indptr"]).astype(np.int64)
+    kept = reader.tensor("fc2.weight") != 0
+    for r in (0, 1, 77):  # the running sum of a row's gaps gives its columns
+        assert np.cumsum(gaps[indptr[r] : indptr[r + 1]]).tolist() == np.flatnonzero(kept[r]).tolist()
+    assert parts["deltas"]["dtype"] == narrowest_uint(int(gaps.max()))
+    # raw parts too (HDF5 kernels, layout last): crepe at 0.9 has csr-delta and csr or bitmask tensors
+    path = make(tmp_path, CREPE, "crepe-delta.sparsify", pipeline="threshold:sparsity=0.9")
+    reader = Reader(path)
+    expected = reference(tmp_path, path, ".h5")
+    check_archive(reader, expected, h5_tensors(CREPE, expected))
+    records = reader.manifest["tensors"]
+    delta = [t for t in records if t["stages"][0]["resolved"].get("layout") == "csr-delta"]
+    assert delta and all(p["codec"] is None for t in delta for p in t["parts"])
+    assert all(t["stages"][0]["parts"] == ["indptr", "deltas", "values"] for t in delta)
+
+
+def check_value_coding(reader: Reader, coder: str | None) -> None:
+    """§4.4, §6.8: ``value_coder``, stage ``values`` records and the stored (sub-)part names agree."""
+    for record in reader.manifest["tensors"]:
+        lossless = record["stages"][0]["method"] == "keep"
+        assert ("value_coder" in record) and (record["value_coder"] is None) == (coder is None or lossless)
+        if record["value_coder"] is not None:
+            assert record["value_coder"].split(":")[0] == coder
+        for i, stage in enumerate(record["stages"]):
+            values = stage.get("values")
+            if record["value_coder"] is None or stage["method"] == "quant":
+                assert values is None
+                continue
+            plain = [p for p in stage["parts"] if "." not in p]
+            coded = [p for p in values if "skipped" not in values[p]]
+            assert coded
+            expected = [f"{name}.{sub}" for name in coded for sub in values[name]["parts"]]
+            assert sorted(stage["parts"]) == sorted(plain + expected)
+            for name in coded:
+                entry = values[name]
+                assert entry["coder"] == coder and entry["dtype"] in ("F16", "BF16", "F32", "F64")
+                prefix = f"{i}.{stage['method']}.{name}."
+                subs = {p["name"][len(prefix) :]: p for p in record["parts"] if p["name"].startswith(prefix)}
+                assert list(subs) == entry["parts"]
+                if coder in ("fp16", "bf16", "fp32"):
+                    assert subs["cast"]["dtype"] == CAST_CODERS[coder] and subs["cast"]["shape"] == entry["shape"]
+                elif coder in INT_CODERS:
+                    rows, cols = as_rows_shape(entry["shape"])
+                    resolved = entry["resolved"]
+                    assert resolved["bits"] == INT_CODERS[coder] and resolved["rows"] == rows
+                    groups = -(-cols // resolved["group"])
+                    packed = -(-rows * cols * resolved["bits"] // 8)
+                    assert subs["q"]["dtype"] == "U8" and subs["q"]["shape"] == [packed]
+                    assert subs["scale"]["shape"] == [rows, groups] and subs["scale"]["dtype"] in ("F16", "F32")
+                    assert ("zero" in subs) is (not resolved["symmetric"])
+                else:
+                    assert subs["codebook"]["dtype"] == "F32" and entry["resolved"]["bits"] == 4
+                    codebook = reader.part_array(subs["codebook"])
+                    assert np.all(np.diff(codebook) > 0)  # ascending
+
+
+@pytest.mark.parametrize(
+    ("source", "pipeline", "coder"),
+    [
+        (FP32, "threshold:sparsity=0.7+int4:group=128+zstd", "int4"),
+        (BF16, "threshold:sparsity=0.5+int8:symmetric=false+zstd", "int8"),
+        (FP32, "svd:rank=8+fp16+zstd", "fp16"),
+        (FP32, "svd:rank=4,block=64+int8:group=16", "int8"),  # 2-D us in groups, 1-D vt, raw ranks
+        (FP32, "ksvd:atoms=32,nnz=4+codebook:k=16+zstd", "codebook"),
+        (BF16, "lasso:nnz=4,dict=learned,atoms=16+bf16+zstd", "bf16"),
+        (FP32, "svd:rank=2+threshold:sparsity=0.95+fp32", "fp32"),
+        (FP32, "quant:bits=8", None),
+        (FP32, "quant:bits=3,group=64+zstd", None),
+        (BF16, "quant:bits=4,group=48,symmetric=false+zstd", None),
+        (FP32, "quant:codebook=16+zstd", None),
+        (FP32, "quant:max_error=0.05+zstd", None),
+        (FP32, "quant:step=0.5+zstd", None),
+        (FP32, "svd:rank=4+quant:bits=4", None),
+    ],
+)
+def test_value_coders_and_quant(tmp_path, source, pipeline, coder):
+    """§6.6-§6.8: value-coded parts and quant stages decode bit-identically to sparsify's decoder."""
+    path = make(tmp_path, source, "v.sparsify", pipeline=pipeline)
+    reader = Reader(path)
+    check_archive(reader, reference(tmp_path, path, ".safetensors"), load_file(str(source)))
+    check_value_coding(reader, coder)
+    for name in WEIGHTS:
+        stage = reader.record(name)["stages"][-1]
+        if stage["method"] != "quant":
+            continue
+        _, parts = stage_of(reader, name, len(reader.record(name)["stages"]) - 1)
+        resolved, config, numel = stage["resolved"], stage["config"], reader.record(name)["view"]["rows"]
+        numel *= reader.record(name)["view"]["cols"]
+        if "codebook" in config:
+            assert stage["parts"] == ["codebook", "index"] and resolved["k"] <= config["codebook"]
+            assert parts["index"]["shape"] == [-(-numel * resolved["bits"] // 8)]
+        elif "step" in config or "max_error" in config:
+            assert stage["parts"] == ["q", "step"] and parts["step"]["dtype"] == "F64"
+            assert reader.part_array(parts["step"]).tolist() == [resolved["step"]]
+            if "step" in config:  # a coarse step: codes within +-1, packed 4 per byte
+                assert resolved["bits"] == 2 and parts["q"]["shape"] == [-(-numel // 4)]
+            else:
+                assert "bits" not in resolved and parts["q"]["dtype"] in ("I8", "I16")
+        else:
+            assert stage["parts"] == (["q", "scale"] if config["symmetric"] else ["q", "scale", "zero"])
+            assert resolved["bits"] == config["bits"]
+            assert parts["q"]["shape"] == [-(-numel * config["bits"] // 8)]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the writer's fp16 try
+def test_value_coding_skipped(tmp_path):
+    """§6.8: a part the coder cannot store (fp16 overflow) is kept as it is, and says so."""
+    rng = np.random.default_rng(0)
+    big = {"w": (rng.standard_normal((64, 48)) * 1e5).astype(np.float32)}
+    source = tmp_path / "big.safetensors"
+    save_file(big, str(source))
+    path = make(tmp_path, source, "big.sparsify", pipeline="svd:rank=2+fp16")
+    reader = Reader(path)
+    check_archive(reader, reference(tmp_path, path, ".safetensors"), big)
+    stage = reader.record("w")["stages"][0]
+    assert stage["values"]["us"] == {"coder": "fp16", "skipped": stage["values"]["us"]["skipped"]}
+    assert stage["values"]["vt"]["parts"] == ["cast"] and stage["parts"] == ["us", "vt.cast"]
+
+
+def test_unknown_value_coder_refused(tmp_path, originals):
+    """§9: an unknown value coder is refused for its tensor, like an unknown method."""
+    data = make(tmp_path, FP32, "u.sparsify", pipeline="threshold:sparsity=0.7+int4+zstd").read_bytes()
+    old = b'\\"coder\\":\\"int4\\"'
+    assert data.count(old) == 3
+    patched = tmp_path / "unknown.sparsify"
+    patched.write_bytes(data.replace(old, b'\\"coder\\":\\"int5\\"'))
+    reader = Reader(patched)
+    with pytest.raises(FormatError, match="unknown value coder 'int5'"):
+        reader.tensor("fc2.weight")
+    check_lossless(reader, "fc2.bias", originals["fc2.bias"])
+    with pytest.raises(Exception, match="int5"):
+        sparsify.decompress(patched, tmp_path / "unknown.safetensors")
+
+
+def test_rate_controlled(tmp_path, originals):
+    """§4.3, §4.7: a target ratio records options.target and the plan; tensors decode as usual."""
+    path = make(tmp_path, FP32, "target.sparsify", target_ratio=8)
+    reader = Reader(path)
+    manifest = reader.manifest
+    options, plan = manifest["options"], manifest["plan"]
+    assert options["pipeline"] == "auto" and options["target"] == {"ratio": 8}
+    assert plan["mode"] == "ratio" and plan["target"] == {"ratio": 8} and plan["met"] is True
+    assert plan["budget_bytes"] == pytest.approx(manifest["source"]["size"] / 8)
+    assert path.stat().st_size <= plan["budget_bytes"] and isinstance(plan["predicted_bytes"], int)
+    check_archive(reader, reference(tmp_path, path, ".safetensors"), originals)
+    for name in WEIGHTS:
+        record = reader.record(name)
+        assert record["stages"][0]["method"] == "quant" and record["reason"].startswith("rate control")
+    plain = Reader(make(tmp_path, FP32, "plain.sparsify", pipeline="keep"))
+    assert plain.manifest["plan"] is None and plain.manifest["options"]["target"] is None

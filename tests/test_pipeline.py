@@ -22,8 +22,8 @@ def test_parse_and_canonical_text():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("", "empty pipeline; methods: keep, threshold, svd, lasso, ksvd; coders: zstd"),
-        ("prune:sparsity=0.5", "unknown stage 'prune'; methods: keep, threshold, svd, lasso, ksvd; coders: zstd"),
+        ("", "empty pipeline; methods: keep, threshold, svd, lasso, ksvd, quant; value coders: fp32, fp16, bf16"),
+        ("prune:sparsity=0.5", "unknown stage 'prune'; methods: keep, threshold, svd, lasso, ksvd, quant; value"),
         ("threshold", "threshold needs a budget: one of sparsity, threshold, max_error"),
         ("threshold:sparsity=0.5,max_error=0.1", "threshold: give one budget, not sparsity and max_error"),
         ("threshold:sparsity=1.5", "threshold: sparsity=1.5 is out of range; valid: 0 <= x <= 1"),
@@ -36,7 +36,7 @@ def test_parse_and_canonical_text():
         ("threshold:sparsity", "threshold: 'sparsity' is not key=value"),
         ("threshold:sparsity=0.5,sparsity=0.6", "threshold: parameter 'sparsity' given twice"),
         ("zstd", "has no decomposition method"),
-        ("zstd+keep", "byte coders (zstd) must come after every method"),
+        ("zstd+keep", "write the methods first, then a value coder"),
         ("keep+threshold:sparsity=0.5", "keep stores the tensor as it is and must be the only method"),
         ("keep+zstd+zstd", "each coder may appear once"),
         ("keep+zstd:level=40", "zstd: level=40 is out of range; valid: integer, 1 <= x <= 22"),

@@ -1,11 +1,15 @@
 """The archive format's name and version (docs/FORMAT.md).
 
-A reader accepts every minor version of its major version, old and new (a newer minor only adds
-optional fields), and refuses a newer major version.
+A reader accepts every minor version of its major version, old and new, and refuses a newer major
+version. A newer minor adds optional fields, methods, value coders or codecs: a reader that meets one
+it does not know says so for that tensor (written by a newer sparsify), and reads everything else.
+
+History: 1.0 -- first format. 1.1 -- value coders (``values`` in stage records), the ``quant``
+method, the ``csr-delta`` sparse layout, the ``zstd+planes`` codec, the manifest's ``plan``.
 """
 
 FORMAT_NAME = "sparsify"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 METADATA_KEY = "sparsify"
 SOURCE_BLOB_PREFIX = "__sparsify__/source/"
 

@@ -15,7 +15,7 @@ from sparsify import dtypes
 from sparsify.archive.version import METADATA_KEY, SOURCE_BLOB_PREFIX
 from sparsify.codec import CodedPart, EncodedTensor, code_part
 from sparsify.coders.zstd import Zstd
-from sparsify.container import SpooledContainer
+from sparsify.container import Entry, SpooledContainer, encode_header
 from sparsify.errors import InputError
 
 
@@ -44,20 +44,16 @@ class ArchiveWriter:
             self._add(part)
 
     def _add(self, part: CodedPart) -> None:
-        # Coded parts, and types safetensors cannot name, are stored as plain bytes.
-        stored_as_is = part.record["codec"] is None and part.record["dtype"] in dtypes.SAFETENSORS_TYPES
-        dtype = part.record["dtype"] if stored_as_is else "U8"
-        shape = tuple(part.record["shape"]) if stored_as_is else (part.stored.size,)
+        key, dtype, shape = container_entry(part.record)
         try:
-            self._container.add(part.record["key"], dtype, shape, memoryview(part.stored))
+            self._container.add(key, dtype, shape, memoryview(part.stored))
         except ValueError as exc:
             raise InputError(f"cannot store part {part.record['key']!r}: {exc} (tensor names collide?)") from None
 
     def finish(self, manifest: dict[str, Any]) -> int:
         """Write the header with ``manifest`` and the spooled parts; fsync. Returns the file size."""
-        text = json.dumps(_jsonable(manifest), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         with open(self.path, "wb") as out:
-            size = self._container.write_to(out, {METADATA_KEY: text})
+            size = self._container.write_to(out, {METADATA_KEY: manifest_text(manifest)})
             out.flush()
             os.fsync(out.fileno())
         self.close()
@@ -65,6 +61,31 @@ class ArchiveWriter:
 
     def close(self) -> None:
         self._spool.close()
+
+
+def container_entry(record: dict[str, Any]) -> tuple[str, str, tuple[int, ...]]:
+    """(key, dtype, shape) under which a part record is stored in the container: coded parts, and
+    types safetensors cannot name, as plain bytes (U8)."""
+    stored_as_is = record["codec"] is None and record["dtype"] in dtypes.SAFETENSORS_TYPES
+    if stored_as_is:
+        return record["key"], record["dtype"], tuple(record["shape"])
+    return record["key"], "U8", (record["nbytes"],)
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """The manifest as stored: compact JSON, non-finite floats as null."""
+    return json.dumps(_jsonable(manifest), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def archive_size(manifest: dict[str, Any], parts: list[dict[str, Any]]) -> int:
+    """The exact size of the archive that ``manifest`` and its ``parts`` records (in writing order)
+    make, without writing it (the rate controller plans with it)."""
+    entries, position = [], 0
+    for record in parts:
+        key, dtype, shape = container_entry(record)
+        entries.append(Entry(key, dtype, shape, position, position + record["nbytes"]))
+        position += record["nbytes"]
+    return 8 + len(encode_header(entries, {METADATA_KEY: manifest_text(manifest)})) + position
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,7 +13,7 @@ pipeline parser validates and ``sparsify methods`` prints.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,12 +34,15 @@ class EncodeContext:
                   original tensor (float64), even when the stage encodes a residual. The codec may
                   pass less, to tighten a budget that rounding on storage would otherwise break.
     seed:         seed for any randomness (deterministic output).
+    coded_size:   bytes that an index array (1-D) takes once through the pipeline's byte coders, so
+                  that sparse layouts can be chosen by their stored size; None: raw size.
     """
 
     value_dtype: np.dtype
     float_dtype: np.dtype
     reference_sq: float
     seed: int = 0
+    coded_size: Callable[[np.ndarray], int] | None = None
 
     def error_budget_sq(self, max_error: float) -> float:
         """The largest ||W - W_hat||_F^2 that a ``max_error`` budget allows."""
@@ -94,7 +97,10 @@ class Method(Stage):
     """A lossy decomposition stage (matrix -> parts) that composes additively with others.
 
     Every method accepts :data:`VIEW`; the pipeline checks that its stages agree on it.
+    ``value_coded``: whether a pipeline's value coder (int8, codebook, ...) applies to its float parts.
     """
+
+    value_coded: ClassVar[bool] = True
 
     @abstractmethod
     def encode(self, target: np.ndarray, ctx: EncodeContext) -> StageOutput:

@@ -391,7 +391,7 @@ class KSVD(Method):
         order = np.lexsort((signal_ids, atom_ids))
         mask = np.zeros((atoms, count), dtype=bool)
         mask[atom_ids, signal_ids] = True
-        code_parts = sparse.pack(mask, values[used][order])
+        code_parts = sparse.pack(mask, values[used][order], ctx.coded_size)
         parts = {"dictionary": stored, **{_CODES + k: v for k, v in code_parts.items()}}
         approximation = _reconstruct(stored, code_parts, count, clean.shape, segment)
         error_sq = float(np.sum(np.square(clean - approximation)))

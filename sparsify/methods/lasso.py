@@ -280,10 +280,10 @@ class Lasso(Method):
         if kind == "identity":
             matrix = from_signals(codes, shape, self.config.get("segment"))
             keep = matrix != 0
-            return sparse.pack(keep, matrix[keep].astype(ctx.float_dtype))
+            return sparse.pack(keep, matrix[keep].astype(ctx.float_dtype), ctx.coded_size)
         rows = codes.T  # one row per signal
         keep = rows != 0
-        parts = sparse.pack(keep, rows[keep].astype(ctx.float_dtype))
+        parts = sparse.pack(keep, rows[keep].astype(ctx.float_dtype), ctx.coded_size)
         if dictionary is not None:
             parts["dictionary"] = dictionary
         return parts

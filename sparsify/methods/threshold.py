@@ -94,7 +94,7 @@ class Threshold(Method):
             keep = ~(squares <= tau_sq)
             tau = float(np.sqrt(tau_sq))
         values = target[keep].astype(ctx.value_dtype)
-        parts = sparse.pack(keep, values)
+        parts = sparse.pack(keep, values, ctx.coded_size)
         approximation = np.zeros(target.shape, dtype=np.float64)
         approximation[keep] = values.astype(np.float64)
         resolved: dict[str, Any] = {

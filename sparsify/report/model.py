@@ -6,6 +6,7 @@ the manifest, whose metrics were measured from the decoded archive when it was w
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -14,13 +15,28 @@ from sparsify.metrics import weighted_rel_error
 
 SCHEMA_VERSION = 1
 
-_PART_KINDS = {"data": "values", "values": "values", "indptr": "indices", "indices": "indices", "mask": "indices"}
+PART_KINDS = ("values", "indices", "dictionary", "scales", "overhead")
+_INDEX_PARTS = {"indptr", "indices", "deltas", "mask", "ranks"}
+_SCALE_PARTS = {"scale", "zero", "codebook", "step"}
 
 
 def part_kind(part_name: str) -> str:
-    """``values``, ``indices`` or the part's own name (``0.threshold.indptr`` -> ``indices``)."""
-    short = part_name.rsplit(".", 1)[-1]
-    return _PART_KINDS.get(short, short)
+    """What a stored part holds, by its name (``<stage>.<method>.<part>[.<sub-part>]``): ``scales``
+    (scales, zero points, codebooks, steps of value coding), ``indices`` (sparse index structure),
+    ``dictionary`` (a learned or given dictionary, however coded) or ``values`` (everything else:
+    kept values, factors, codes).
+
+    >>> part_kind("0.threshold.indptr"), part_kind("0.ksvd.dictionary.q"), part_kind("1.svd.us.scale")
+    ('indices', 'dictionary', 'scales')
+    """
+    names = part_name.split(".")[2:] or [part_name]
+    if names[-1] in _SCALE_PARTS:
+        return "scales"
+    if names[-1] in _INDEX_PARTS:
+        return "indices"
+    if "dictionary" in names:
+        return "dictionary"
+    return "values"
 
 
 def build_report(archive, command: str) -> dict[str, Any]:
@@ -45,6 +61,10 @@ def build_report(archive, command: str) -> dict[str, Any]:
         "worst": {"name": worst["name"], "rel_error": worst["rel_error"]} if worst else None,
         "lossless_tensors": sum(1 for r in rows if r["exact"]),
     }
+    by_kind = {kind: sum(r["bytes_by_kind"][kind] for r in rows) for kind in PART_KINDS}
+    by_kind["overhead"] = archive.size - totals["parts_bytes"]  # manifest, container header, source blobs
+    totals["bytes_by_kind"] = by_kind
+    totals["bits_by_kind"] = {kind: 8 * n / numel if numel else None for kind, n in by_kind.items()}
     return {
         "schema_version": SCHEMA_VERSION,
         "command": command,
@@ -55,16 +75,42 @@ def build_report(archive, command: str) -> dict[str, Any]:
         "tensors": rows,
         "totals": totals,
         "gate": manifest["gate"],
+        "plan": _plan(manifest.get("plan"), archive.size),
     }
+
+
+def _plan(plan: dict[str, Any] | None, archive_bytes: int) -> dict[str, Any] | None:
+    """The rate controller's decisions with the outcome: ``met`` checks the written archive's size
+    against the byte budget (the error target was checked on the measured errors when planning)."""
+    if plan is None:
+        return None
+    plan = dict(plan)
+    budget = plan.get("budget_bytes")
+    if budget is not None:
+        plan["met"] = bool(plan.get("met", True)) and archive_bytes <= budget
+    plan["archive_bytes"] = archive_bytes
+    return plan
+
+
+def record_overhead(record: dict[str, Any]) -> int:
+    """Bytes a tensor adds to the archive beyond its parts, approximately: its manifest record as
+    written (compact JSON, escaped once more as the header's metadata string) and its parts' entries
+    in the container header (about 80 bytes each)."""
+    text = json.dumps(json.dumps(record, separators=(",", ":"), allow_nan=True, default=str), ensure_ascii=False)
+    return len(text.encode("utf-8")) + _HEADER_ENTRY_BYTES * len(record["parts"])
+
+
+_HEADER_ENTRY_BYTES = 80
 
 
 def _tensor_row(t: dict[str, Any]) -> dict[str, Any]:
     metrics = t["metrics"]
     numel = t["view"]["rows"] * t["view"]["cols"]
-    by_kind: dict[str, int] = {}
+    by_kind = dict.fromkeys(PART_KINDS, 0)
     for part in t["parts"]:
-        kind = part_kind(part["name"])
-        by_kind[kind] = by_kind.get(kind, 0) + part["nbytes"]
+        by_kind[part_kind(part["name"])] += part["nbytes"]
+    by_kind["overhead"] = record_overhead(t)
+    bits_by_kind = {kind: 8 * nbytes / numel if numel else None for kind, nbytes in by_kind.items()}
     nnz = [s["resolved"]["nnz"] for s in t["stages"] if "nnz" in s["resolved"]]
     return {
         "name": t["name"],
@@ -78,6 +124,7 @@ def _tensor_row(t: dict[str, Any]) -> dict[str, Any]:
         "ratio": t["original_bytes"] / t["stored_bytes"] if t["stored_bytes"] else None,
         "bits_per_weight": 8 * t["stored_bytes"] / numel if numel else None,
         "bytes_by_kind": by_kind,
+        "bits_by_kind": bits_by_kind,
         "density": sum(nnz) / numel if nnz and numel else None,
         "rel_error": metrics["rel_error"],
         "max_abs_error": metrics["max_abs_error"],

@@ -11,6 +11,8 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
+from sparsify.pipeline import short_text
+
 
 def human_bytes(n: int | None) -> str:
     if n is None:
@@ -48,6 +50,11 @@ COLUMNS = (
     "stored",
     "ratio",
     "bits/w",
+    "values",
+    "indices",
+    "dict",
+    "scales",
+    "overhead",
     "density",
     "rel. err",
     "max abs",
@@ -66,11 +73,12 @@ def _cells(row: dict[str, Any]) -> list[str]:
         row["name"],
         "x".join(map(str, row["shape"])) or "scalar",
         row["dtype"],
-        row["pipeline"] + _reason(row["reason"]),
+        short_text(row["pipeline"]) + _reason(row["reason"]),
         human_bytes(row["original_bytes"]),
         human_bytes(row["stored_bytes"]),
         _num(row["ratio"], ".2f"),
         _num(row["bits_per_weight"], ".2f"),
+        *(_kind_bits(row, kind) for kind in KINDS),
         _num(row["density"], ".3f"),
         _error(row),
         _num(row["max_abs_error"], ".3g"),
@@ -79,15 +87,26 @@ def _cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
+KINDS = ("values", "indices", "dictionary", "scales", "overhead")
+
+
+def _kind_bits(row: dict[str, Any], kind: str) -> str:
+    """Bits per weight that one kind of part takes (``-`` for none)."""
+    nbytes = row["bytes_by_kind"].get(kind, 0)
+    return "-" if not nbytes else _num(row["bits_by_kind"][kind], ".2f")
+
+
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     t = report["totals"]
     worst = t["worst"]
+    by_kind = ", ".join(f"{kind} {_kind_bits(t, kind)}" for kind in KINDS if t["bytes_by_kind"].get(kind))
     lines = [
         f"{report['source']['name']} ({report['source']['format']}, {human_bytes(t['source_bytes'])}) -> "
         f"{report['archive']['path']} ({human_bytes(t['stored_bytes'])}, manifest {human_bytes(t['manifest_bytes'])})",
         f"ratio {t['ratio']:.2f}x, {_num(t['bits_per_weight'], '.2f')} bits/weight, weighted rel. error "
         f"{_num(t['weighted_rel_error'], '.4g')}, {t['lossless_tensors']}/{t['tensors']} tensors bit-exact"
         + (f", worst {worst['name']} ({_num(worst['rel_error'], '.4g')})" if worst and worst["rel_error"] else ""),
+        f"bits/weight by kind: {by_kind}",
     ]
     gate = report["gate"]
     if gate is not None:

@@ -1,5 +1,5 @@
-"""Regenerate the golden archives (only after an intended format change; bump FORMAT_VERSION if a
-reader of the old format could not read the new one).
+"""Regenerate the golden archives of the current format (only after an intended format change; bump
+FORMAT_VERSION, and move the old files to ``v<old version>/`` so they stay decoded forever).
 
     .venv/bin/python tests/golden/make_golden.py
 """
@@ -11,13 +11,24 @@ import sparsify
 HERE = Path(__file__).resolve().parent
 SAMPLES = HERE.parents[1] / "sample_models"
 
+# archive name -> (source under sample_models/, keyword arguments of sparsify.compress)
 GOLDEN = {
-    "digits_mlp.keep.sparsify": ("digits_mlp.safetensors", "keep+zstd"),
-    "digits_mlp.threshold.sparsify": ("digits_mlp.safetensors", "threshold:sparsity=0.9+zstd"),
-    "digits_mlp_bf16.threshold.sparsify": ("digits_mlp_bf16.safetensors", "threshold:max_error=0.1"),
+    "digits_mlp.keep.sparsify": ("digits_mlp.safetensors", {"pipeline": "keep+zstd"}),
+    "digits_mlp.threshold.sparsify": ("digits_mlp.safetensors", {"pipeline": "threshold:sparsity=0.9+zstd"}),
+    "digits_mlp_bf16.threshold.sparsify": ("digits_mlp_bf16.safetensors", {"pipeline": "threshold:max_error=0.1"}),
+    "digits_mlp.int8.sparsify": ("digits_mlp.safetensors", {"pipeline": "threshold:sparsity=0.7+int8+zstd"}),
+    "digits_mlp.quant4.sparsify": ("digits_mlp.safetensors", {"pipeline": "quant:bits=4,group=128+zstd"}),
+    "digits_mlp_bf16.ratio8.sparsify": ("digits_mlp_bf16.safetensors", {"target_ratio": 8}),
+}
+
+# Archives of earlier format versions, decoded by every test run: name -> source.
+OLDER = {
+    "v1.0/digits_mlp.keep.sparsify": "digits_mlp.safetensors",
+    "v1.0/digits_mlp.threshold.sparsify": "digits_mlp.safetensors",
+    "v1.0/digits_mlp_bf16.threshold.sparsify": "digits_mlp_bf16.safetensors",
 }
 
 if __name__ == "__main__":
-    for archive, (source, pipeline) in GOLDEN.items():
-        sparsify.compress(SAMPLES / source, HERE / archive, pipeline=pipeline, force=True)
+    for archive, (source, options) in GOLDEN.items():
+        sparsify.compress(SAMPLES / source, HERE / archive, force=True, **options)
         print(f"wrote {archive}")

@@ -1,0 +1,310 @@
+"""Byte planes: a part of ``k``-byte elements stored as ``k`` separately coded planes.
+
+The elements are optionally *rotated* first: each one, read as a little-endian ``8k``-bit word, is
+rotated left by one bit, so that for IEEE floats (bf16, fp32, fp64) the top byte holds the pure
+exponent and the sign moves to the bottom byte next to the low mantissa bits. The (rotated) elements
+are then byte-grouped (plane ``j`` holds byte ``j`` of every element) and each plane is stored either
+raw, as one zstd frame, or - when it holds at most 16 distinct byte values - as a palette and
+bit-packed indices (raw or in a zstd frame), whichever the encoder found smallest. Slowly varying
+planes (exponents, the high bytes of small integers) compress well; the low mantissa planes are close
+to random and are stored as they are, without spending zstd time on them; a plane of a few values
+(a sign bit beside always-zero mantissa bits) packs to 1, 2 or 4 bits a byte.
+
+Coded layout (all integers little-endian), documented in docs/FORMAT.md §5:
+
+====================  ==========================================================================
+``u8 flags``          bit 0: elements were rotated left by one bit; the other bits are 0
+``u8 k``              number of planes, equal to the element size
+``k x (u8, u64)``     per plane: method and its stored length in bytes
+payloads              the ``k`` planes' stored bytes, in plane order, back to back
+====================  ==========================================================================
+
+Methods: 0 raw (``n`` bytes); 1 one zstd frame of the plane; 2 packed: ``u8 b`` (1, 2 or 4),
+``u8 d`` (palette size, ``1 <= d <= 2**b``), ``d`` palette bytes, then the ``ceil(n * b / 8)`` bytes
+of indices into the palette, ``8 / b`` per byte, element ``i`` in bits ``b * (i % (8 / b))`` and up
+(least significant first), unused bits 0; 3 like 2 but the index bytes are one zstd frame.
+
+Every decoded plane holds ``n = size / k`` bytes. Everything is vectorised numpy and deterministic.
+
+>>> coded = encode_planes(np.arange(8, dtype=np.uint8), 2, rotate=False, methods=[RAW, RAW])
+>>> coded[:2], decode_planes(memoryview(coded), 8, 2) == bytes(range(8))
+(b'\\x00\\x02', True)
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+import zstandard
+
+from sparsify.errors import CorruptArchiveError
+
+RAW = 0
+ZSTD = 1
+PACKED = 2
+PACKED_ZSTD = 3
+ROTATED = 1  # flags bit 0
+MAX_PALETTE = 16
+
+_ENTRY = struct.Struct("<BQ")
+_WORDS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def header_size(k: int) -> int:
+    """Bytes of the plane header for ``k`` planes."""
+    return 2 + _ENTRY.size * k
+
+
+def rotate_left(data: np.ndarray, itemsize: int) -> np.ndarray:
+    """``data`` (1-D uint8, ``itemsize`` in 2, 4, 8) with every element rotated left by one bit."""
+    words = data.view(_WORDS[itemsize])
+    rotated = words << 1
+    rotated |= words >> (8 * itemsize - 1)
+    return rotated.view(np.uint8)
+
+
+def rotate_right_inplace(data: np.ndarray, itemsize: int) -> None:
+    """Undo :func:`rotate_left` in place (``data`` writable, 1-D uint8)."""
+    words = data.view(_WORDS[itemsize])
+    low = words << (8 * itemsize - 1)
+    words >>= 1
+    words |= low
+
+
+def entropy_bits(planes: np.ndarray) -> float:
+    """Sum over the ``(k, m)`` planes of each plane's order-0 entropy in bits per byte."""
+    total = 0.0
+    for plane in planes:
+        p = np.bincount(plane, minlength=256)
+        p = p[p > 0] / plane.size
+        total -= float(np.sum(p * np.log2(p)))
+    return total
+
+
+def to_planes(data: np.ndarray, itemsize: int, rotate: bool) -> np.ndarray:
+    """The ``(k, n)`` byte planes of ``data`` (1-D uint8 of ``n`` elements), rotated first if asked."""
+    if rotate:
+        data = rotate_left(data, itemsize)
+    return np.ascontiguousarray(data.reshape(-1, itemsize).T)
+
+
+def encode_planes(
+    data: np.ndarray,
+    itemsize: int,
+    rotate: bool,
+    methods: Sequence[int],
+    compressors: Sequence[zstandard.ZstdCompressor] = (),
+    max_palette: int = MAX_PALETTE,
+) -> bytes:
+    """``data`` coded as planes; ``methods[j]`` is ``RAW``, ``PACKED`` or the index + 1 of the compressor
+    (a :class:`Choice`'s ``method``) for plane j.
+
+    A plane whose coding is not smaller than the plane itself is stored raw instead; a plane that was
+    to be packed but holds more values than the sample did is compressed with ``compressors[0]``.
+    """
+    planes = to_planes(data, itemsize, rotate)
+    coded = [code_plane(plane, method, compressors, max_palette) for plane, method in zip(planes, methods, strict=True)]
+    return assemble(rotate, coded)
+
+
+def assemble(rotate: bool, coded: Sequence[tuple[int, bytes | memoryview]]) -> bytes:
+    """The planes header and payloads for ``coded`` = per plane (kind, stored bytes)."""
+    head = bytes((ROTATED if rotate else 0, len(coded)))
+    entries = [_ENTRY.pack(kind, len(stored)) for kind, stored in coded]
+    return b"".join([head, *entries, *(stored for _, stored in coded)])
+
+
+def code_plane(
+    plane: np.ndarray, method: int, compressors: Sequence[zstandard.ZstdCompressor], max_palette: int = MAX_PALETTE
+) -> tuple[int, bytes | memoryview]:
+    """(kind, stored bytes) of one plane coded by ``method`` (see :func:`encode_planes`), or raw if not smaller."""
+    n = plane.size
+    if method == PACKED:
+        packed = pack(plane, max_palette)
+        if packed is not None:
+            head, indices = packed
+            kind, stored = PACKED, indices
+            if indices.size > 64:
+                coded = compressors[0].compress(memoryview(indices))
+                if len(coded) < indices.size:
+                    kind, stored = PACKED_ZSTD, coded
+            if len(head) + len(stored) < n:
+                return kind, head + bytes(stored)
+            return RAW, memoryview(plane)
+        method = 1
+    if method != RAW:
+        coded = compressors[method - 1].compress(memoryview(plane))
+        if len(coded) < n:
+            return ZSTD, coded
+    return RAW, memoryview(plane)
+
+
+def pack(plane: np.ndarray, max_palette: int = MAX_PALETTE) -> tuple[bytes, np.ndarray] | None:
+    """(b, d, palette header; packed index bytes) of ``plane`` if it has at most ``max_palette`` values.
+
+    One or two values take two fast comparisons; more take a histogram (slower: small planes only).
+    """
+    if plane.size == 0:
+        return None
+    first = plane[0]
+    other = plane != first
+    if not other.any():
+        palette = np.array([first], dtype=np.uint8)
+        indices = np.zeros(plane.size, dtype=np.uint8)
+    else:
+        second = plane[np.argmax(other)]
+        if np.all((plane == first) | (plane == second)):
+            palette = np.array(sorted((first, second)), dtype=np.uint8)
+            bits = plane == palette[1]
+            header = bytes((1, 2)) + palette.tobytes()
+            return header, np.packbits(bits, bitorder="little")
+        if max_palette <= 2:
+            return None
+        counts = np.bincount(plane, minlength=256)
+        palette = np.flatnonzero(counts).astype(np.uint8)
+        if palette.size > max_palette:
+            return None
+        lut = np.zeros(256, dtype=np.uint8)
+        lut[palette] = np.arange(palette.size, dtype=np.uint8)
+        indices = lut[plane]
+    b = 1 if palette.size <= 2 else 2 if palette.size <= 4 else 4
+    per = 8 // b
+    padded = np.zeros(-(-plane.size // per) * per, dtype=np.uint8)
+    padded[: plane.size] = indices
+    grouped = padded.reshape(-1, per)
+    out = grouped[:, 0].copy()
+    for i in range(1, per):
+        out |= grouped[:, i] << (b * i)
+    return bytes((b, palette.size)) + palette.tobytes(), out
+
+
+def unpack(payload: memoryview, kind: int, n: int, decompressor: zstandard.ZstdDecompressor) -> np.ndarray:
+    """The ``n`` bytes of a packed plane (method 2 or 3); CorruptArchiveError if malformed."""
+    if len(payload) < 2:
+        raise CorruptArchiveError("planes part: packed plane is too short")
+    b, d = payload[0], payload[1]
+    if b not in (1, 2, 4) or not 1 <= d <= 1 << b or len(payload) < 2 + d:
+        raise CorruptArchiveError(f"planes part: bad packed plane header (bits {b}, palette {d})")
+    palette = np.frombuffer(payload[2 : 2 + d], dtype=np.uint8)
+    per = 8 // b
+    m = -(-n // per)
+    body = payload[2 + d :]
+    if kind == PACKED_ZSTD:
+        body = memoryview(decompress_exact(decompressor, body, m))
+    elif len(body) != m:
+        raise CorruptArchiveError(f"planes part: packed plane has {len(body)} index bytes, expected {m}")
+    packed = np.frombuffer(body, dtype=np.uint8)
+    if b == 1:
+        indices = np.unpackbits(packed, count=n, bitorder="little")
+    else:
+        mask = (1 << b) - 1
+        indices = ((packed[:, None] >> (b * np.arange(per, dtype=np.uint8))) & mask).reshape(-1)[:n]
+    if n and int(indices.max()) >= d:
+        raise CorruptArchiveError("planes part: packed index outside the palette")
+    if b == 1:  # palette[0] + index * (palette[1] - palette[0]), modulo 256
+        indices *= np.uint8(palette[-1] - palette[0])
+        indices += palette[0]
+        return indices
+    return palette[indices]
+
+
+def choose_methods(
+    planes: np.ndarray,
+    compressors: Sequence[zstandard.ZstdCompressor],
+    keep: float = 1.0,
+    max_palette: int = MAX_PALETTE,
+) -> tuple[list[int], list[tuple[int, bytes | memoryview]]]:
+    """Per plane of these ``(k, m)`` planes the best method (raw, packed, each compressor) and its coding.
+
+    A coding is preferred to raw only when it is below ``keep`` times the plane size.
+    """
+    methods, coded = [], []
+    for plane in planes:
+        best, best_coding = RAW, (RAW, memoryview(plane))
+        options = [(PACKED, code_plane(plane, PACKED, compressors, max_palette))]
+        options += [(i + 1, code_plane(plane, i + 1, compressors)) for i in range(len(compressors))]
+        for method, coding in options:
+            if coding[0] != RAW and len(coding[1]) < min(len(best_coding[1]), keep * plane.size):
+                best, best_coding = method, coding
+        methods.append(best)
+        coded.append(best_coding)
+    return methods, coded
+
+
+def coded_size(coded: Sequence[tuple[int, bytes | memoryview]]) -> int:
+    """Bytes that :func:`assemble` makes of ``coded``."""
+    return header_size(len(coded)) + sum(len(stored) for _, stored in coded)
+
+
+def decode_planes(data: memoryview, size: int, itemsize: int) -> bytearray:
+    """The ``size`` raw bytes of a planes-coded part (a bytearray: no final copy); CorruptArchiveError on
+    anything malformed."""
+    if len(data) < 2:
+        raise CorruptArchiveError("planes part is too short for its header")
+    flags, k = data[0], data[1]
+    if flags & ~ROTATED:
+        raise CorruptArchiveError(f"planes part has unknown flags {flags:#x}")
+    if k != itemsize or k < 2:
+        raise CorruptArchiveError(f"planes part has {k} planes, its elements have {itemsize} bytes")
+    if flags & ROTATED and k not in _WORDS:
+        raise CorruptArchiveError(f"planes part rotates {k}-byte elements")
+    if size % k:
+        raise CorruptArchiveError(f"planes part of {size} bytes does not hold {k}-byte elements")
+    n = size // k
+    head = header_size(k)
+    if len(data) < head:
+        raise CorruptArchiveError("planes part is too short for its header")
+    entries = [_ENTRY.unpack_from(data, 2 + _ENTRY.size * j) for j in range(k)]
+    if sum(length for _, length in entries) != len(data) - head:
+        raise CorruptArchiveError("planes part: plane lengths do not add up to the stored size")
+    segments, offset = [], head
+    for j, (kind, length) in enumerate(entries):  # check every plane before allocating the output
+        stored = data[offset : offset + length]
+        offset += length
+        if kind == RAW and length != n:
+            raise CorruptArchiveError(f"planes part: raw plane {j} has {length} bytes, expected {n}")
+        if kind == ZSTD and n > max_frame_output(length):
+            raise CorruptArchiveError(f"planes part: zstd plane {j} of {length} bytes cannot hold {n} bytes")
+        if kind in (PACKED, PACKED_ZSTD) and -(-n // 8) > max_frame_output(length):
+            raise CorruptArchiveError(f"planes part: packed plane {j} of {length} bytes cannot hold {n} bytes")
+        if kind not in (RAW, ZSTD, PACKED, PACKED_ZSTD):
+            raise CorruptArchiveError(f"planes part: plane {j} has unknown method {kind}")
+        segments.append((kind, stored))
+    result = bytearray(size)
+    out = np.frombuffer(result, dtype=np.uint8).reshape(n, k)  # filled plane by plane (column j is plane j)
+    decompressor = zstandard.ZstdDecompressor()
+    for j, (kind, stored) in enumerate(segments):
+        if kind == RAW:
+            out[:, j] = np.frombuffer(stored, dtype=np.uint8)
+        elif kind == ZSTD:
+            out[:, j] = np.frombuffer(decompress_exact(decompressor, stored, n), dtype=np.uint8)
+        else:
+            out[:, j] = unpack(stored, kind, n, decompressor)
+    raw = out.reshape(-1)
+    if flags & ROTATED:
+        rotate_right_inplace(raw, k)
+    return result
+
+
+def max_frame_output(length: int) -> int:
+    """An upper bound of the bytes a zstd frame of ``length`` bytes can decode to (every block takes at
+    least 3 bytes and yields at most 128 KiB)."""
+    return (length // 3 + 1) * zstandard.BLOCKSIZE_MAX
+
+
+def decompress_exact(decompressor: zstandard.ZstdDecompressor, frame: memoryview, size: int) -> bytes:
+    """One zstd frame that must declare and hold exactly ``size`` bytes; CorruptArchiveError otherwise."""
+    if size > max_frame_output(len(frame)):
+        raise CorruptArchiveError(f"zstd frame of {len(frame)} bytes cannot hold {size} bytes")
+    try:
+        params = zstandard.get_frame_parameters(frame)
+        if params.content_size != size:
+            raise CorruptArchiveError(f"zstd frame holds {params.content_size} bytes, the part needs {size}")
+        out = decompressor.decompress(frame, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise CorruptArchiveError(f"zstd part cannot be decoded: {exc}") from None
+    if len(out) != size:
+        raise CorruptArchiveError(f"zstd part decoded to {len(out)} bytes, expected {size}")
+    return out

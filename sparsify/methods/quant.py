@@ -1,0 +1,152 @@
+"""quant: round-to-nearest quantisation of the whole matrix (RTN), or k-means weight sharing.
+
+Budgets (exactly one):
+
+* ``bits=b`` (2..8) -- b-bit integers with a float16 scale per group of ``group`` values along each
+  row (default: one scale per row for 8 bits, i.e. per output channel; groups of 128 below 8 bits),
+  symmetric by default, asymmetric (integer zero point per group) with ``symmetric=false``;
+* ``codebook=k`` (2..256) -- k shared values found by 1-D k-means (Deep Compression's weight sharing)
+  and a ceil(log2 k)-bit index per weight;
+* ``max_error=e`` or ``step=d`` -- a uniform quantiser with one step d for the whole tensor (the
+  largest step whose relative error is <= e), codes q = round(w / d) stored as the narrowest signed
+  integers and left to the byte coder (``+zstd``) to entropy-code: entropy-coded scalar
+  quantisation, which at a given error needs fewer bits than fixed-width codes (one step for all
+  weights is also what minimises the squared error for a given entropy).
+
+Parts: ``q``, ``scale`` (and ``zero``) as in :func:`sparsify.methods.values.encode_int`; or
+``codebook`` and ``index``; or ``q`` (2- or 4-bit fields packed into bytes, or I8/I16/I32) and ``step``
+(one float64). Scales and zero points are stored and counted. Non-finite entries cannot be
+quantised: they are stored as 0 (the report's error shows it); use ``threshold`` or ``keep`` for such
+tensors.
+
+This is the baseline that practitioners use (int8 per channel, int4 in groups of 128); combine it
+with the others additively, e.g. ``svd:rank=8+quant:bits=4`` quantises the residual of a low-rank part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from sparsify.errors import CorruptArchiveError
+from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
+from sparsify.methods.values import decode_codebook, decode_int, encode_codebook, encode_int
+from sparsify.params import Param
+from sparsify.quantize import pack_bits, unpack_bits
+
+
+class Quant(Method):
+    name = "quant"
+    summary = "round-to-nearest integers per channel or group (RTN), or a k-means codebook, for every weight"
+    params = (
+        Param("bits", int, "bits per weight (integer codes)", default=8, low=2, high=8, budget=True),
+        Param("codebook", int, "k shared values (k-means), ceil(log2 k) bits per weight", low=2, high=256, budget=True),
+        Param("max_error", float, "uniform step, the largest with relative error <= max_error", low=0.0, budget=True),
+        Param("step", float, "uniform step (weights are multiples of it)", low=0.0, low_open=True, budget=True),
+        Param("group", int, "values per scale along each row, 0: one per row [default: 0 for 8 bits, else 128]", low=0),
+        Param("symmetric", bool, "symmetric codes (false: asymmetric with a zero point)", default=True),
+        VIEW,
+    )
+    example = "quant:bits=4,group=128"
+    value_coded = False
+
+    def encode(self, target: np.ndarray, ctx: EncodeContext) -> StageOutput:
+        finite = np.where(np.isfinite(target), target, 0.0)
+        if "codebook" in self.config:
+            parts, resolved = encode_codebook(finite, self.config["codebook"], ctx.seed)
+        elif "step" in self.config or "max_error" in self.config:
+            step = self.config.get("step") or step_for_error(finite, ctx.error_budget_sq(self.config["max_error"]))
+            parts, resolved = encode_uniform(finite, step)
+        else:
+            bits = self.config["bits"]
+            group = self.config.get("group", 0 if bits == 8 else 128)
+            parts, resolved = encode_int(finite, bits, group, self.config["symmetric"])
+        approximation = self.decode(parts, resolved, target.shape)
+        return StageOutput(parts, resolved, approximation)
+
+    def decode(
+        self, parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, int]
+    ) -> np.ndarray:
+        if "codebook" in parts:
+            return decode_codebook(parts, resolved, shape)
+        if "step" in parts:
+            return decode_uniform(parts, resolved, shape)
+        return decode_int(parts, resolved, shape)
+
+
+# Bisection steps of the step search (each one O(N)); the step is found to 2**-_STEP_SEARCH relative.
+_STEP_SEARCH = 24
+
+
+def _uniform_sq_error(values: np.ndarray, step: float) -> float:
+    return float(np.sum(np.square(values - step * np.rint(values / step))))
+
+
+def step_for_error(values: np.ndarray, budget_sq: float) -> float:
+    """The largest step d (to ~1e-7 relative) with ||values - d * round(values / d)||^2 <= budget_sq.
+
+    Starts from the high-resolution estimate d = sqrt(12 * budget / N) and bisects on log d between a
+    step that meets the budget and one that breaks it. A step above 2 * max|values| rounds every
+    value to zero, which bounds the search from above; from below it stops at 2**-60 * max|values|.
+    """
+    peak = float(np.max(np.abs(values), initial=0.0))
+    if peak == 0.0:
+        return 1.0
+    total = float(np.sum(np.square(values)))
+    if budget_sq >= total:
+        return 4.0 * peak  # everything rounds to zero
+    guess = float(np.sqrt(12.0 * max(budget_sq, 0.0) / values.size)) or peak * 2.0**-40
+    low, high = guess, guess
+    while _uniform_sq_error(values, low) > budget_sq and low > peak * 2.0**-60:
+        low /= 2.0
+    while _uniform_sq_error(values, high) <= budget_sq and high < 4.0 * peak:
+        high *= 2.0
+    for _ in range(_STEP_SEARCH):
+        middle = float(np.sqrt(low * high))
+        if _uniform_sq_error(values, middle) <= budget_sq:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def encode_uniform(values: np.ndarray, step: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Parts ``q`` and ``step`` (float64 scalar) of the codes round(values / step).
+
+    Codes within +-1 are stored as 2-bit fields (code + 1, four per byte), within +-7 as 4-bit
+    fields (code + 8, two per byte), else as the narrowest signed integers: packing several codes
+    per byte lets a byte-wise entropy coder spend less than one bit on a code, which matters at
+    coarse steps, where most codes are 0.
+    """
+    q = np.rint(values / step)
+    levels = int(np.max(np.abs(q), initial=0.0))
+    resolved: dict[str, Any] = {"step": step, "levels": levels}
+    for bits in _PACKED_BITS:
+        if levels < 1 << (bits - 1):
+            codes = (q.reshape(-1) + (1 << (bits - 1))).astype(np.uint8)
+            return {"q": pack_bits(codes, bits), "step": np.array([step])}, {**resolved, "bits": bits}
+    dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64) if levels <= np.iinfo(t).max)
+    return {"q": q.astype(dtype), "step": np.array([step], dtype=np.float64)}, resolved
+
+
+_PACKED_BITS = (2, 4)
+
+
+def decode_uniform(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, int]) -> np.ndarray:
+    """float64 (m, n) values of :func:`encode_uniform`'s parts (validated)."""
+    q, step = parts.get("q"), parts["step"].reshape(-1)
+    count = shape[0] * shape[1]
+    if q is None or step.size != 1 or not np.isfinite(step[0]):
+        raise CorruptArchiveError(f"uniform quantisation parts do not fit a {shape[0]}x{shape[1]} matrix")
+    bits = resolved.get("bits")
+    if bits is not None:
+        if bits not in _PACKED_BITS:
+            raise CorruptArchiveError(f"uniform quantisation: {bits}-bit codes are not a packed width")
+        codes = unpack_bits(q, int(bits), count).astype(np.float64) - (1 << (int(bits) - 1))
+    elif q.size == count:
+        codes = q.astype(np.float64)
+    else:
+        raise CorruptArchiveError(f"uniform quantisation parts do not fit a {shape[0]}x{shape[1]} matrix")
+    return codes.reshape(shape) * float(step[0])

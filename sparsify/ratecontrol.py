@@ -1,0 +1,325 @@
+"""Choosing each tensor's pipeline: ``-p auto`` and whole-model targets (ratio, size, error).
+
+Every tensor that the rules leave to the default pipeline gets a set of *candidates* -- pipelines,
+each encoded and measured exactly as it would be stored (bytes including the tensor's share of the
+manifest, squared error from the decoded parts). Then:
+
+* ``-p auto`` with ``--max-error E`` only: each tensor takes the candidate with the fewest bytes whose
+  rel. error is <= E (:data:`AUTO_CANDIDATES`, each aimed at E; ``keep`` always qualifies).
+* a target (``--target-ratio R``, ``--target-size BYTES``, ``--target-error E``): candidates are the
+  rate-distortion ladder :func:`ladder_candidates` (an entropy-coded uniform quantiser at steps a
+  quarter octave apart, the usual RTN settings, and lossless); the points of each tensor are reduced
+  to their lower convex hull and the allocation takes hull segments in order of decreasing slope
+  -ΔD/ΔR (squared error saved per byte spent) -- the Lagrangian solution of "least total squared
+  error for the bytes" (or "fewest bytes for the error") -- while the budget lasts. The slope of the
+  last segment taken is the Lagrange multiplier, reported as ``slope``. With ``--max-error E`` too,
+  candidates above E are dropped first.
+
+Total squared error is what the report's weighted rel. error sqrt(Σ||ΔW||² / Σ||W||²) measures, so
+minimising it for the size is minimising that figure. Memory: only numbers are kept per candidate;
+the chosen pipelines are encoded again when the archive is written (deterministic, same bytes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sparsify.codec import encode_tensor
+from sparsify.errors import UsageError
+from sparsify.io.base import TensorInfo
+from sparsify.metrics import finite_sq_norm
+from sparsify.pipeline import parse_pipeline
+from sparsify.report.model import record_overhead
+from sparsify.rules import Choice
+
+AUTO_CANDIDATES = (
+    "quant:max_error={e}+zstd",
+    "threshold:max_error={e}+zstd",
+    "svd:max_error={e}+zstd",
+    "svd:energy=0.5+quant:max_error={e}+zstd",
+    "quant:bits=8+zstd",
+    "quant:bits=4,group=128+zstd",
+    "keep+zstd",
+)
+"""``-p auto`` with a per-tensor bound E: these pipelines (``{e}`` replaced by E) are tried on every
+tensor and the one with the fewest stored bytes that meets E is kept."""
+
+# Steps of the uniform quantiser, as log2 of (step / the tensor's RMS): half octaves at high
+# precision, quarter octaves where models are usually compressed (about 0.3 % to 80 % rel. error).
+_LADDER_LOG2_STEPS = tuple(np.concatenate((np.arange(-14.0, -6.0, 0.5), np.arange(-6.0, 2.01, 0.25))).tolist())
+_LADDER_FIXED = ("quant:bits=8+zstd", "quant:bits=4,group=128+zstd", "quant:bits=2,group=64+zstd", "keep+zstd")
+
+
+def ladder_candidates(array: np.ndarray) -> list[str]:
+    """The rate-distortion ladder for one tensor: ``quant:step=...+zstd`` at steps relative to the
+    tensor's RMS (:data:`_LADDER_LOG2_STEPS`), plus :data:`_LADDER_FIXED`."""
+    finite = np.asarray(array, dtype=np.float64)
+    rms = math.sqrt(finite_sq_norm(finite) / finite.size) if finite.size else 0.0
+    if rms == 0.0 or not math.isfinite(rms):
+        return list(_LADDER_FIXED)
+    steps = [f"quant:step={float(np.float32(rms * 2.0**k))!r}+zstd" for k in _LADDER_LOG2_STEPS]
+    return steps + list(_LADDER_FIXED)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One candidate as measured: stored bytes (parts plus manifest share) and squared error."""
+
+    pipeline: str
+    nbytes: int
+    sq_error: float
+    rel_error: float
+    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass
+class TensorPlan:
+    """A tensor under rate control: its candidates and, after allocation, the chosen one."""
+
+    name: str
+    sq_norm: float
+    points: list[Point]
+    chosen: int = 0
+    measured: int = 0  # candidates measured, before any bound dropped some
+
+
+@dataclass
+class Plan:
+    """The outcome of planning: the chosen pipeline per planned tensor, and how it was chosen."""
+
+    choices: dict[str, Choice]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def measure_candidates(array: np.ndarray, info: TensorInfo, candidates: Iterable[str], seed: int) -> list[Point]:
+    """Encode ``array`` with every candidate pipeline and measure it (bytes incl. manifest share).
+    A candidate that does not apply to this tensor (a usage error, e.g. a shape it cannot take) is
+    left out."""
+    points = []
+    for text in candidates:
+        try:
+            pipeline = parse_pipeline(text)
+            encoded = encode_tensor(array, info, Choice(pipeline, "candidate"), seed)
+        except UsageError:
+            continue
+        metrics = encoded.record["metrics"]
+        sq_error = metrics["sq_error"] if math.isfinite(metrics["rel_error"]) else math.inf
+        nbytes = encoded.record["stored_bytes"] + record_overhead(encoded.record)
+        points.append(Point(str(pipeline), nbytes, sq_error, metrics["rel_error"], encoded.record))
+    return points
+
+
+def lower_hull(points: list[Point]) -> list[int]:
+    """Indices of the points on the lower convex hull of (bytes, squared error), by increasing bytes:
+    the only points a Lagrangian allocation can choose. Dominated and non-finite points are dropped."""
+    order = sorted(
+        (i for i, p in enumerate(points) if math.isfinite(p.sq_error)),
+        key=lambda i: (points[i].nbytes, points[i].sq_error),
+    )
+    hull: list[int] = []
+    for i in order:
+        p = points[i]
+        if hull and p.sq_error >= points[hull[-1]].sq_error:
+            continue  # more bytes, no less error
+        while len(hull) >= 2:
+            a, b = points[hull[-2]], points[hull[-1]]
+            # b lies on or above the segment a-p: not on the lower hull
+            if (b.sq_error - a.sq_error) * (p.nbytes - a.nbytes) >= (p.sq_error - a.sq_error) * (b.nbytes - a.nbytes):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    return hull
+
+
+def allocate(
+    tensors: list[TensorPlan],
+    fixed_bytes: int,
+    fixed_sq_error: float,
+    total_sq_norm: float,
+    budget_bytes: float | None = None,
+    max_rel_error: float | None = None,
+) -> dict[str, Any]:
+    """Choose one point per tensor (sets ``TensorPlan.chosen``); returns what was decided.
+
+    With ``budget_bytes``: least total squared error whose bytes (plus ``fixed_bytes``) fit.
+    With ``max_rel_error``: fewest bytes whose weighted rel. error (with the fixed tensors'
+    ``fixed_sq_error`` and the model's ``total_sq_norm``) is <= it. Greedy over the tensors' hull
+    segments by decreasing slope -ΔD/ΔR, which is optimal at hull vertices.
+    """
+    hulls = [lower_hull(t.points) for t in tensors]
+    position = [0] * len(tensors)
+    for t, hull in zip(tensors, hulls, strict=True):
+        t.chosen = hull[0]
+    segments = []  # (slope, tensor index, step along the hull)
+    for ti, (t, hull) in enumerate(zip(tensors, hulls, strict=True)):
+        for k in range(1, len(hull)):
+            a, b = t.points[hull[k - 1]], t.points[hull[k]]
+            segments.append(((a.sq_error - b.sq_error) / max(b.nbytes - a.nbytes, 1), ti, k))
+    segments.sort(key=lambda s: (-s[0], s[1], s[2]))
+    total_bytes = fixed_bytes + sum(t.points[t.chosen].nbytes for t in tensors)
+    total_sq = fixed_sq_error + sum(t.points[t.chosen].sq_error for t in tensors)
+    error_budget = None if max_rel_error is None else max_rel_error**2 * total_sq_norm
+    slope = None
+    for rate, ti, k in segments:
+        if error_budget is not None and total_sq <= error_budget:
+            break
+        if position[ti] != k - 1:
+            continue  # an earlier segment of this tensor did not fit
+        t, hull = tensors[ti], hulls[ti]
+        a, b = t.points[hull[k - 1]], t.points[hull[k]]
+        if budget_bytes is not None and total_bytes + b.nbytes - a.nbytes > budget_bytes:
+            continue
+        total_bytes += b.nbytes - a.nbytes
+        total_sq += b.sq_error - a.sq_error
+        position[ti], t.chosen, slope = k, hull[k], rate
+    total_bytes, total_sq = _refine(tensors, fixed_bytes, fixed_sq_error, budget_bytes, error_budget)
+    met = (budget_bytes is None or total_bytes <= budget_bytes) and (error_budget is None or total_sq <= error_budget)
+    return {
+        "predicted_bytes": int(total_bytes),
+        "predicted_weighted_rel_error": math.sqrt(total_sq / total_sq_norm) if total_sq_norm > 0 else 0.0,
+        "slope": slope,
+        "met": bool(met),
+    }
+
+
+# Rounds of the local search after the greedy allocation (each makes one move or stops).
+_REFINE_ROUNDS = 200
+
+
+def _refine(
+    tensors: list[TensorPlan],
+    fixed_bytes: float,
+    fixed_sq: float,
+    budget_bytes: float | None,
+    error_budget: float | None,
+) -> tuple[float, float]:
+    """Local search after the greedy pass, which can stop short where a tensor's next hull point is
+    a big step: with a byte budget, the move that lowers the error most within the bytes left --
+    one tensor to any of its points, or one tensor one hull step down to pay for another's move;
+    with an error budget, the move that saves most bytes within the error left. Returns the totals.
+    """
+    rates = np.full((len(tensors), max((len(t.points) for t in tensors), default=0)), np.inf)
+    errors = np.full(rates.shape, np.inf)
+    for i, t in enumerate(tensors):
+        rates[i, : len(t.points)] = [p.nbytes for p in t.points]
+        errors[i, : len(t.points)] = [p.sq_error for p in t.points]
+    rows = np.arange(len(tensors))
+    for _ in range(_REFINE_ROUNDS if tensors else 0):
+        chosen = np.array([t.chosen for t in tensors])
+        current_rate, current_error = rates[rows, chosen], errors[rows, chosen]
+        total_bytes = fixed_bytes + float(current_rate.sum())
+        total_sq = fixed_sq + float(current_error.sum())
+        d_rate = rates - current_rate[:, None]
+        d_error = errors - current_error[:, None]
+        with np.errstate(invalid="ignore"):
+            if budget_bytes is not None:
+                gain = np.where(np.isfinite(d_error) & (d_rate <= budget_bytes - total_bytes), -d_error, 0.0)
+                pair = _best_pair(d_rate, d_error, budget_bytes - total_bytes)
+            else:
+                gain = np.where(np.isfinite(d_error) & (d_error <= error_budget - total_sq), -d_rate, 0.0)
+                pair = None
+        i, j = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        single = float(gain[i, j])
+        if pair is not None and pair[0] > max(single, 0.0) * (1 + 1e-12):
+            _, (a, b), (c, d) = pair
+            tensors[a].chosen, tensors[c].chosen = int(b), int(d)
+        elif single > 0:
+            tensors[i].chosen = int(j)
+        else:
+            return total_bytes, total_sq
+    chosen = np.array([t.chosen for t in tensors], dtype=np.int64)
+    return fixed_bytes + float(rates[rows, chosen].sum()), fixed_sq + float(errors[rows, chosen].sum())
+
+
+def _best_pair(d_rate: np.ndarray, d_error: np.ndarray, left: float):
+    """The best (error saved, (tensor, point) down, (tensor, point) up) pair of moves: one tensor to
+    a cheaper point, whose bytes pay for another tensor's more expensive one. None if none helps."""
+    best = None
+    for a in range(d_rate.shape[0]):
+        cheaper = np.flatnonzero(np.isfinite(d_rate[a]) & (d_rate[a] < 0))
+        if cheaper.size == 0:
+            continue
+        b = int(cheaper[np.argmax(d_rate[a, cheaper])])  # the least cheaper point: one step down
+        allowance = left - d_rate[a, b]
+        gain = np.where(np.isfinite(d_error) & (d_rate <= allowance), -d_error, 0.0)
+        gain[a] = 0.0
+        c, d = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        total = float(gain[c, d]) - float(d_error[a, b])
+        if gain[c, d] > 0 and total > 0 and (best is None or total > best[0]):
+            best = (total, (a, b), (int(c), int(d)))
+    return best
+
+
+def fewest_bytes(points: list[Point], max_rel_error: float) -> int | None:
+    """Index of the point with the fewest bytes whose rel. error is <= ``max_rel_error`` (None: none)."""
+    meeting = [i for i, p in enumerate(points) if p.rel_error <= max_rel_error]
+    return min(meeting, key=lambda i: (points[i].nbytes, points[i].sq_error)) if meeting else None
+
+
+def plan_reason(summary: dict[str, Any]) -> str:
+    """The report's reason for a planned tensor."""
+    if summary["mode"] == "auto":
+        return f"auto: fewest bytes with rel. error <= {summary['max_error']}"
+    slope = summary["slope"]
+    return f"rate control ({summary['mode']}), slope {slope:.3g}/byte" if slope is not None else "rate control"
+
+
+def candidates_for(mode: str, array: np.ndarray, max_error: float | None) -> list[str]:
+    """The candidate pipelines of one tensor for a planning mode (``auto`` or a target)."""
+    if mode == "auto":
+        return [c.format(e=repr(float(max_error))) for c in AUTO_CANDIDATES]
+    return ladder_candidates(array)
+
+
+def model_curves(
+    tensors: list[TensorPlan], fixed_bytes: float, fixed_sq: float, total_sq_norm: float, numel: int
+) -> list[dict[str, Any]]:
+    """Model-level rate-distortion curves from measured candidates (see :func:`sparsify.api.rate_distortion`)."""
+
+    def point(total_bytes: float, total_sq: float) -> dict[str, float]:
+        error = math.sqrt(total_sq / total_sq_norm) if total_sq_norm > 0 else 0.0
+        return {"bits_per_weight": 8 * total_bytes / numel if numel else 0.0, "rel_error": error}
+
+    if not tensors:
+        return []
+    lowest = fixed_bytes + sum(min(p.nbytes for p in t.points) for t in tensors)
+    highest = fixed_bytes + sum(max(p.nbytes for p in t.points) for t in tensors)
+    best = []
+    for budget in np.geomspace(lowest, highest, 40):
+        outcome = allocate(tensors, fixed_bytes, fixed_sq, total_sq_norm, budget_bytes=float(budget))
+        if outcome["met"]:
+            best.append(point(outcome["predicted_bytes"], outcome["predicted_weighted_rel_error"] ** 2 * total_sq_norm))
+    curves = [{"label": "rate control: best pipeline per tensor", "points": best}]
+    families = {"quant:step (one relative step for all tensors)": "quant:step="}
+    for label, prefix in families.items():
+        rungs = [[p for p in t.points if p.pipeline.startswith(prefix)] for t in tensors]
+        if rungs and all(len(r) == len(rungs[0]) for r in rungs):
+            curves.append(
+                {
+                    "label": label,
+                    "points": [
+                        point(
+                            fixed_bytes + sum(r[k].nbytes for r in rungs), fixed_sq + sum(r[k].sq_error for r in rungs)
+                        )
+                        for k in range(len(rungs[0]))
+                    ],
+                }
+            )
+    for fixed in _LADDER_FIXED[:-1]:
+        chosen = [next((p for p in t.points if p.pipeline.startswith(fixed.split("+")[0])), None) for t in tensors]
+        if all(c is not None for c in chosen):
+            curves.append(
+                {
+                    "label": f"RTN {fixed.split('+')[0]}",
+                    "points": [
+                        point(fixed_bytes + sum(c.nbytes for c in chosen), fixed_sq + sum(c.sq_error for c in chosen))
+                    ],
+                }
+            )
+    return curves

@@ -1,0 +1,251 @@
+"""The zstd coder stage and its byte-plane coding (sparsify/coders): round trips, corruption, determinism."""
+
+from __future__ import annotations
+
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+import zstandard
+from conftest import SAMPLE_FILES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.numpy import load_file
+
+from sparsify.coders import planes as P
+from sparsify.coders import zstd as Z
+from sparsify.coders.bytegroup import group_bytes
+from sparsify.errors import CorruptArchiveError
+from sparsify.pipeline import parse_pipeline
+
+CODER = parse_pipeline("keep+zstd").coders[0]
+ITEMSIZES = (1, 2, 4, 8)
+
+
+def roundtrip(data: np.ndarray, itemsize: int, coder=CODER) -> list[str]:
+    """Every candidate of ``coder`` decodes to ``data``; the candidates' codec ids."""
+    data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    candidates = coder.encode(data, itemsize)
+    assert candidates
+    for codec, coded in candidates:
+        assert codec.split("+", 1)[0] == "zstd"
+        out = coder.decode(codec, memoryview(coded), data.size, itemsize)
+        assert bytes(out) == data.tobytes(), codec
+    return [c for c, _ in candidates]
+
+
+def weights() -> np.ndarray:
+    tensors = load_file(str(SAMPLE_FILES["fp32"]))
+    return np.concatenate([t.reshape(-1) for t in tensors.values()])
+
+
+def rng_bytes(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("itemsize", ITEMSIZES)
+@pytest.mark.parametrize("n_items", [0, 1, 3, 1000, 20000])
+@pytest.mark.parametrize("kind", ["random", "constant", "small ints"])
+def test_roundtrip_shapes(itemsize, n_items, kind):
+    n = n_items * itemsize
+    if kind == "random":
+        data = rng_bytes(n)
+    elif kind == "constant":
+        data = np.full(n, 7, np.uint8)
+    else:
+        data = (np.arange(n_items, dtype=np.int64) % 100 - 50).astype(f"<i{itemsize}").view(np.uint8)
+    roundtrip(data, itemsize)
+
+
+@pytest.mark.parametrize("itemsize", (2, 4, 8))
+@pytest.mark.parametrize("size", [1, 3, 5, 4097])
+def test_sizes_not_a_multiple_fall_back_to_plain(itemsize, size):
+    size += size % itemsize == 0
+    assert roundtrip(rng_bytes(size), itemsize) == [Z.PLAIN]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16, np.float64])
+@pytest.mark.parametrize("n", [50826, 300_000])  # whole-part coding and sample-planned coding
+def test_float_weights(dtype, n):
+    w = weights()
+    w = np.resize(w, n) * (1 + np.arange(n) % 7)  # longer than the model: vary the repeats
+    data = w.astype(dtype)
+    codecs = roundtrip(data, data.dtype.itemsize)
+    assert Z.PLANES in codecs
+    coded = dict(CODER.encode(data.view(np.uint8), data.dtype.itemsize))[Z.PLANES]
+    assert len(coded) < data.nbytes / 1.08  # compresses
+    assert coded[0] == P.ROTATED  # floats: rotated
+
+
+def test_packed_sign_plane_beats_zstd():
+    """fp32 whose low mantissa bits are zero: the bottom plane after rotation is sign + zeros: 1 bit each."""
+    w = np.random.default_rng(1).standard_normal(300_000).astype(np.float32)
+    w = (w.view(np.uint32) & 0xFFFFFF00).view(np.float32)
+    data = w.view(np.uint8)
+    (codec, coded), *_ = [c for c in CODER.encode(data, 4) if c[0] == Z.PLANES]
+    kind, length = struct.unpack_from("<BQ", coded, 2)
+    assert kind in (P.PACKED, P.PACKED_ZSTD) and length <= w.size / 8 + 64
+    assert CODER.decode(codec, memoryview(coded), data.size, 4) == data.tobytes()
+
+
+@pytest.mark.parametrize("values", [[5], [0, 200], [1, 2, 3], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 255]])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1001])
+def test_pack_unpack(values, n):
+    plane = np.array(values, np.uint8)[np.arange(n) * 7 % len(values)]
+    header, indices = P.pack(plane)
+    payload = memoryview(header + indices.tobytes())
+    assert np.array_equal(P.unpack(payload, P.PACKED, n, zstandard.ZstdDecompressor()), plane)
+    assert P.pack(plane, 2) is None or len(set(plane.tolist())) <= 2
+
+
+@pytest.mark.parametrize("itemsize", (2, 4, 8))
+@pytest.mark.parametrize("rotate", [False, True])
+def test_every_plane_method(itemsize, rotate):
+    """Each plane method, forced, decodes (raw, zstd with either compressor, packed)."""
+    n = 3000
+    data = np.zeros((n, itemsize), np.uint8)
+    data[:, 0] = rng_bytes(n)
+    data[:, 1] = np.arange(n) % 3
+    data[:, -1] = (np.arange(n) // 50) % 2 * 255
+    data = data.reshape(-1)
+    compressors = [Z.entropy_compressor(), zstandard.ZstdCompressor(level=3, write_content_size=True)]
+    for methods in ([P.RAW] * itemsize, [1] * itemsize, [2] * itemsize, [P.PACKED] * itemsize):
+        coded = P.encode_planes(data, itemsize, rotate, methods, compressors)
+        assert P.decode_planes(memoryview(coded), data.size, itemsize) == data.tobytes()
+
+
+def test_old_codecs_still_decode():
+    data = weights().view(np.uint8)
+    plain = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True)
+    grouped = plain.compress(group_bytes(data, 4).tobytes())
+    assert CODER.decode("zstd+bytegroup", memoryview(grouped), data.size, 4) == data.tobytes()
+    assert CODER.decode("zstd", memoryview(plain.compress(data.tobytes())), data.size, 4) == data.tobytes()
+
+
+@pytest.mark.parametrize("config", ["zstd:bytegroup=false", "zstd:level=9", "zstd:level=1"])
+def test_configs(config):
+    coder = parse_pipeline(f"keep+{config}").coders[0]
+    data = np.resize(weights(), 100_000).view(np.uint8)
+    codecs = roundtrip(data, 4, coder)
+    assert codecs == [Z.PLAIN] if "bytegroup=false" in config else Z.PLANES in codecs
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=3000), itemsize=st.sampled_from(ITEMSIZES))
+def test_property_roundtrip(data, itemsize):
+    roundtrip(np.frombuffer(data, np.uint8), itemsize)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(0, 400), itemsize=st.sampled_from((2, 4, 8)), seed=st.integers(0, 2**16), few=st.booleans())
+def test_property_structured(n, itemsize, seed, few):
+    """Planes of few values (packing) and floats, any length."""
+    rng = np.random.default_rng(seed)
+    if few:
+        data = rng.choice(np.array([0, 1, 128, 255], np.uint8), n * itemsize)
+    else:
+        data = rng.standard_normal(n).astype(f"<f{itemsize}").view(np.uint8)
+    roundtrip(data, itemsize)
+
+
+def test_deterministic():
+    data = np.resize(weights(), 400_000).view(np.uint8)
+    assert CODER.encode(data, 4) == parse_pipeline("keep+zstd").coders[0].encode(data.copy(), 4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Corrupt input
+# ---------------------------------------------------------------------------------------------------
+
+
+def planes_part(n: int = 2000, itemsize: int = 4) -> tuple[bytes, np.ndarray]:
+    data = np.resize(weights(), n).astype(f"<f{itemsize}").view(np.uint8)
+    coded = dict(CODER.encode(data, itemsize))[Z.PLANES]
+    return coded, data
+
+
+def decode(coded: bytes, size: int, itemsize: int = 4, codec: str = Z.PLANES):
+    return CODER.decode(codec, memoryview(coded), size, itemsize)
+
+
+def test_corrupt_truncated_and_sizes():
+    coded, data = planes_part()
+    for cut in (0, 1, 2, 10, len(coded) // 2, len(coded) - 1):
+        with pytest.raises(CorruptArchiveError):
+            decode(coded[:cut], data.size)
+    with pytest.raises(CorruptArchiveError):
+        decode(coded + b"\0", data.size)
+    for size in (0, data.size - 4, data.size + 4, data.size + 1, 10**12):
+        with pytest.raises(CorruptArchiveError):
+            decode(coded, size)
+    for itemsize in (1, 2, 8):
+        with pytest.raises(CorruptArchiveError):
+            decode(coded, data.size, itemsize)
+
+
+def test_corrupt_header_values():
+    coded, data = planes_part()
+    n = data.size // 4
+    bad = [
+        bytes([4]) + coded[1:],  # unknown flag
+        coded[:1] + bytes([3]) + coded[2:],  # plane count != itemsize
+    ]
+    for j in range(4):
+        at = 2 + 9 * j
+        kind, length = struct.unpack_from("<BQ", coded, at)
+        bad.append(coded[:at] + bytes([7]) + coded[at + 1 :])  # unknown method
+        bad.append(coded[:at] + struct.pack("<BQ", kind, length + 1) + coded[at + 9 :])  # lengths don't add up
+        other = P.ZSTD if kind == P.RAW else P.RAW
+        bad.append(coded[:at] + struct.pack("<BQ", other, length) + coded[at + 9 :])  # wrong method
+    # rotated 3-byte elements
+    bad_rot = bytes([1, 3]) + struct.pack("<BQ", 0, 1) * 3 + b"abc"
+    with pytest.raises(CorruptArchiveError):
+        decode(bad_rot, 3, 3)
+    for b in bad:
+        with pytest.raises(CorruptArchiveError):
+            decode(b, data.size)
+    assert n
+
+
+def test_corrupt_packed_plane():
+    n = 100
+    plane = (np.arange(n) % 2 * 3).astype(np.uint8)
+    header, indices = P.pack(plane)
+    good = header + indices.tobytes()
+    dec = zstandard.ZstdDecompressor()
+    bad = [
+        b"",
+        b"\x01",
+        bytes([3, 2]) + good[2:],  # bits not 1, 2, 4
+        bytes([1, 3]) + good[2:],  # palette larger than 2**bits
+        bytes([1, 0]) + good[2:],  # empty palette
+        good[:-1],  # index bytes missing
+        bytes([2, 3, 0, 1, 2]) + bytes([0xFF]) * 25,  # index 3 outside a 3-value palette
+    ]
+    for b in bad:
+        with pytest.raises(CorruptArchiveError):
+            P.unpack(memoryview(b), P.PACKED, n, dec)
+    with pytest.raises(CorruptArchiveError):
+        P.unpack(memoryview(good), P.PACKED_ZSTD, n, dec)  # not a zstd frame
+
+
+def test_corrupt_zstd_frames():
+    data = rng_bytes(1000)
+    frame = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=True).compress(data.tobytes())
+    no_size = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(data.tobytes())
+    flipped = bytearray(frame)
+    flipped[len(frame) // 2] ^= 0xFF
+    for codec in (Z.PLAIN, Z.GROUPED):
+        for b, size in [(frame, 999), (frame, 1001), (no_size, 1000), (bytes(flipped), 1000), (b"junk", 1000)]:
+            with pytest.raises(CorruptArchiveError):
+                decode(b, size, 4, codec)
+    with pytest.raises(CorruptArchiveError):
+        decode(frame, 1000, 3, Z.GROUPED)
+    with pytest.raises(CorruptArchiveError):
+        decode(frame, 1000, 4, "zstd+nope")
