@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,plot]'
 	touch $(STAMP)
 
 # Compress a sample model losslessly, inspect it, decompress it and compare bytes with the original;
@@ -33,9 +33,14 @@ test: install
 bench: install $(VENV)/.bench-installed
 	$(PY) bench/run.py
 	$(PY) bench/methods.py
+	$(PY) bench/lossless.py
+	$(PY) bench/lossy.py
 
+# ZipNN (the lossless yardstick) without its torch dependency, which its byte API does not use
+# (bench/zipnn_check.py stands in for torch); its sdist needs a C compiler.
 $(VENV)/.bench-installed: pyproject.toml
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,plot]'
+	$(PY) -m pip install --quiet --no-deps zipnn==0.5.4
 	touch $@
 
 samples: install

@@ -51,12 +51,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import filecmp
 import importlib.util
 import json
 import lzma
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -82,7 +80,7 @@ import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 import zipnn_check  # noqa: E402
 import zstandard  # noqa: E402
-from hdf5_tree import assert_hdf5_trees_equal  # noqa: E402
+from common import log, machine, roundtrip  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 import sparsify  # noqa: E402
@@ -113,11 +111,6 @@ DEFAULT_REPEAT_SECONDS = 0.3
 DEFAULT_CELL_BUDGET = 10.0
 DEFAULT_SLOW_MAX_MB = 50.0
 DECOMPRESS_TARGET_MB_S = 500.0
-HDF5_SUFFIXES = {".h5", ".hdf5", ".keras"}
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- inputs -------------------------------------------------------------------------------------
@@ -230,19 +223,6 @@ def read_mutable(path: Path) -> bytearray:
     with open(path, "rb") as f:
         f.readinto(buffer)
     return buffer
-
-
-def roundtrip(source: Path, restored: Path) -> str:
-    """``byte-identical``, else (HDF5) ``tree-identical``, else ``round trip FAILED: <why>``."""
-    if filecmp.cmp(source, restored, shallow=False):
-        return "byte-identical"
-    if source.suffix.lower() not in HDF5_SUFFIXES:
-        return "round trip FAILED: bytes differ"
-    try:
-        assert_hdf5_trees_equal(source, restored)
-    except AssertionError as error:
-        return f"round trip FAILED: {error}"
-    return "tree-identical"
 
 
 # --- the cells ----------------------------------------------------------------------------------
@@ -433,22 +413,13 @@ def verdicts(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 # --- machine and output -------------------------------------------------------------------------
 
 
-def machine(args: argparse.Namespace) -> dict[str, Any]:
+def machine_record(args: argparse.Namespace) -> dict[str, Any]:
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "zstandard": zstandard.__version__,
-        "zipnn": args.zipnn_note,
-        "sparsify": sparsify.__version__,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": None if affinity is None else len(affinity),
-        "pinned_to_cpu": affinity[0] if args.one_core and affinity else None,
-        "thread_limits": {var: os.environ.get(var) for var in THREAD_LIMIT_VARS},
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
+    return machine(
+        zipnn=args.zipnn_note,
+        pinned_to_cpu=affinity[0] if args.one_core and affinity else None,
+        thread_limits={var: os.environ.get(var) for var in THREAD_LIMIT_VARS},
+    )
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -634,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {
         "schema_version": 1,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(args),
+        "machine": machine_record(args),
         "settings": {
             "repeat_seconds": args.repeat_seconds,
             "min_repeats": MIN_REPEATS,

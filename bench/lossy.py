@@ -60,8 +60,6 @@ import argparse
 import datetime
 import json
 import math
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -69,10 +67,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "sample_models")]
+sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tests"), str(REPO / "sample_models")]
 
 import numpy as np  # noqa: E402
 import rtn  # noqa: E402
+from common import log, machine  # noqa: E402
 from methods import crepe_full_weights  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
@@ -99,13 +98,17 @@ FAMILIES: dict[str, tuple[str, tuple[Any, ...]]] = {
         "{}+zstd",
         ("quant:bits=8", "quant:bits=4,group=128", "quant:bits=3,group=128", "quant:bits=2,group=64"),
     ),
-    CODEBOOK: ("quant:codebook={}+zstd", (2, 4, 8, 16, 32)),  # 2: one extra point, for the 2.5-bit target
+    CODEBOOK: ("quant:codebook={}+zstd", (2, 3, 4, 8, 16, 32)),  # 2, 3: extra points, for the 2.5-bit target
     "threshold:sparsity=S+int8+zstd": ("threshold:sparsity={}+int8+zstd", (0.3, 0.5, 0.7, 0.9)),
     "threshold:sparsity=S+int4:group=128+zstd": ("threshold:sparsity={}+int4:group=128+zstd", (0.3, 0.5, 0.7, 0.9)),
     "threshold:sparsity=S+codebook:k=16+zstd": ("threshold:sparsity={}+codebook:k=16+zstd", (0.3, 0.5, 0.7, 0.9)),
     "svd:energy=E+fp16+zstd": ("svd:energy={}+fp16+zstd", (0.5, 0.8, 0.9, 0.99)),
-    "quant:max_error=E+zstd": ("quant:max_error={}+zstd", (0.005, 0.01, 0.02, 0.04, 0.08, 0.12, 0.16, 0.25)),
-    "auto, target_ratio=R": ("auto", (4, 6, 8, 10, 12, 16)),
+    "quant:max_error=E+zstd": (
+        "quant:max_error={}+zstd",
+        (0.005, 0.01, 0.02, 0.04, 0.08, 0.12, 0.16, 0.25, 0.3, 0.35),
+    ),
+    # 13, 13.5, 14: around 2.4 bits/weight on the digits MLP, the accuracy target's budget
+    "auto, target_ratio=R": ("auto", (4, 6, 8, 10, 12, 13, 13.5, 14, 16)),
 }
 # CREPE full (22 M weights, 3-5 s a point): fewer settings per family
 FULL_SWEEP: dict[str, tuple[Any, ...]] = {
@@ -124,13 +127,6 @@ FULL_SWEEP: dict[str, tuple[Any, ...]] = {
     # rate control takes ~2 min a point here; the ratio is of the 158 MB file, so R = 20 is ~2.85 bits/weight
     "auto, target_ratio=R": (20,),
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# --- one point ----------------------------------------------------------------------------------
 
 
 def norms(tensors: list[rtn.Tensor]) -> dict[str, float]:
@@ -344,20 +340,6 @@ def summarise(entry: dict[str, Any]) -> dict[str, Any]:
 # --- output -------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "sparsify": sparsify.__version__,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
 def fmt(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
@@ -485,6 +467,10 @@ def render(data: dict[str, Any]) -> str:
         f"numpy {m['numpy']}, sparsify {m['sparsify']}. Run time {data['elapsed_s']} s. "
         "Columns and method: the docstring of `bench/lossy.py`; baselines: `bench/rtn.py`.",
         "",
+        "Options the API rejected (recorded, not measured): "
+        + ("; ".join(f"`{u}`" for u in data["unavailable"]) if data["unavailable"] else "none")
+        + ".",
+        "",
         "## Summary: bits/weight needed at RTN int4 g128's error",
     ]
     for entry in data["models"]:
@@ -516,7 +502,7 @@ def plot(entry: dict[str, Any], path: Path) -> bool:
         return False
     fig, (ax_err, ax_acc) = plt.subplots(1, 2, figsize=(14, 5.5))
     families = dict.fromkeys(p["family"] for p in entry["points"] if p["status"] == "ok")
-    colours = plt.get_cmap("tab20").colors
+    colours = [*plt.get_cmap("tab10").colors, "black", "olive"]
     for i, family in enumerate(families):
         pts = sorted(
             (p for p in entry["points"] if p["status"] == "ok" and p["family"] == family),
@@ -525,7 +511,7 @@ def plot(entry: dict[str, Any], path: Path) -> bool:
         baseline = pts[0]["kind"] == "baseline"
         style = dict(
             marker="os^vD<>ph*P"[i % 11],
-            color=colours[(2 * i) % 20 + (i >= 10)],
+            color=colours[i % len(colours)],
             label=family,
             linestyle="--" if baseline else "-",
             markersize=9 if baseline else 5,

@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import filecmp
 import importlib.util
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -46,7 +43,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import numpy as np  # noqa: E402
 import zstandard  # noqa: E402
-from hdf5_tree import assert_hdf5_trees_equal  # noqa: E402
+from common import log, machine, roundtrip  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 import sparsify  # noqa: E402
@@ -71,11 +68,6 @@ BASELINE = f"zstd -{ZSTD_LEVEL} (whole file)"
 MIN_REPEATS = 3
 MAX_REPEATS = 10_000
 DEFAULT_REPEAT_SECONDS = 0.5
-HDF5_SUFFIXES = {".h5", ".hdf5", ".keras"}
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- timing -------------------------------------------------------------------------------------
@@ -116,7 +108,7 @@ def bench_zstd(source: Path, work: Path, seconds: float) -> dict[str, Any]:
     result["archive_bytes"] = packed.stat().st_size
     result["ratio"] = size / result["archive_bytes"]
     result["weighted_rel_error"] = 0.0
-    result["roundtrip"] = roundtrip(source, restored)
+    result["roundtrip"] = roundtrip(source, restored, "MISMATCH")
     return result
 
 
@@ -141,23 +133,10 @@ def bench_pipeline(source: Path, pipeline: str, work: Path, seconds: float, accu
     result["ratio"] = size / result["archive_bytes"]
     result["weighted_rel_error"] = totals["weighted_rel_error"]
     result["lossless_tensors"] = f"{totals['lossless_tensors']}/{totals['tensors']}"
-    result["roundtrip"] = roundtrip(source, restored) if lossless else "lossy"
+    result["roundtrip"] = roundtrip(source, restored, "MISMATCH") if lossless else "lossy"
     if accuracy and not lossless:
         result["accuracy"] = evaluate(load_file(str(restored)))
     return result
-
-
-def roundtrip(source: Path, restored: Path) -> str:
-    """``byte-identical``, else (HDF5) ``tree-identical``, else ``MISMATCH: <why>``."""
-    if filecmp.cmp(source, restored, shallow=False):
-        return "byte-identical"
-    if source.suffix.lower() not in HDF5_SUFFIXES:
-        return "MISMATCH: bytes differ"
-    try:
-        assert_hdf5_trees_equal(source, restored)
-    except AssertionError as error:
-        return f"MISMATCH: {error}"
-    return "tree-identical"
 
 
 def relative_to(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
@@ -209,21 +188,6 @@ def evaluate(weights: dict[str, np.ndarray]) -> float:
 
 
 # --- machine and output -------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "zstandard": zstandard.__version__,
-        "sparsify": sparsify.__version__,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def fmt_float(x: float | None, digits: int = 2) -> str:

@@ -248,14 +248,19 @@ def _plan(reader, infos, options: Options, head: dict[str, Any], progress: Progr
         for _ in range(_PLAN_ROUNDS):
             outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, error_target)
             outcome["budget_bytes"] = budget
-            reason = ratecontrol.plan_reason({**summary, **outcome})
+            estimate = outcome["predicted_bytes"]
+            plan = {**summary, **{k: v for k, v in outcome.items() if k != "predicted_bytes"}}
+            reason = ratecontrol.plan_reason(plan)
             chosen = [r if isinstance(r, dict) else {**r.points[r.chosen].record, "reason": reason} for r in records]
-            exact = _predicted_size(head, {**summary, **outcome}, chosen, options.max_error)
-            if budget is None or exact == outcome["predicted_bytes"]:
+            exact = _predicted_size(head, plan, chosen, options.max_error)
+            if budget is None or exact == estimate:
                 break
-            overhead += exact - outcome["predicted_bytes"]
+            overhead += exact - estimate
+        # The manifest records whether the plan fits, not the size itself (which the archive has): a
+        # size inside the compressed manifest would change the size.
+        outcome.pop("predicted_bytes")
         outcome["met"] = outcome["met"] and (budget is None or exact <= budget)
-        summary.update(outcome, predicted_bytes=exact)
+        summary.update(outcome)
     choices = {}
     for t in planned:
         point = t.points[t.chosen]

@@ -88,56 +88,72 @@ def _note(message: str, quiet: bool) -> None:
         click.echo(message, err=True)
 
 
+_PIPELINE_OPTIONS = (
+    click.option(
+        "-p",
+        "--pipeline",
+        metavar="PIPELINE",
+        help="Default pipeline, e.g. 'threshold:max_error=0.05', or 'auto' (with --max-error) [default: keep+zstd].",
+    ),
+    click.option(
+        "--rule",
+        "rules",
+        multiple=True,
+        metavar="GLOB=PIPELINE",
+        help="Per-tensor pipeline; repeatable, first match wins.",
+    ),
+    click.option(
+        "--rules",
+        "rules_file",
+        type=click.Path(path_type=Path),
+        metavar="FILE",
+        help="TOML file of rules (after --rule ones).",
+    ),
+    click.option(
+        "--min-size",
+        type=click.IntRange(min=0),
+        help="Tensors with fewer elements stay lossless unless a rule names them [default: 1024].",
+    ),
+    click.option(
+        "--max-error",
+        type=click.FloatRange(min=0),
+        help="Gate: exit 1 if any tensor's rel. error exceeds this (archive still written).",
+    ),
+    click.option(
+        "--target-ratio",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="R",
+        help="Whole model: least total error with INPUT bytes / archive bytes >= R (chooses each tensor's pipeline).",
+    ),
+    click.option(
+        "--target-size",
+        type=click.IntRange(min=1),
+        metavar="BYTES",
+        help="Whole model: least total error with the archive at most BYTES.",
+    ),
+    click.option(
+        "--target-error",
+        type=click.FloatRange(min=0),
+        metavar="E",
+        help="Whole model: fewest bytes with the weighted rel. error of the lossy tensors <= E.",
+    ),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods."),
+)
+
+
+def _pipeline_options(command):
+    """The options that choose the pipelines (shared by compress and plot), passed on as ``**choice``."""
+    for option in reversed(_PIPELINE_OPTIONS):
+        command = option(command)
+    return command
+
+
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Archive to write [default: INPUT with .sparsify]."
 )
-@click.option(
-    "-p",
-    "--pipeline",
-    metavar="PIPELINE",
-    help="Default pipeline, e.g. 'threshold:max_error=0.05' [default: keep+zstd].",
-)
-@click.option(
-    "--rule", "rules", multiple=True, metavar="GLOB=PIPELINE", help="Per-tensor pipeline; repeatable, first match wins."
-)
-@click.option(
-    "--rules",
-    "rules_file",
-    type=click.Path(path_type=Path),
-    metavar="FILE",
-    help="TOML file of rules (after --rule ones).",
-)
-@click.option(
-    "--min-size",
-    type=click.IntRange(min=0),
-    help="Tensors with fewer elements stay lossless unless a rule names them [default: 1024].",
-)
-@click.option(
-    "--max-error",
-    type=click.FloatRange(min=0),
-    help="Gate: exit 1 if any tensor's rel. error exceeds this (archive still written).",
-)
-@click.option(
-    "--target-ratio",
-    type=click.FloatRange(min=0, min_open=True),
-    metavar="R",
-    help="Whole model: least total error with INPUT bytes / archive bytes >= R (chooses each tensor's pipeline).",
-)
-@click.option(
-    "--target-size",
-    type=click.IntRange(min=1),
-    metavar="BYTES",
-    help="Whole model: least total error with the archive at most BYTES.",
-)
-@click.option(
-    "--target-error",
-    type=click.FloatRange(min=0),
-    metavar="E",
-    help="Whole model: fewest bytes with the weighted rel. error of the lossy tensors <= E.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods.")
+@_pipeline_options
 @click.option("--json", "json_flag", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown on stdout.")
 @click.option(
@@ -149,24 +165,7 @@ def _note(message: str, quiet: bool) -> None:
 )
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT (and the plot) if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
-def compress(
-    input_path,
-    output,
-    pipeline,
-    rules,
-    rules_file,
-    min_size,
-    max_error,
-    target_ratio,
-    target_size,
-    target_error,
-    seed,
-    json_flag,
-    markdown_flag,
-    plot_path,
-    force,
-    quiet,
-):
+def compress(input_path, output, json_flag, markdown_flag, plot_path, force, quiet, **choice):
     """Compress INPUT (safetensors, HDF5 or npz) into an archive and print the size/error report.
 
     \b
@@ -184,23 +183,9 @@ def compress(
     if plot_path is not None:
         _check_plot_path(plot_path, force)
     with progress_bar("compress", enabled=not quiet) as progress:
-        report = api.compress(
-            input_path,
-            output,
-            pipeline=pipeline,
-            rules=rules,
-            rules_file=rules_file,
-            min_size=min_size,
-            max_error=max_error,
-            seed=seed,
-            force=force,
-            progress=progress,
-            target_ratio=target_ratio,
-            target_size=target_size,
-            target_error=target_error,
-        )
+        report = api.compress(input_path, output, force=force, progress=progress, **choice)
         if plot_path is not None:
-            _plot(input_path, report, plot_path, rules, rules_file, min_size, seed, progress)
+            _plot(input_path, report, plot_path, choice, progress)
     _emit(report, fmt)
     status = _gates(report)
     if status == ExitCode.OK:
@@ -231,44 +216,21 @@ def _check_plot_path(path: Path, force: bool) -> None:
         raise OutputError(f"{path} exists; use --force to overwrite it")
 
 
-def _plot(input_path, report, plot_path, rules, rules_file, min_size, seed, progress) -> None:
+def _plot(input_path, report, plot_path, choice, progress) -> None:
     from sparsify.report.plot import render_plot
 
-    curves = api.rate_distortion(
-        input_path, rules=rules, rules_file=rules_file, min_size=min_size, seed=seed, progress=progress
-    )
+    keys = ("rules", "rules_file", "min_size", "seed")
+    curves = api.rate_distortion(input_path, progress=progress, **{k: choice[k] for k in keys})
     render_plot(report, curves, plot_path)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="PNG to write [default: INPUT with .png].")
-@click.option("-p", "--pipeline", metavar="PIPELINE", help="Pipeline of the archive shown in the bars (as compress).")
-@click.option("--target-ratio", type=click.FloatRange(min=0, min_open=True), metavar="R", help="As compress.")
-@click.option("--target-size", type=click.IntRange(min=1), metavar="BYTES", help="As compress.")
-@click.option("--target-error", type=click.FloatRange(min=0), metavar="E", help="As compress.")
-@click.option("--max-error", type=click.FloatRange(min=0), help="As compress.")
-@click.option("--rule", "rules", multiple=True, metavar="GLOB=PIPELINE", help="As compress.")
-@click.option("--rules", "rules_file", type=click.Path(path_type=Path), metavar="FILE", help="As compress.")
-@click.option("--min-size", type=click.IntRange(min=0), help="As compress.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods.")
+@_pipeline_options
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
-def plot(
-    input_path,
-    output,
-    pipeline,
-    target_ratio,
-    target_size,
-    target_error,
-    max_error,
-    rules,
-    rules_file,
-    min_size,
-    seed,
-    force,
-    quiet,
-):
+def plot(input_path, output, force, quiet, **choice):
     """Draw INPUT's rate-distortion curves and per-layer bars into a PNG (needs sparsify[plot]).
 
     The top panel: weighted rel. error against bits per weight for the best pipeline per tensor at
@@ -278,25 +240,13 @@ def plot(
     """
     output = output or Path(input_path).with_suffix(".png")
     _check_plot_path(output, force)
-    if pipeline is None and target_size is None and target_error is None and target_ratio is None:
-        target_ratio = 8.0
+    targets = ("pipeline", "target_ratio", "target_size", "target_error")
+    if all(choice[k] is None for k in targets):
+        choice["target_ratio"] = 8.0
     with progress_bar("plot", enabled=not quiet) as progress, tempfile.TemporaryDirectory() as tmp:
-        report = api.compress(
-            input_path,
-            Path(tmp) / "plot.sparsify",
-            pipeline=pipeline,
-            rules=rules,
-            rules_file=rules_file,
-            min_size=min_size,
-            max_error=max_error,
-            seed=seed,
-            progress=progress,
-            target_ratio=target_ratio,
-            target_size=target_size,
-            target_error=target_error,
-        )
+        report = api.compress(input_path, Path(tmp) / "plot.sparsify", progress=progress, **choice)
         report["archive"]["path"] = "(not kept)"
-        _plot(input_path, report, output, rules, rules_file, min_size, seed, progress)
+        _plot(input_path, report, output, choice, progress)
     _note(f"wrote {output}", quiet)
     return ExitCode.OK
 

@@ -108,7 +108,7 @@ def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int
     checksum = sha256(array)
     for _ in range(_MAX_BUDGET_RETRIES):
         encoded = _encode(array, info, choice, seed, scale, checksum)
-        metrics = measure(array, decode_tensor(encoded.record, encoded.stored_part), info.dtype, checksum)
+        metrics = measure(array, decode_tensor(encoded.record, encoded.stored_part), info.dtype)
         encoded.record["metrics"] = metrics
         if bound is None or metrics["rel_error"] <= bound or metrics["rel_error"] == 0:
             break
@@ -154,7 +154,7 @@ def _encode(
             parts, approximation = out.parts, out.approximation
             if pipeline.values is not None and method.value_coded:
                 names = tuple(name for name, array in out.parts.items() if is_value_part(array))
-                parts, stage["values"] = encode_parts(pipeline.values, out.parts, names, seed)
+                parts, stage["values"] = encode_parts(pipeline.values, out.parts, names, seed, ctx.coded_size)
                 decoded = decode_parts(parts, stage["values"], VALUE_CODERS)
                 approximation = method.decode(decoded, out.resolved, residual.shape)
             stage["parts"] = list(parts)
@@ -179,18 +179,19 @@ def _float_dtype(dtype: str) -> np.dtype:
     return dtypes.numpy_of(dtype if dtype in _STORED_FLOATS else "F32")
 
 
-def measure(
-    original: np.ndarray, decoded: np.ndarray, dtype: str, original_sha256: str | None = None
-) -> dict[str, Any]:
-    """Metrics of the decoded tensor against the original (bit-exact shortcut where bytes match).
-
-    ``original_sha256``: the original's checksum when the caller already has it.
-    """
-    same_bytes = original.dtype == decoded.dtype and (original_sha256 or sha256(original)) == sha256(decoded)
+def measure(original: np.ndarray, decoded: np.ndarray, dtype: str) -> dict[str, Any]:
+    """Metrics of the decoded tensor against the original (bit-exact shortcut where bytes match)."""
+    same_bytes = original.dtype == decoded.dtype and original.shape == decoded.shape and _same_bytes(original, decoded)
     if not dtypes.is_real_numeric(dtype):
         # Only keep stores these; without a norm, a changed byte counts as an infinite error.
         return exact_metrics(None) if same_bytes else {**exact_metrics(None), "exact": False, "rel_error": math.inf}
     return exact_metrics(original) if same_bytes else tensor_metrics(original, decoded)
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Byte-for-byte equality (NaN payloads and signed zeros included), without hashing."""
+    flat_a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    return np.array_equal(flat_a, np.ascontiguousarray(b).reshape(-1).view(np.uint8))
 
 
 def code_part(name: str, value: np.ndarray, tensor: str, coders) -> CodedPart:

@@ -26,6 +26,8 @@ from sparsify.errors import CorruptArchiveError
 
 _F16_MAX = float(np.finfo(np.float16).max)
 _F16_TINY = float(np.finfo(np.float16).smallest_normal)
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).smallest_normal)
 
 
 def packed_nbytes(count: int, bits: int) -> int:
@@ -90,12 +92,22 @@ def _grouped(matrix: np.ndarray, width: int, fill: float) -> np.ndarray:
     return padded.reshape(rows, groups, width)
 
 
-def storable_scale(scale: np.ndarray) -> np.ndarray:
-    """``scale`` (float64, >= 0) as float16 when every value survives the cast usefully, else float32."""
+def storable_scale(scale: np.ndarray, round_up: bool = False) -> np.ndarray:
+    """``scale`` (float64, >= 0) as float16 when every value survives the cast usefully, else float32,
+    else float64 (scales beyond float32's range). ``round_up``: never below ``scale`` (asymmetric codes
+    need a step at least as large as asked, or the top value's code would be clipped)."""
     nonzero = scale[scale > 0]
     if nonzero.size == 0 or (nonzero.max() <= _F16_MAX / 2 and nonzero.min() >= _F16_TINY):
-        return scale.astype(np.float16)
-    return scale.astype(np.float32)
+        dtype = np.float16
+    elif nonzero.max() <= _F32_MAX / 2 and nonzero.min() >= _F32_TINY:
+        dtype = np.float32
+    else:
+        return scale.astype(np.float64)
+    stored = scale.astype(dtype)
+    if round_up:
+        low = stored.astype(np.float64) < scale
+        stored[low] = np.nextafter(stored[low], dtype(np.inf))
+    return stored
 
 
 @dataclass
@@ -129,7 +141,7 @@ def quantize(values: np.ndarray, bits: int, group: int, symmetric: bool) -> Quan
         low = np.min(_grouped(matrix, width, np.inf), axis=2, initial=np.inf)
         high = np.max(_grouped(matrix, width, -np.inf), axis=2, initial=-np.inf)
         low, high = np.minimum(low, 0.0), np.maximum(high, 0.0)  # zero stays exactly representable
-        scale = storable_scale((high - low) / top)
+        scale = storable_scale((high - low) / top, round_up=True)
         step64 = scale.astype(np.float64)
         zero = np.clip(np.rint(np.divide(-low, step64, out=np.zeros_like(low), where=step64 > 0)), 0, top)
         zero = zero.astype(np.uint8)
@@ -138,7 +150,7 @@ def quantize(values: np.ndarray, bits: int, group: int, symmetric: bool) -> Quan
         q = np.rint(np.divide(grouped, step, out=np.zeros_like(grouped), where=step > 0)) + zero[..., None]
         codes = np.clip(q, 0, top).astype(np.uint8)
     rows, cols = matrix.shape
-    return Quantized(codes.reshape(rows, -1)[:, :cols], scale, zero)
+    return Quantized(codes.reshape(rows, codes.shape[1] * codes.shape[2])[:, :cols], scale, zero)
 
 
 def dequantize(quantized: Quantized, bits: int, group: int) -> np.ndarray:
@@ -153,16 +165,17 @@ def dequantize(quantized: Quantized, bits: int, group: int) -> np.ndarray:
     )
     grouped = _grouped(codes.astype(np.float64), width, 0.0) - offset[..., None]
     values = grouped * quantized.scale.astype(np.float64)[..., None]
-    return values.reshape(rows, -1)[:, :cols]
+    return values.reshape(rows, grouped.shape[1] * grouped.shape[2])[:, :cols]
 
 
-def kmeans_1d(values: np.ndarray, k: int, iterations: int = 30) -> np.ndarray:
+def kmeans_1d(values: np.ndarray, k: int, iterations: int = 1000) -> np.ndarray:
     """Centroids (float64, ascending, at most ``k``) of 1-D k-means on finite ``values``.
 
     Linear initialisation between min and max (Han et al., Deep Compression, found it best for weight
-    sharing), then Lloyd iterations; on sorted values a Lloyd step is a ``searchsorted`` of the
-    midpoints and segment sums from one cumulative sum, so each iteration is O(k log n).
-    Deterministic; empty clusters keep their previous centroid.
+    sharing), then Lloyd iterations until nothing moves (at most ``iterations``); on sorted values a
+    Lloyd step is a ``searchsorted`` of the midpoints and segment sums from one cumulative sum, so each
+    iteration is O(k log n) and running to convergence is cheap. Deterministic; empty clusters keep
+    their previous centroid.
     """
     ordered = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
     if ordered.size == 0:

@@ -8,7 +8,7 @@ manifest, squared error from the decoded parts). Then:
   rel. error is <= E (:data:`AUTO_CANDIDATES`, each aimed at E; ``keep`` always qualifies).
 * a target (``--target-ratio R``, ``--target-size BYTES``, ``--target-error E``): candidates are the
   rate-distortion ladder :func:`ladder_candidates` (an entropy-coded uniform quantiser at steps a
-  quarter octave apart, the usual RTN settings, and lossless); the points of each tensor are reduced
+  quarter octave apart, k-means codebooks, the usual RTN settings, and lossless); the points of each tensor are reduced
   to their lower convex hull and the allocation takes hull segments in order of decreasing slope
   -ΔD/ΔR (squared error saved per byte spent) -- the Lagrangian solution of "least total squared
   error for the bytes" (or "fewest bytes for the error") -- while the budget lasts. The slope of the
@@ -44,6 +44,9 @@ AUTO_CANDIDATES = (
     "svd:energy=0.5+quant:max_error={e}+zstd",
     "quant:bits=8+zstd",
     "quant:bits=4,group=128+zstd",
+    "quant:codebook=4+zstd",
+    "quant:codebook=16+zstd",
+    "quant:codebook=64+zstd",
     "keep+zstd",
 )
 """``-p auto`` with a per-tensor bound E: these pipelines (``{e}`` replaced by E) are tried on every
@@ -53,17 +56,21 @@ tensor and the one with the fewest stored bytes that meets E is kept."""
 # precision, quarter octaves where models are usually compressed (about 0.3 % to 80 % rel. error).
 _LADDER_LOG2_STEPS = tuple(np.concatenate((np.arange(-14.0, -6.0, 0.5), np.arange(-6.0, 2.01, 0.25))).tolist())
 _LADDER_FIXED = ("quant:bits=8+zstd", "quant:bits=4,group=128+zstd", "quant:bits=2,group=64+zstd", "keep+zstd")
+# k-means codebooks (weight sharing): for weights close to uniform or multi-modal they beat the
+# uniform step at a given error; entropy-coded by the byte coder like the uniform codes.
+_LADDER_CODEBOOKS = tuple(f"quant:codebook={k}+zstd" for k in (2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
 
 
 def ladder_candidates(array: np.ndarray) -> list[str]:
     """The rate-distortion ladder for one tensor: ``quant:step=...+zstd`` at steps relative to the
-    tensor's RMS (:data:`_LADDER_LOG2_STEPS`), plus :data:`_LADDER_FIXED`."""
+    tensor's RMS (:data:`_LADDER_LOG2_STEPS`), k-means codebooks (:data:`_LADDER_CODEBOOKS`), plus
+    :data:`_LADDER_FIXED`."""
     finite = np.asarray(array, dtype=np.float64)
     rms = math.sqrt(finite_sq_norm(finite) / finite.size) if finite.size else 0.0
     if rms == 0.0 or not math.isfinite(rms):
         return list(_LADDER_FIXED)
-    steps = [f"quant:step={float(np.float32(rms * 2.0**k))!r}+zstd" for k in _LADDER_LOG2_STEPS]
-    return steps + list(_LADDER_FIXED)
+    steps = [f"quant:step={rms * 2.0**k:.4g}+zstd" for k in _LADDER_LOG2_STEPS]
+    return steps + list(_LADDER_CODEBOOKS) + list(_LADDER_FIXED)
 
 
 @dataclass(frozen=True)
@@ -263,11 +270,10 @@ def fewest_bytes(points: list[Point], max_rel_error: float) -> int | None:
 
 
 def plan_reason(summary: dict[str, Any]) -> str:
-    """The report's reason for a planned tensor."""
+    """The report's reason for a planned tensor (the plan's figures are in the report's summary)."""
     if summary["mode"] == "auto":
         return f"auto: fewest bytes with rel. error <= {summary['max_error']}"
-    slope = summary["slope"]
-    return f"rate control ({summary['mode']}), slope {slope:.3g}/byte" if slope is not None else "rate control"
+    return f"rate control: target {summary['mode']}"
 
 
 def candidates_for(mode: str, array: np.ndarray, max_error: float | None) -> list[str]:

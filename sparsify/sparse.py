@@ -56,9 +56,6 @@ def pack(
     size = coded_size or (lambda array: array.nbytes)
     m, n = mask.shape
     nnz = int(values.size)
-    bitmask = bitmask_nbytes(m, n)
-    if coded_size is None and csr_nbytes(m, n, nnz) > bitmask:
-        return {"mask": np.packbits(mask.reshape(-1)), "values": values}  # no index list can be smaller
     rows, cols = np.nonzero(mask)
     indptr = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
@@ -70,8 +67,7 @@ def pack(
         {"indptr": indptr_part, "indices": cols.astype(narrowest_uint(max(n - 1, 0)))},
         {"indptr": indptr_part, "deltas": gaps.astype(narrowest_uint(int(gaps.max(initial=0))))},
     ]
-    if coded_size is not None or bitmask < min(sum(a.nbytes for a in c.values()) for c in candidates):
-        candidates.append({"mask": np.packbits(mask.reshape(-1))})
+    candidates.append({"mask": np.packbits(mask.reshape(-1))})
     best = min(candidates, key=lambda parts: sum(size(a) for a in parts.values()))
     return {**best, "values": values}
 
@@ -121,7 +117,7 @@ def unpack_csr(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> scipy
 def _columns_from_gaps(gaps: np.ndarray, indptr: np.ndarray, nnz: int) -> np.ndarray:
     """Column numbers from per-row gaps: a running sum restarted at each row. Returns -1s when the
     sizes disagree, which the caller's range check rejects."""
-    if gaps.size != nnz or indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
+    if gaps.size != nnz or indptr.size < 1 or indptr[0] != 0 or indptr[-1] != nnz or np.any(np.diff(indptr) < 0):
         return np.full(nnz, -1, dtype=np.int64)
     running = np.cumsum(gaps)
     before_row = np.concatenate(([0], running))[indptr[:-1]]

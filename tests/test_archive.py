@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 from checkers import read_tensors, relative_error
 from conftest import DIGITS_TENSORS, SAMPLE_FILES
 from golden.make_golden import GOLDEN, OLDER
@@ -16,6 +18,8 @@ from safetensors import safe_open
 import sparsify
 from sparsify import container
 from sparsify.archive import FORMAT_VERSION, Archive
+from sparsify.archive.reader import unpack_manifest
+from sparsify.archive.writer import manifest_text
 from sparsify.errors import CorruptArchiveError, InputError
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -65,8 +69,42 @@ def test_archive_is_a_valid_safetensors_file():
     with safe_open(str(path), framework="np") as f:
         keys = list(f.keys())
         assert "fc1.weight/0.threshold.values" in keys
-        manifest = json.loads(f.metadata()["sparsify"])
-    assert manifest["format"] == "sparsify" and manifest["format_version"] == FORMAT_VERSION
+        envelope = json.loads(f.metadata()["sparsify"])
+    assert envelope["format"] == "sparsify" and envelope["format_version"] == FORMAT_VERSION
+    assert envelope["manifest_codec"] == "zstd+base64"
+    assert unpack_manifest(envelope, "test")["format_version"] == FORMAT_VERSION
+
+
+def rewrite_envelope(data: bytes, edit) -> bytes:
+    """The archive with the envelope of its manifest edited."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    envelope = json.loads(header["__metadata__"]["sparsify"])
+    edit(envelope)
+    header["__metadata__"]["sparsify"] = json.dumps(envelope)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda e: e.update(manifest="not base64!"), "packed manifest cannot be read"),
+        (lambda e: e.update(manifest=base64.b64encode(b"garbage").decode()), "packed manifest cannot be read"),
+        (lambda e: e.update(manifest_codec="brotli"), "cannot read"),
+        (lambda e: e.pop("manifest"), "packed manifest cannot be read"),
+        (
+            lambda e: e.update(manifest=base64.b64encode(zstandard.ZstdCompressor().compress(b"[1, 2]")).decode()),
+            "does not declare format",
+        ),
+    ],
+)
+def test_damaged_manifest_envelope_is_a_clear_error(tmp_path, edit, message):
+    path = tmp_path / "bad.sparsify"
+    path.write_bytes(rewrite_envelope(golden_bytes(), edit))
+    with pytest.raises(CorruptArchiveError, match=message):
+        sparsify.inspect(path)
 
 
 def test_inspect_reads_no_part(monkeypatch):
@@ -97,9 +135,9 @@ def rewrite_manifest(data: bytes, edit) -> bytes:
     """The archive with its manifest edited (header re-encoded, offsets unchanged)."""
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
-    manifest = json.loads(header["__metadata__"]["sparsify"])
+    manifest = unpack_manifest(json.loads(header["__metadata__"]["sparsify"]), "test")
     edit(manifest)
-    header["__metadata__"]["sparsify"] = json.dumps(manifest)
+    header["__metadata__"]["sparsify"] = manifest_text(manifest)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
@@ -129,8 +167,8 @@ CASES = {
         "not valid UTF-8 JSON",
     ),
     "newer major version": (
-        lambda d: rewrite_manifest(d, _set(["format_version"], "2.0")),
-        "archive format 2.0 is newer than this sparsify reads (1.x); upgrade sparsify",
+        lambda d: rewrite_manifest(d, _set(["format_version"], "3.0")),
+        "archive format 3.0 is newer than this sparsify reads (2.x); upgrade sparsify",
     ),
     "bad version": (lambda d: rewrite_manifest(d, _set(["format_version"], "one")), "invalid format_version 'one'"),
     "not sparsify": (lambda d: rewrite_manifest(d, _set(["format"], "other")), "does not declare format 'sparsify'"),

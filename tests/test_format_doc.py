@@ -1,18 +1,22 @@
 """docs/FORMAT.md is enough to read an archive.
 
 This module holds a small, independent ``.sparsify`` reader written from docs/FORMAT.md alone, using
-only json, struct, hashlib, numpy, ml_dtypes, zstandard and (for the DCT of lasso) scipy.fft. sparsify
+only json, base64, struct, hashlib, numpy, ml_dtypes, zstandard and (for the DCT of lasso) scipy.fft. sparsify
 itself is used only to *create* archives (``sparsify.compress``) and, as the reference, to decompress
 them (``sparsify.decompress``); every byte is parsed, checked and decoded here and compared with the
 original weights and with what ``decompress`` writes (read with safetensors / h5py): bit for bit.
 
-Format 1.1 additions covered: the ``zstd+planes`` codec (§5.3), the ``csr-delta`` sparse layout (§6.2),
-bit packing, integer groups and codebooks (§6.6), the ``quant`` method (§6.7), value coders (§6.8) and
-the manifest's ``plan`` and ``options.target`` (§4.3, §4.7).
+Format 2.0 additions covered: the manifest envelope (§4.0), the ``zstd+planes`` codec (§5.3), the
+``csr-delta`` sparse layout (§6.2), codes packed or one per byte, integer groups and codebooks (§6.6),
+the ``quant`` method and its two uniform code forms (§6.7), value coders (§6.8) and the manifest's
+``plan`` and ``options.target`` (§4.3, §4.7). The golden archives of tests/golden/ (1.0 and 2.0) are
+read too.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import struct
@@ -78,7 +82,7 @@ SAFETENSORS = {
     "F6_E3M2": (6, None),
 }
 MAX_HEADER = 100_000_000
-READABLE_MAJOR = 1
+READABLE_MAJOR = 2
 
 
 def numpy_type(name: str) -> np.dtype | None:
@@ -221,6 +225,45 @@ def unplanes(data: bytes, size: int, itemsize: int) -> bytes:
     return raw.tobytes()
 
 
+MANIFEST_CODECS = {"zstd+base64"}  # §4.0: how a 2.0 envelope packs the manifest
+MAX_MANIFEST = 1 << 30  # §4.0: the largest content size a packed manifest may declare
+
+
+def load_manifest(text: str):
+    """§4.0: the manifest from the metadata string: a 2.0 envelope (``manifest_codec``: the manifest's
+    compact JSON in a zstd frame, base64) or, in 1.0 archives, the manifest's JSON itself."""
+    try:
+        outer = json.loads(text)
+    except ValueError as exc:
+        raise FormatError(f"metadata string is not JSON: {exc}") from None
+    if not isinstance(outer, dict) or "manifest_codec" not in outer:
+        return outer  # format 1.0: the manifest itself
+    if outer.get("format") != "sparsify":
+        raise FormatError("format is not 'sparsify'")
+    codec = outer["manifest_codec"]
+    if codec not in MANIFEST_CODECS:
+        raise FormatError(f"manifest packed as {codec!r} (archive format {outer.get('format_version')}): unknown codec")
+    packed = outer.get("manifest")
+    if not isinstance(packed, str):
+        raise FormatError("envelope without a packed manifest string")
+    try:
+        frame = base64.b64decode(packed, validate=True)  # strict: only the base64 alphabet, exact padding
+    except (binascii.Error, ValueError) as exc:
+        raise FormatError(f"packed manifest is not base64: {exc}") from None
+    try:
+        size = zstandard.get_frame_parameters(frame).content_size
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"packed manifest is not a zstd frame: {exc}") from None
+    if size == zstandard.CONTENTSIZE_UNKNOWN:
+        raise FormatError("packed manifest declares no content size")
+    if size > MAX_MANIFEST:  # bounded before decompressing
+        raise FormatError(f"packed manifest declares {size} bytes, more than {MAX_MANIFEST}")
+    try:
+        return json.loads(unzstd(frame, size).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"packed manifest is not UTF-8 JSON: {exc}") from None
+
+
 class Reader:
     """Reads a whole archive into memory and decodes its tensors on request."""
 
@@ -272,7 +315,7 @@ class Reader:
         # §8.1, §9 the manifest
         if "sparsify" not in metadata:
             raise FormatError("a plain safetensors file, not an archive")
-        manifest = json.loads(metadata["sparsify"])
+        manifest = load_manifest(metadata["sparsify"])
         if not isinstance(manifest, dict) or manifest.get("format") != "sparsify":
             raise FormatError("format is not 'sparsify'")
         try:
@@ -280,7 +323,7 @@ class Reader:
         except (AttributeError, KeyError, ValueError):
             raise FormatError("invalid format_version") from None
         if major > READABLE_MAJOR:
-            raise FormatError(f"archive format {manifest['format_version']} is newer than this reader (1.x)")
+            raise FormatError(f"archive format {manifest['format_version']} is newer than this reader (2.x)")
         self.manifest = manifest
         # §8.2 manifest checks
         for tensor in manifest["tensors"]:
@@ -556,6 +599,24 @@ def ksvd_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
 # -- §6.6 bit packing, integer groups, codebooks --------------------------------------------------
 
 
+CODES_SEEN: set[tuple[str, bool]] = set()  # (which encoding, packed) the tests' archives used (tests check)
+
+
+def load_codes(stored: np.ndarray, bits: int, count: int, resolved: dict, what: str) -> np.ndarray:
+    """§6.6: ``count`` codes of ``bits`` bits, bit-packed or (``resolved.packed`` false) one per byte."""
+    packed = resolved.get("packed", True)  # absent: packed (archives written before the choice existed)
+    if type(packed) is not bool:
+        raise FormatError(f"{what}: 'packed' is {packed!r}, not a bool")
+    CODES_SEEN.add((what, packed))
+    if packed:
+        return unpack_codes(stored, bits, count)
+    if stored.dtype != np.uint8 or stored.shape != (count,):
+        raise FormatError(f"{what}: unpacked codes {stored.dtype}{stored.shape}, expected U8 ({count},)")
+    if count and int(stored.max()) >= 2**bits:
+        raise FormatError(f"{what}: an unpacked code does not fit {bits} bits")
+    return stored.astype(np.int64)
+
+
 def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     """§6.6: ``count`` codes of ``bits`` bits from a big-endian bit stream (code k: bits k*b .. k*b+b-1)."""
     if packed.dtype != np.uint8 or packed.ndim != 1:
@@ -597,7 +658,7 @@ def int_values(parts: dict, resolved: dict, rows: int, cols: int) -> np.ndarray:
         offset = zero.astype(np.float64)
     else:
         offset = np.full((rows, groups), 2.0 ** (bits - 1))
-    codes = unpack_codes(parts["q"].reshape(-1), bits, rows * cols).reshape(rows, cols)
+    codes = load_codes(parts["q"], bits, rows * cols, resolved, "integer groups").reshape(rows, cols)
     group_of = np.arange(cols) // width if width else np.zeros(0, dtype=np.int64)  # group of each column
     return (codes.astype(np.float64) - offset[:, group_of]) * scale.astype(np.float64)[:, group_of]
 
@@ -611,7 +672,7 @@ def codebook_values(parts: dict, resolved: dict, count: int) -> np.ndarray:
         raise FormatError("codebook must be a non-empty 1-D F32 part")
     if type(bits) is not int or not 1 <= bits <= 8 or codebook.size > 2**bits:
         raise FormatError(f"codebook of {codebook.size} entries with {bits!r}-bit indices")
-    index = unpack_codes(parts["index"].reshape(-1), bits, count)
+    index = load_codes(parts["index"], bits, count, resolved, "codebook")
     if count and int(index.max()) >= codebook.size:
         raise FormatError("codebook index out of range")
     return codebook.astype(np.float64)[index]
@@ -619,6 +680,7 @@ def codebook_values(parts: dict, resolved: dict, count: int) -> np.ndarray:
 
 # -- §6.8 value coders ---------------------------------------------------------------------------
 
+VALUE_TYPES = FLOAT_PARTS | {SAFETENSORS[k][1] for k in SAFETENSORS if k.startswith("F8_")}  # float part types
 CAST_CODERS = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 INT_CODERS = {"int8": 8, "int4": 4}
 
@@ -637,7 +699,7 @@ def decode_values(parts: dict, records: dict) -> dict:
         if coder not in CAST_CODERS and coder not in INT_CODERS and coder != "codebook":
             raise FormatError(f"unknown value coder {coder!r}; refusing to decode it")
         dtype, shape = numpy_type(record["dtype"]), record["shape"]
-        if dtype not in FLOAT_PARTS or not _is_shape(shape) or name in parts:
+        if dtype not in VALUE_TYPES or not _is_shape(shape) or name in parts:
             raise FormatError(f"value coding of {name!r}: bad dtype, shape or name")
         try:
             subs = {sub: parts.pop(f"{name}.{sub}") for sub in record["parts"]}
@@ -676,11 +738,12 @@ def quant_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
         step = parts["step"]
         if step.dtype != SAFETENSORS["F64"][1] or step.shape != (1,) or not np.isfinite(step[0]):
             raise FormatError("quant: step must be one finite F64")
-        bits = resolved.get("bits")
+        bits = resolved.get("bits")  # the writer's choice, recorded: packed fields or signed integers
+        CODES_SEEN.add(("uniform", bits is not None))
         if bits is not None:
             if bits not in (2, 4) or type(bits) is not int:
                 raise FormatError(f"quant: {bits!r}-bit uniform codes")
-            codes = unpack_codes(parts["q"].reshape(-1), bits, m * n).astype(np.float64) - 2.0 ** (bits - 1)
+            codes = unpack_codes(parts["q"], bits, m * n).astype(np.float64) - 2.0 ** (bits - 1)
         else:
             q = parts["q"]
             if q.dtype not in SIGNED or q.size != m * n:
@@ -722,6 +785,43 @@ def make(tmp_path: Path, source: Path, name: str, **options) -> Path:
     out = tmp_path / name
     sparsify.compress(source, out, **options)
     return out
+
+
+def pack_manifest(manifest: dict) -> str:
+    """§4.0: the metadata string of a 2.0 archive: an envelope holding the manifest's compact JSON as one
+    zstd frame (content size and checksum; sparsify uses level 19), base64-coded."""
+    text = json.dumps(manifest, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    frame = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(text.encode("utf-8"))
+    envelope = {
+        "format": manifest["format"],
+        "format_version": manifest["format_version"],
+        "manifest_codec": "zstd+base64",
+        "manifest": base64.b64encode(frame).decode("ascii"),
+    }
+    return json.dumps(envelope, separators=(",", ":"))
+
+
+def with_metadata(data: bytes, text: str) -> bytes:
+    """The archive ``data`` with ``__metadata__["sparsify"]`` replaced by ``text`` (§2: header re-padded so
+    the buffer starts 8-byte aligned; the buffer itself is unchanged)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"]["sparsify"] = text
+    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-(8 + len(raw)) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+
+def metadata_text(data: bytes) -> str:
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n])["__metadata__"]["sparsify"]
+
+
+def edit_manifest(data: bytes, old: str, new: str, count: int) -> bytes:
+    """The archive with ``old`` replaced by ``new`` (``count`` times) in its manifest's compact JSON."""
+    text = json.dumps(load_manifest(metadata_text(data)), ensure_ascii=False, separators=(",", ":"))
+    assert text.count(old) == count
+    return with_metadata(data, pack_manifest(json.loads(text.replace(old, new))))
 
 
 def narrowest_uint(value: int) -> str:
@@ -773,7 +873,7 @@ def test_csr_raw_parts(tmp_path, originals):
     """High sparsity gives CSR; without a coder every part is stored raw in its own type."""
     reader = Reader(make(tmp_path, FP32, "csr.sparsify", pipeline="threshold:sparsity=0.95"))
     manifest = reader.manifest
-    assert manifest["format"] == "sparsify" and manifest["format_version"] == "1.1"
+    assert manifest["format"] == "sparsify" and manifest["format_version"] == "2.0"
     assert [t["name"] for t in manifest["tensors"]] == list(originals)  # source file order
     for name in BIASES:
         assert reader.record(name)["stages"][0]["method"] == "keep"
@@ -879,15 +979,14 @@ def test_bf16(tmp_path, originals):
 
 
 def test_version_rule(tmp_path):
-    """§9: any 1.x is read, 2.0 is refused."""
+    """§9: any 2.x is read, 3.0 is refused."""
     data = make(tmp_path, FP32, "v.sparsify", pipeline="threshold:sparsity=0.9+zstd").read_bytes()
-    old = b'\\"format_version\\":\\"1.1\\"'
-    assert data.count(old) == 1
+    old = '"format_version":"2.0"'
     minor = tmp_path / "minor.sparsify"
-    minor.write_bytes(data.replace(old, b'\\"format_version\\":\\"1.7\\"'))
-    assert Reader(minor).manifest["format_version"] == "1.7"
+    minor.write_bytes(edit_manifest(data, old, '"format_version":"2.7"', 1))  # envelope and manifest say 2.7
+    assert Reader(minor).manifest["format_version"] == "2.7"
     major = tmp_path / "major.sparsify"
-    major.write_bytes(data.replace(old, b'\\"format_version\\":\\"2.0\\"'))
+    major.write_bytes(edit_manifest(data, old, '"format_version":"3.0"', 1))
     with pytest.raises(FormatError, match="newer"):
         Reader(major)
 
@@ -1073,10 +1172,8 @@ def test_layout_last_and_view_override(tmp_path):
 def test_unknown_method_refused(tmp_path):
     """§9: a method this reader does not know is refused, never guessed."""
     data = make(tmp_path, FP32, "u.sparsify", pipeline="svd:rank=4").read_bytes()
-    old = b'\\"method\\":\\"svd\\"'
-    assert data.count(old) == 3
     patched = tmp_path / "unknown.sparsify"
-    patched.write_bytes(data.replace(old, b'\\"method\\":\\"svx\\"'))
+    patched.write_bytes(edit_manifest(data, '"method":"svd"', '"method":"svx"', 3))
     reader = Reader(patched)  # the container and manifest are fine ...
     with pytest.raises(FormatError, match="unknown or misplaced method 'svx'"):
         reader.tensor("fc2.weight")  # ... the tensor is not decodable
@@ -1086,7 +1183,7 @@ def test_unknown_method_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Format 1.1: zstd+planes, csr-delta, value coders, quant, plan (FORMAT.md §4.7, §5.3, §6.2, §6.6-§6.8)
+# Format 2.0: zstd+planes, csr-delta, value coders, quant, plan (FORMAT.md §4.7, §5.3, §6.2, §6.6-§6.8)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -1181,6 +1278,12 @@ def test_csr_delta(tmp_path, originals):
     assert all(t["stages"][0]["parts"] == ["indptr", "deltas", "values"] for t in delta)
 
 
+def code_bytes(count: int, bits: int, resolved: dict) -> int:
+    """§6.6: the size of a codes part, bit-packed or (``packed`` false) one code per byte."""
+    assert isinstance(resolved["packed"], bool)  # sparsify 2.0 always records the choice
+    return -(-count * bits // 8) if resolved["packed"] else count
+
+
 def check_value_coding(reader: Reader, coder: str | None) -> None:
     """§4.4, §6.8: ``value_coder``, stage ``values`` records and the stored (sub-)part names agree."""
     for record in reader.manifest["tensors"]:
@@ -1211,12 +1314,15 @@ def check_value_coding(reader: Reader, coder: str | None) -> None:
                     resolved = entry["resolved"]
                     assert resolved["bits"] == INT_CODERS[coder] and resolved["rows"] == rows
                     groups = -(-cols // resolved["group"])
-                    packed = -(-rows * cols * resolved["bits"] // 8)
-                    assert subs["q"]["dtype"] == "U8" and subs["q"]["shape"] == [packed]
+                    assert subs["q"]["dtype"] == "U8" and subs["q"]["shape"] == [
+                        code_bytes(rows * cols, resolved["bits"], resolved)
+                    ]
                     assert subs["scale"]["shape"] == [rows, groups] and subs["scale"]["dtype"] in ("F16", "F32")
                     assert ("zero" in subs) is (not resolved["symmetric"])
                 else:
                     assert subs["codebook"]["dtype"] == "F32" and entry["resolved"]["bits"] == 4
+                    count = int(np.prod(entry["shape"]))
+                    assert subs["index"]["shape"] == [code_bytes(count, 4, entry["resolved"])]
                     codebook = reader.part_array(subs["codebook"])
                     assert np.all(np.diff(codebook) > 0)  # ascending
 
@@ -1255,18 +1361,20 @@ def test_value_coders_and_quant(tmp_path, source, pipeline, coder):
         numel *= reader.record(name)["view"]["cols"]
         if "codebook" in config:
             assert stage["parts"] == ["codebook", "index"] and resolved["k"] <= config["codebook"]
-            assert parts["index"]["shape"] == [-(-numel * resolved["bits"] // 8)]
+            assert parts["index"]["shape"] == [code_bytes(numel, resolved["bits"], resolved)]
         elif "step" in config or "max_error" in config:
             assert stage["parts"] == ["q", "step"] and parts["step"]["dtype"] == "F64"
             assert reader.part_array(parts["step"]).tolist() == [resolved["step"]]
-            if "step" in config:  # a coarse step: codes within +-1, packed 4 per byte
-                assert resolved["bits"] == 2 and parts["q"]["shape"] == [-(-numel // 4)]
-            else:
-                assert "bits" not in resolved and parts["q"]["dtype"] in ("I8", "I16")
+            if "bits" in resolved:  # the writer packed the codes (2-bit within +-1, 4-bit within +-7)
+                assert resolved["levels"] < 2 ** (resolved["bits"] - 1)
+                assert parts["q"]["dtype"] == "U8" and parts["q"]["shape"] == [-(-numel * resolved["bits"] // 8)]
+            else:  # or stored them as signed integers, the narrowest type holding resolved.levels
+                assert parts["q"]["dtype"] == ("I8" if resolved["levels"] <= 127 else "I16")
+                assert parts["q"]["shape"] == [reader.record(name)["view"]["rows"], numel // parts["q"]["shape"][0]]
         else:
             assert stage["parts"] == (["q", "scale"] if config["symmetric"] else ["q", "scale", "zero"])
             assert resolved["bits"] == config["bits"]
-            assert parts["q"]["shape"] == [-(-numel * config["bits"] // 8)]
+            assert parts["q"]["shape"] == [code_bytes(numel, config["bits"], resolved)]
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the writer's fp16 try
@@ -1287,10 +1395,8 @@ def test_value_coding_skipped(tmp_path):
 def test_unknown_value_coder_refused(tmp_path, originals):
     """§9: an unknown value coder is refused for its tensor, like an unknown method."""
     data = make(tmp_path, FP32, "u.sparsify", pipeline="threshold:sparsity=0.7+int4+zstd").read_bytes()
-    old = b'\\"coder\\":\\"int4\\"'
-    assert data.count(old) == 3
     patched = tmp_path / "unknown.sparsify"
-    patched.write_bytes(data.replace(old, b'\\"coder\\":\\"int5\\"'))
+    patched.write_bytes(edit_manifest(data, '"coder":"int4"', '"coder":"int5"', 3))
     reader = Reader(patched)
     with pytest.raises(FormatError, match="unknown value coder 'int5'"):
         reader.tensor("fc2.weight")
@@ -1308,10 +1414,142 @@ def test_rate_controlled(tmp_path, originals):
     assert options["pipeline"] == "auto" and options["target"] == {"ratio": 8}
     assert plan["mode"] == "ratio" and plan["target"] == {"ratio": 8} and plan["met"] is True
     assert plan["budget_bytes"] == pytest.approx(manifest["source"]["size"] / 8)
-    assert path.stat().st_size <= plan["budget_bytes"] and isinstance(plan["predicted_bytes"], int)
+    assert path.stat().st_size <= plan["budget_bytes"] and "predicted_bytes" not in plan
     check_archive(reader, reference(tmp_path, path, ".safetensors"), originals)
     for name in WEIGHTS:
         record = reader.record(name)
         assert record["stages"][0]["method"] == "quant" and record["reason"].startswith("rate control")
     plain = Reader(make(tmp_path, FP32, "plain.sparsify", pipeline="keep"))
     assert plain.manifest["plan"] is None and plain.manifest["options"]["target"] is None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Format 2.0: the manifest envelope (FORMAT.md §4.0), packed or one-per-byte codes (§6.6), golden archives
+# ---------------------------------------------------------------------------------------------------
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def zstd_frame_declaring(size: int) -> bytes:
+    """A zstd frame header (RFC 8878: single segment, 4-byte content size) claiming ``size`` bytes, then an
+    empty last raw block: nothing to decompress, only a size to believe or not."""
+    return struct.pack("<IBI", 0xFD2FB528, 0b1010_0000, size) + b"\x01\x00\x00"
+
+
+def envelope_with(data: bytes, **changes) -> str:
+    envelope = json.loads(metadata_text(data))
+    envelope.update(changes)
+    return json.dumps({k: v for k, v in envelope.items() if v is not None}, separators=(",", ":"))
+
+
+def test_manifest_envelope(tmp_path):
+    """§4.0: a 2.0 archive's metadata string is a small envelope around the zstd-compressed, base64-coded
+    manifest; repacking the manifest as the document says gives the archive back byte for byte."""
+    data = (GOLDEN / "digits_mlp.threshold.sparsify").read_bytes()
+    envelope = json.loads(metadata_text(data))
+    assert list(envelope) == ["format", "format_version", "manifest_codec", "manifest"]
+    assert envelope["format"] == "sparsify" and envelope["format_version"] == "2.0"
+    assert envelope["manifest_codec"] == "zstd+base64"
+    manifest = load_manifest(metadata_text(data))
+    compact = json.dumps(manifest, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    frame = base64.b64decode(envelope["manifest"], validate=True)
+    params = zstandard.get_frame_parameters(frame)
+    assert params.content_size == len(compact) and params.has_checksum
+    assert with_metadata(data, pack_manifest(manifest)) == data  # the writer's exact bytes (same zstd)
+    plain = json.dumps(compact.decode("utf-8"))  # what the 1.0 form costs inside the header's JSON
+    assert len(json.dumps(metadata_text(data))) < len(plain) / 2
+    # the 1.0 form, the manifest's JSON itself as the metadata string, is still read (by both readers)
+    old_form = tmp_path / "plain.sparsify"
+    old_form.write_bytes(with_metadata(data, compact.decode("utf-8")))
+    assert Reader(old_form).manifest == manifest
+    assert [t["name"] for t in sparsify.inspect(old_form)["tensors"]] == [t["name"] for t in manifest["tensors"]]
+    # damaged envelopes: refused by this reader and by sparsify's
+    text, good = envelope["manifest"], base64.b64decode(envelope["manifest"])
+    padded = next(b for b in (base64.b64encode(good + b"x" * i).decode() for i in range(3)) if b.endswith("="))
+
+    def b64(frame: bytes) -> str:
+        return base64.b64encode(frame).decode("ascii")
+
+    damaged = [  # (envelope fields changed, what this reader's message says)
+        ({"manifest_codec": "brotli"}, "'brotli'.*2\\.0"),  # names the codec and the version
+        ({"format": "other"}, "not 'sparsify'"),
+        ({"manifest": None}, "packed manifest"),
+        ({"manifest": text[:60] + "\n" + text[60:]}, "base64"),  # strict base64: no line breaks
+        ({"manifest": padded.rstrip("=")}, "base64"),  # nor missing padding
+        ({"manifest": b64(zstandard.ZstdCompressor(write_content_size=False).compress(compact))}, "no content size"),
+        ({"manifest": b64(zstd_frame_declaring(2**31))}, "declares 2147483648"),  # over the limit
+        ({"manifest": b64(good[:-8])}, "zstd"),  # truncated frame
+        ({"manifest": b64(zstandard.ZstdCompressor().compress(b"{x"))}, "JSON"),
+    ]
+    path = tmp_path / "damaged.sparsify"
+    for changes, message in damaged:
+        path.write_bytes(with_metadata(data, envelope_with(data, **changes)))
+        with pytest.raises(FormatError, match=message):
+            Reader(path)
+        with pytest.raises(sparsify.SparsifyError):
+            sparsify.inspect(path)
+    path.write_bytes(with_metadata(data, envelope_with(data, manifest_codec="brotli")))
+    with pytest.raises(sparsify.SparsifyError, match="brotli"):
+        sparsify.inspect(path)
+
+
+@pytest.mark.parametrize("name", sorted(p.relative_to(GOLDEN).as_posix() for p in GOLDEN.rglob("*.sparsify")))
+def test_golden_archives(tmp_path, name):
+    """Archives of sparsify releases: 1.0 (the manifest's JSON as the metadata string) and 2.0 (envelope)."""
+    path = GOLDEN / name
+    reader = Reader(path)
+    version = reader.manifest["format_version"]
+    assert ("manifest_codec" in json.loads(metadata_text(path.read_bytes()))) == (version != "1.0")
+    assert version == ("1.0" if name.startswith("v1.0/") else "2.0")
+    originals = load_file(str(SAMPLES / reader.manifest["source"]["name"]))
+    check_archive(reader, reference(tmp_path, path, ".safetensors"), originals)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "encoding"),
+    [
+        ("threshold:sparsity=0.7+int4:group=128+zstd", "integer groups"),
+        ("quant:codebook=16+zstd", "codebook"),
+        ("quant:step=0.5+zstd", "uniform"),
+    ],
+)
+def test_codes_packed_or_one_per_byte(tmp_path, pipeline, encoding):
+    """§6.6, §6.7: the writer stores codes bit-packed or one per byte (uniform: packed fields or signed
+    integers), whichever codes smaller, and records the choice; both forms occur and decode."""
+    path = make(tmp_path, FP32, "codes.sparsify", pipeline=pipeline)
+    reader = Reader(path)
+    CODES_SEEN.clear()
+    check_archive(reader, reference(tmp_path, path, ".safetensors"), load_file(str(FP32)))
+    assert {packed for what, packed in CODES_SEEN if what == encoding} == {True, False}
+    if encoding == "uniform":
+        return
+    # claiming packed codes that are not: both readers refuse the tensors (the sizes cannot match)
+    unpacked = '"packed":false'
+    count = json.dumps(reader.manifest, separators=(",", ":")).count(unpacked)
+    lying = tmp_path / "lying.sparsify"
+    lying.write_bytes(edit_manifest(path.read_bytes(), unpacked, '"packed":true', count))
+    liar = Reader(lying)
+    affected = [t["name"] for t in reader.manifest["tensors"] if unpacked in json.dumps(t, separators=(",", ":"))]
+    assert affected
+    for name in affected:
+        with pytest.raises(FormatError, match="do not hold exactly"):
+            liar.tensor(name)
+    with pytest.raises(sparsify.SparsifyError, match="cannot hold exactly"):
+        sparsify.decompress(lying, tmp_path / "lying.safetensors")
+
+
+def test_unpacked_codes_by_hand():
+    """§6.6: one code per byte: a 1-D U8 part of exactly ``count`` codes, each < 2**bits."""
+    codes = np.array([1, 2, 3, 0, 7], dtype=np.uint8)
+    assert load_codes(codes, 3, 5, {"packed": False}, "test").tolist() == [1, 2, 3, 0, 7]
+    assert load_codes(np.array([0x29, 0x8E], np.uint8), 3, 5, {}, "test").tolist() == [1, 2, 3, 0, 7]  # packed
+    for stored, resolved in (
+        (codes, {"packed": True}),  # 5 bytes cannot be 5 packed 3-bit codes
+        (codes[:4], {"packed": False}),  # too few codes
+        (codes.reshape(5, 1), {"packed": False}),  # not 1-D
+        (codes.astype(np.uint16), {"packed": False}),  # not U8
+        (np.array([1, 2, 3, 0, 8], np.uint8), {"packed": False}),  # 8 does not fit 3 bits
+        (codes, {"packed": "false"}),  # not a bool
+    ):
+        with pytest.raises(FormatError):
+            load_codes(stored, 3, 5, resolved, "test")

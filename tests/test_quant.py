@@ -36,6 +36,18 @@ def stored_bits(out) -> float:
     return 8 * sum(p.nbytes for p in out.parts.values()) / out.approximation.size
 
 
+def stored(scale: np.ndarray, round_up: bool = False) -> np.ndarray:
+    """Scales as stored: float16 when all nonzero ones are float16 normals well below its top, else float32;
+    ``round_up`` (asymmetric codes): the next representable value up where the cast rounded down."""
+    nonzero = scale[scale > 0]
+    fits = nonzero.min() >= 2.0**-14 and nonzero.max() <= np.finfo(np.float16).max / 2
+    dtype = np.float16 if fits else np.float32
+    cast = scale.astype(dtype)
+    if round_up:
+        cast = np.where(cast.astype(np.float64) < scale, np.nextafter(cast, dtype(np.inf)), cast)
+    return cast.astype(np.float64)
+
+
 def rtn(w: np.ndarray, bits: int, width: int, symmetric: bool = True) -> np.ndarray:
     """Reference RTN over groups of ``width`` columns (cols divisible by width), float16 scales."""
     m, n = w.shape
@@ -43,11 +55,11 @@ def rtn(w: np.ndarray, bits: int, width: int, symmetric: bool = True) -> np.ndar
     top = (1 << bits) - 1
     if symmetric:
         half = (1 << (bits - 1)) - 1
-        scale = (np.abs(g).max(axis=2, keepdims=True) / half).astype(np.float16).astype(np.float64)
+        scale = stored(np.abs(g).max(axis=2, keepdims=True) / half)
         return (np.clip(np.rint(g / scale), -half, half) * scale).reshape(m, n)
     low = np.minimum(g.min(axis=2, keepdims=True), 0)
     high = np.maximum(g.max(axis=2, keepdims=True), 0)
-    scale = ((high - low) / top).astype(np.float16).astype(np.float64)
+    scale = stored((high - low) / top, round_up=True)
     zero = np.clip(np.rint(-low / scale), 0, top)
     return ((np.clip(np.rint(g / scale) + zero, 0, top) - zero) * scale).reshape(m, n)
 
@@ -56,7 +68,8 @@ def test_int8_per_row_on_digits_fc2():
     out = check_encode_decode(quant(bits=8), FC2)
     assert relative_error(FC2, out.approximation) < 0.01
     assert out.resolved["group"] == 256 and out.parts["scale"].shape == (128, 1)
-    assert out.parts["q"].nbytes == FC2.size and stored_bits(out) == pytest.approx(8 + 16 / 256)
+    scale_bits = 8 * out.parts["scale"].itemsize  # float16, or float32 when a row's scale is below float16's normals
+    assert out.parts["q"].nbytes == FC2.size and stored_bits(out) == pytest.approx(8 + scale_bits / 256)
     assert np.array_equal(out.approximation, rtn(FC2, 8, 256))
 
 
@@ -94,16 +107,16 @@ def test_asymmetric_beats_symmetric_at_4_bits(w):
 
 @pytest.mark.parametrize("w", [FC2, CLASSIFIER], ids=["fc2", "classifier"])
 def test_codebook16_beats_int4_group128_at_fewer_bits(w):
-    """fc2: 0.116 at 4.02 bits vs 0.121 at 4.13; classifier: 0.078 vs 0.125. (Not on fc1, 64 columns: there
-    int4's per-row scales cost 4.5 bits and give 0.092 vs 0.102.)"""
+    """fc2: 0.116 at 4.02 bits vs 0.121 at 4.25; classifier: 0.078 at 4.01 vs 0.125 at 4.13.
+    (Not on fc1, 64 columns: there int4's per-row scales cost 4.5 bits and give 0.092 vs 0.102.)"""
     book = check_encode_decode(quant(codebook=16), w)
     int4 = check_encode_decode(quant(bits=4, group=128), w)
-    assert book.parts["codebook"].size == 16 and book.resolved == {"k": 16, "bits": 4}
+    assert book.parts["codebook"].size == 16 and book.resolved == {"k": 16, "bits": 4, "packed": True}
     assert stored_bits(book) < stored_bits(int4)
     assert relative_error(w, book.approximation) < relative_error(w, int4.approximation)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(bound=st.floats(0.001, 0.5), which=st.sampled_from(["fc2", "classifier"]))
 def test_max_error_met_with_the_largest_step(bound, which):
     w = FC2 if which == "fc2" else CLASSIFIER
@@ -126,10 +139,11 @@ def test_max_error_edge_cases():
 @pytest.mark.parametrize(
     "step, bits, dtype",
     [
-        (1.0, 2, np.uint8),
-        (0.2, 2, np.uint8),
-        (0.1, 4, np.uint8),
-        (0.04, 4, np.uint8),
+        (1.0, 2, np.uint8),  # max|w| = 0.469: codes within +-1
+        (0.35, 2, np.uint8),
+        (0.2, 4, np.uint8),  # +-2 .. +-7
+        (0.07, 4, np.uint8),
+        (0.04, None, np.int8),
         (0.01, None, np.int8),
         (0.001, None, np.int16),
     ],
@@ -191,11 +205,11 @@ def test_hostile_parts_are_rejected():
 def test_nonfinite_weights_do_not_crash(config):
     w = FC2[:16].copy()
     w[1, 2], w[3, 4], w[5, 6] = np.inf, -np.inf, np.nan
-    out = check_encode_decode(quant(**config), w)
-    assert np.isfinite(out.approximation).all()
-    assert out.approximation[1, 2] == out.approximation[3, 4] == out.approximation[5, 6] == 0
     finite = np.where(np.isfinite(w), w, 0.0)
-    assert relative_error(finite, out.approximation) < 0.5
+    out = check_encode_decode(quant(**config), w, reference_sq=float(np.sum(finite**2)))
+    assert np.isfinite(out.approximation).all()
+    # non-finite entries are coded as zeros would be
+    assert np.array_equal(out.approximation, check_encode_decode(quant(**config), finite).approximation)
 
 
 def test_roundtrip_samples(sample, tmp_path):
@@ -223,12 +237,6 @@ def test_max_error_through_the_codec_bf16(tmp_path):
     check_max_error(report, 0.03)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: quant:bits=8 on a tensor with 0 rows crashes in quantize (codes.reshape(0, -1)): ValueError "
-    "instead of an archive",
-)
 def test_empty_tensor(tmp_path):
     source = tmp_path / "e.safetensors"
     save_file({"e": np.zeros((0, 5), np.float32)}, str(source))

@@ -106,7 +106,7 @@ def test_target_ratio_8_lands_within_5_percent_on_every_sample(sample, tmp_path)
     ratio = report["totals"]["ratio"]
     assert 8 <= ratio <= 8 * 1.05, ratio
     plan = report["plan"]
-    assert plan["met"] and plan["mode"] == "ratio" and plan["predicted_bytes"] == plan["archive_bytes"]
+    assert plan["met"] and plan["mode"] == "ratio" and plan["archive_bytes"] <= plan["budget_bytes"]
     assert any(t["reason"].startswith("rate control") for t in report["tensors"])
 
 

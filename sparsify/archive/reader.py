@@ -6,15 +6,25 @@ Every defect is a :class:`CorruptArchiveError` (exit code 3) with a one-line mes
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zstandard
 
 from sparsify import container, dtypes
-from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION, METADATA_KEY, major
+from sparsify.archive.version import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_CODEC,
+    MAX_MANIFEST_BYTES,
+    METADATA_KEY,
+    major,
+)
 from sparsify.codec import decode_part, decode_tensor, matrix_shape, sha256
 from sparsify.errors import CorruptArchiveError, InputError, SparsifyError
 from sparsify.io.base import SourceMeta, TensorInfo
@@ -112,6 +122,15 @@ def _load_manifest(layout: container.Layout, what: str) -> dict[str, Any]:
         manifest = json.loads(text)
     except ValueError as exc:
         raise CorruptArchiveError(f"{what}: manifest is not valid JSON ({exc})") from None
+    if isinstance(manifest, dict) and "manifest_codec" in manifest:
+        _check_format(manifest, what)  # a newer major version may pack its manifest in ways unknown here
+        manifest = unpack_manifest(manifest, what)
+    _check_format(manifest, what)
+    return manifest
+
+
+def _check_format(manifest: Any, what: str) -> None:
+    """The manifest (or its envelope) declares this format, in a major version this reader reads."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CorruptArchiveError(f"{what}: manifest does not declare format {FORMAT_NAME!r}")
     version = manifest.get("format_version")
@@ -123,6 +142,34 @@ def _load_manifest(layout: container.Layout, what: str) -> dict[str, Any]:
         raise CorruptArchiveError(
             f"{what}: archive format {version} is newer than this sparsify reads ({major(FORMAT_VERSION)}.x); "
             "upgrade sparsify"
+        )
+
+
+def unpack_manifest(envelope: dict[str, Any], what: str) -> Any:
+    """The manifest inside a format 2.0 envelope (zstd-compressed JSON, base64), size-checked first."""
+    if envelope.get("format") != FORMAT_NAME:
+        raise CorruptArchiveError(f"{what}: manifest does not declare format {FORMAT_NAME!r}")
+    if envelope.get("manifest_codec") != MANIFEST_CODEC:
+        version = envelope.get("format_version")
+        raise CorruptArchiveError(
+            f"{what}: manifest packed as {envelope.get('manifest_codec')!r}, which this sparsify cannot read "
+            f"(archive format {version}; upgrade sparsify)"
+        )
+    try:
+        packed = base64.b64decode(envelope["manifest"], validate=True)
+        size = zstandard.get_frame_parameters(packed).content_size
+        if size == zstandard.CONTENTSIZE_UNKNOWN or size > MAX_MANIFEST_BYTES:
+            raise CorruptArchiveError(f"{what}: packed manifest declares no size or more than {MAX_MANIFEST_BYTES}")
+        text = zstandard.ZstdDecompressor().decompress(packed, max_output_size=size)
+        manifest = json.loads(text)
+    except CorruptArchiveError:
+        raise
+    except (KeyError, TypeError, ValueError, binascii.Error, zstandard.ZstdError) as exc:
+        raise CorruptArchiveError(f"{what}: packed manifest cannot be read ({exc})") from None
+    if isinstance(manifest, dict) and manifest.get("format_version") != envelope.get("format_version"):
+        raise CorruptArchiveError(
+            f"{what}: the envelope says format {envelope.get('format_version')!r}, "
+            f"the manifest {manifest.get('format_version')!r}"
         )
     return manifest
 

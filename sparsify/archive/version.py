@@ -4,13 +4,16 @@ A reader accepts every minor version of its major version, old and new, and refu
 version. A newer minor adds optional fields, methods, value coders or codecs: a reader that meets one
 it does not know says so for that tensor (written by a newer sparsify), and reads everything else.
 
-History: 1.0 -- first format. 1.1 -- value coders (``values`` in stage records), the ``quant``
+History: 1.0 -- first format. 2.0 -- the manifest zstd-compressed in an envelope (a 1.x reader could
+not find it: hence a new major version); value coders (``values`` in stage records), the ``quant``
 method, the ``csr-delta`` sparse layout, the ``zstd+planes`` codec, the manifest's ``plan``.
 """
 
 FORMAT_NAME = "sparsify"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "2.0"
 METADATA_KEY = "sparsify"
+MANIFEST_CODEC = "zstd+base64"  # how the manifest is packed in the metadata (format 2.0; 1.0: plain JSON)
+MAX_MANIFEST_BYTES = 1 << 30  # a packed manifest may not claim to unpack to more than this
 SOURCE_BLOB_PREFIX = "__sparsify__/source/"
 
 

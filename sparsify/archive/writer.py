@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -10,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zstandard
 
 from sparsify import dtypes
-from sparsify.archive.version import METADATA_KEY, SOURCE_BLOB_PREFIX
+from sparsify.archive.version import MANIFEST_CODEC, METADATA_KEY, SOURCE_BLOB_PREFIX
 from sparsify.codec import CodedPart, EncodedTensor, code_part
 from sparsify.coders.zstd import Zstd
 from sparsify.container import Entry, SpooledContainer, encode_header
@@ -73,8 +75,19 @@ def container_entry(record: dict[str, Any]) -> tuple[str, str, tuple[int, ...]]:
 
 
 def manifest_text(manifest: dict[str, Any]) -> str:
-    """The manifest as stored: compact JSON, non-finite floats as null."""
-    return json.dumps(_jsonable(manifest), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """The string stored under ``__metadata__["sparsify"]``: a small JSON object with the format, its
+    version and the manifest (compact JSON, non-finite floats as null) zstd-compressed and base64-coded
+    (docs/FORMAT.md §4): JSON inside a JSON string is escaped and full of checksums, so the plain text
+    would cost small models more than a bit per weight."""
+    text = json.dumps(_jsonable(manifest), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    packed = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(text.encode("utf-8"))
+    envelope = {
+        "format": manifest["format"],
+        "format_version": manifest["format_version"],
+        "manifest_codec": MANIFEST_CODEC,
+        "manifest": base64.b64encode(packed).decode("ascii"),
+    }
+    return json.dumps(envelope, separators=(",", ":"))
 
 
 def archive_size(manifest: dict[str, Any], parts: list[dict[str, Any]]) -> int:

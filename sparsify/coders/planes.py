@@ -83,11 +83,23 @@ def entropy_bits(planes: np.ndarray) -> float:
     return total
 
 
+# Elements per block of the blocked rotations and transposes: a block's planes stay in the CPU cache,
+# which makes them several times faster than whole-array numpy passes.
+_BLOCK = 1 << 16
+
+
 def to_planes(data: np.ndarray, itemsize: int, rotate: bool) -> np.ndarray:
-    """The ``(k, n)`` byte planes of ``data`` (1-D uint8 of ``n`` elements), rotated first if asked."""
-    if rotate:
-        data = rotate_left(data, itemsize)
-    return np.ascontiguousarray(data.reshape(-1, itemsize).T)
+    """The ``(k, n)`` byte planes of ``data`` (1-D uint8 of ``n`` elements), rotated first if asked.
+
+    Rotation and transpose run block by block, so the temporaries stay in the CPU cache."""
+    n = data.size // itemsize
+    planes = np.empty((itemsize, n), dtype=np.uint8)
+    for start in range(0, n, _BLOCK):
+        block = data[start * itemsize : (start + _BLOCK) * itemsize]
+        if rotate:
+            block = rotate_left(block, itemsize)
+        planes[:, start : start + _BLOCK] = block.reshape(-1, itemsize).T
+    return planes
 
 
 def encode_planes(
@@ -272,16 +284,22 @@ def decode_planes(data: memoryview, size: int, itemsize: int) -> bytearray:
         if kind not in (RAW, ZSTD, PACKED, PACKED_ZSTD):
             raise CorruptArchiveError(f"planes part: plane {j} has unknown method {kind}")
         segments.append((kind, stored))
-    result = bytearray(size)
-    out = np.frombuffer(result, dtype=np.uint8).reshape(n, k)  # filled plane by plane (column j is plane j)
     decompressor = zstandard.ZstdDecompressor()
-    for j, (kind, stored) in enumerate(segments):
+    planes = []  # raw planes are read in place
+    for kind, stored in segments:
         if kind == RAW:
-            out[:, j] = np.frombuffer(stored, dtype=np.uint8)
+            planes.append(np.frombuffer(stored, dtype=np.uint8))
         elif kind == ZSTD:
-            out[:, j] = np.frombuffer(decompress_exact(decompressor, stored, n), dtype=np.uint8)
+            planes.append(np.frombuffer(decompress_exact(decompressor, stored, n), dtype=np.uint8))
         else:
-            out[:, j] = unpack(stored, kind, n, decompressor)
+            planes.append(unpack(stored, kind, n, decompressor))
+    result = bytearray(size)
+    out = np.frombuffer(result, dtype=np.uint8).reshape(n, k)
+    for start in range(0, n, _BLOCK):  # interleave block by block, so each block stays in the cache
+        block = out[start : start + _BLOCK]
+        for j, plane in enumerate(planes):
+            block[:, j] = plane[start : start + _BLOCK]
+    del planes
     raw = out.reshape(-1)
     if flags & ROTATED:
         rotate_right_inplace(raw, k)

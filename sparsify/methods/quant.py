@@ -16,8 +16,8 @@ Budgets (exactly one):
 Parts: ``q``, ``scale`` (and ``zero``) as in :func:`sparsify.methods.values.encode_int`; or
 ``codebook`` and ``index``; or ``q`` (2- or 4-bit fields packed into bytes, or I8/I16/I32) and ``step``
 (one float64). Scales and zero points are stored and counted. Non-finite entries cannot be
-quantised: they are stored as 0 (the report's error shows it); use ``threshold`` or ``keep`` for such
-tensors.
+quantised: they are coded as 0 would be (the nearest level to 0; the report's error shows it); use
+``threshold`` or ``keep`` for such tensors.
 
 This is the baseline that practitioners use (int8 per channel, int4 in groups of 128); combine it
 with the others additively, e.g. ``svd:rank=8+quant:bits=4`` quantises the residual of a low-rank part.
@@ -25,7 +25,7 @@ with the others additively, e.g. ``svd:rank=8+quant:bits=4`` quantises the resid
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -55,14 +55,14 @@ class Quant(Method):
     def encode(self, target: np.ndarray, ctx: EncodeContext) -> StageOutput:
         finite = np.where(np.isfinite(target), target, 0.0)
         if "codebook" in self.config:
-            parts, resolved = encode_codebook(finite, self.config["codebook"], ctx.seed)
+            parts, resolved = encode_codebook(finite, self.config["codebook"], ctx.seed, ctx.coded_size)
         elif "step" in self.config or "max_error" in self.config:
             step = self.config.get("step") or step_for_error(finite, ctx.error_budget_sq(self.config["max_error"]))
-            parts, resolved = encode_uniform(finite, step)
+            parts, resolved = encode_uniform(finite, step, ctx.coded_size)
         else:
             bits = self.config["bits"]
             group = self.config.get("group", 0 if bits == 8 else 128)
-            parts, resolved = encode_int(finite, bits, group, self.config["symmetric"])
+            parts, resolved = encode_int(finite, bits, group, self.config["symmetric"], ctx.coded_size)
         approximation = self.decode(parts, resolved, target.shape)
         return StageOutput(parts, resolved, approximation)
 
@@ -112,23 +112,29 @@ def step_for_error(values: np.ndarray, budget_sq: float) -> float:
     return low
 
 
-def encode_uniform(values: np.ndarray, step: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def encode_uniform(
+    values: np.ndarray, step: float, coded_size: Callable[[np.ndarray], int] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Parts ``q`` and ``step`` (float64 scalar) of the codes round(values / step).
 
-    Codes within +-1 are stored as 2-bit fields (code + 1, four per byte), within +-7 as 4-bit
-    fields (code + 8, two per byte), else as the narrowest signed integers: packing several codes
-    per byte lets a byte-wise entropy coder spend less than one bit on a code, which matters at
-    coarse steps, where most codes are 0.
+    Codes are stored as the narrowest signed integers, or -- codes within +-1 -- as 2-bit fields
+    (code + 1, four per byte), or -- within +-7 -- as 4-bit fields (code + 8, two per byte), whichever
+    is smaller after the byte coders (``coded_size``; without it, the packed fields): packing several
+    codes per byte lets a byte-wise entropy coder spend less than one bit on a code, which matters
+    at coarse steps, where most codes are 0.
     """
     q = np.rint(values / step)
     levels = int(np.max(np.abs(q), initial=0.0))
     resolved: dict[str, Any] = {"step": step, "levels": levels}
+    dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64) if levels <= np.iinfo(t).max)
+    plain = {"q": q.astype(dtype), "step": np.array([step], dtype=np.float64)}
     for bits in _PACKED_BITS:
         if levels < 1 << (bits - 1):
-            codes = (q.reshape(-1) + (1 << (bits - 1))).astype(np.uint8)
-            return {"q": pack_bits(codes, bits), "step": np.array([step])}, {**resolved, "bits": bits}
-    dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64) if levels <= np.iinfo(t).max)
-    return {"q": q.astype(dtype), "step": np.array([step], dtype=np.float64)}, resolved
+            codes = pack_bits((q.reshape(-1) + (1 << (bits - 1))).astype(np.uint8), bits)
+            if coded_size is None or coded_size(codes) <= coded_size(plain["q"]):
+                return {"q": codes, "step": plain["step"]}, {**resolved, "bits": bits}
+            break
+    return plain, resolved
 
 
 _PACKED_BITS = (2, 4)

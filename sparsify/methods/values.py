@@ -24,14 +24,14 @@ decoded sub-parts, so the residual that later stages see, the error the report m
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 
 from sparsify import dtypes
-from sparsify.errors import CorruptArchiveError, UsageError
+from sparsify.errors import CorruptArchiveError, InputError, UsageError
 from sparsify.methods.base import Stage
 from sparsify.params import Param
 from sparsify.quantize import (
@@ -46,6 +46,9 @@ from sparsify.quantize import (
     unpack_bits,
 )
 
+CodedSize = Callable[[np.ndarray], int]
+"""Bytes an array takes once through the pipeline's byte coders."""
+
 # Codebooks are fitted on at most this many values (a seeded sample) and then assigned to all.
 _KMEANS_SAMPLE = 1 << 20
 
@@ -54,8 +57,13 @@ class ValueCoder(Stage):
     """Stores a float array (any shape, any float dtype) as sub-parts, and decodes it back."""
 
     @abstractmethod
-    def encode_values(self, values: np.ndarray, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        """(sub-parts, resolved) for ``values``, or None when this coder cannot store them."""
+    def encode_values(
+        self, values: np.ndarray, seed: int, coded_size: CodedSize | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """(sub-parts, resolved) for ``values``, or None when this coder cannot store them.
+
+        ``coded_size(array)``: bytes an array takes once through the byte coders (default: raw), to
+        choose between bit-packed codes and one code per byte (which entropy-codes better)."""
 
     @abstractmethod
     def decode_values(
@@ -71,7 +79,7 @@ def _float64(values: np.ndarray) -> np.ndarray:
 class _Cast(ValueCoder):
     target: ClassVar[str]
 
-    def encode_values(self, values, seed):
+    def encode_values(self, values, seed, coded_size=None):
         original = _float64(values)
         cast = original.astype(dtypes.numpy_of(self.target))
         if not np.array_equal(np.isfinite(cast), np.isfinite(original)):
@@ -113,8 +121,8 @@ SYMMETRIC = Param("symmetric", bool, "symmetric codes around zero (false: asymme
 class _Int(ValueCoder):
     bits: ClassVar[int]
 
-    def encode_values(self, values, seed):
-        return encode_int(values, self.bits, self.config["group"], self.config["symmetric"])
+    def encode_values(self, values, seed, coded_size=None):
+        return encode_int(values, self.bits, self.config["group"], self.config["symmetric"], coded_size)
 
     def decode_values(self, parts, resolved, shape, dtype):
         return decode_int(parts, resolved, shape).astype(dtype)
@@ -142,27 +150,54 @@ class Codebook(ValueCoder):
     params = (Param("k", int, "number of shared values", default=16, low=2, high=256),)
     example = "threshold:sparsity=0.8+codebook:k=16+zstd"
 
-    def encode_values(self, values, seed):
-        return encode_codebook(values, self.config["k"], seed)
+    def encode_values(self, values, seed, coded_size=None):
+        return encode_codebook(values, self.config["k"], seed, coded_size)
 
     def decode_values(self, parts, resolved, shape, dtype):
         return decode_codebook(parts, resolved, shape).astype(dtype)
 
 
 def encode_int(
-    values: np.ndarray, bits: int, group: int, symmetric: bool
+    values: np.ndarray, bits: int, group: int, symmetric: bool, coded_size: CodedSize | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-    """Sub-parts ``q`` (packed codes), ``scale`` and (asymmetric) ``zero`` of finite ``values``."""
+    """Sub-parts ``q`` (codes), ``scale`` and (asymmetric) ``zero`` of finite ``values``."""
     original = _float64(values)
     if not np.all(np.isfinite(original)):
         return None
     quantized = quantize(original, bits, group, symmetric)
-    parts = {"q": pack_bits(quantized.codes.reshape(-1), bits), "scale": quantized.scale}
+    codes, packed = store_codes(quantized.codes.reshape(-1), bits, coded_size)
+    parts = {"q": codes, "scale": quantized.scale}
     if quantized.zero is not None:
         parts["zero"] = quantized.zero
     _, width = group_layout(quantized.codes.shape, group)
-    resolved = {"bits": bits, "group": int(width), "symmetric": symmetric, "rows": int(quantized.codes.shape[0])}
+    resolved = {
+        "bits": bits,
+        "group": int(width),
+        "symmetric": symmetric,
+        "rows": int(quantized.codes.shape[0]),
+        "packed": packed,
+    }
     return parts, resolved
+
+
+def store_codes(codes: np.ndarray, bits: int, coded_size: CodedSize | None) -> tuple[np.ndarray, bool]:
+    """``codes`` (1-D uint8, each < 2**bits) bit-packed, or one per byte where that stores smaller
+    after the byte coders (a byte-wise entropy coder cannot see symbols that straddle bytes).
+    Returns (array, packed)."""
+    packed = pack_bits(codes, bits)
+    if bits == 8 or coded_size is None or coded_size(packed) <= coded_size(codes):
+        return packed, True
+    return codes, False
+
+
+def load_codes(stored: np.ndarray, bits: int, count: int, packed: bool) -> np.ndarray:
+    """Inverse of :func:`store_codes` (validated: sizes, and codes < 2**bits)."""
+    if packed:
+        return unpack_bits(stored, bits, count)
+    codes = np.ascontiguousarray(stored).reshape(-1)
+    if codes.dtype != np.uint8 or codes.size != count or (count and int(codes.max()) >= 1 << bits):
+        raise CorruptArchiveError(f"{codes.size} unpacked codes of type {codes.dtype} are not {count} {bits}-bit codes")
+    return codes
 
 
 def decode_int(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -179,12 +214,14 @@ def decode_int(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], sha
         raise CorruptArchiveError(f"integer coding: scales do not fit {rows} rows of {groups} groups")
     if "q" not in parts:
         raise CorruptArchiveError("integer coding: missing codes part 'q'")
-    codes = unpack_bits(parts["q"], bits, count).reshape(rows, cols)
+    codes = load_codes(parts["q"], bits, count, bool(resolved.get("packed", True))).reshape(rows, cols)
     quantized = Quantized(codes, scale.reshape(expected), None if zero is None else zero.reshape(expected))
     return dequantize(quantized, bits, width).reshape(shape)
 
 
-def encode_codebook(values: np.ndarray, k: int, seed: int) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+def encode_codebook(
+    values: np.ndarray, k: int, seed: int, coded_size: CodedSize | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """Sub-parts ``codebook`` (float32, ascending) and ``index`` (packed) of finite ``values``."""
     original = _float64(values).reshape(-1)
     if not np.all(np.isfinite(original)):
@@ -195,8 +232,8 @@ def encode_codebook(values: np.ndarray, k: int, seed: int) -> tuple[dict[str, np
     centroids = kmeans_1d(sample, k).astype(np.float32)
     centroids = np.unique(centroids)
     bits = bits_for(centroids.size)
-    index = nearest_centroid(original, centroids.astype(np.float64))
-    return {"codebook": centroids, "index": pack_bits(index, bits)}, {"k": int(centroids.size), "bits": bits}
+    index, packed = store_codes(nearest_centroid(original, centroids.astype(np.float64)), bits, coded_size)
+    return {"codebook": centroids, "index": index}, {"k": int(centroids.size), "bits": bits, "packed": packed}
 
 
 def decode_codebook(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -207,7 +244,7 @@ def decode_codebook(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any]
     bits = int(resolved["bits"])
     if codebook.size == 0 or not 1 <= bits <= 8 or codebook.size > 1 << bits:
         raise CorruptArchiveError(f"invalid codebook of {codebook.size} values with {bits}-bit indices")
-    index = unpack_bits(parts["index"], bits, int(np.prod(shape, dtype=np.int64)))
+    index = load_codes(parts["index"], bits, int(np.prod(shape, dtype=np.int64)), bool(resolved.get("packed", True)))
     if index.size and int(index.max()) >= codebook.size:
         raise CorruptArchiveError("codebook index out of range")
     return codebook[index].reshape(shape)
@@ -219,7 +256,11 @@ def is_value_part(array: np.ndarray) -> bool:
 
 
 def encode_parts(
-    coder: ValueCoder, parts: Mapping[str, np.ndarray], names: tuple[str, ...], seed: int
+    coder: ValueCoder,
+    parts: Mapping[str, np.ndarray],
+    names: tuple[str, ...],
+    seed: int,
+    coded_size: CodedSize | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
     """Apply ``coder`` to the parts called ``names``.
 
@@ -230,7 +271,7 @@ def encode_parts(
     stored: dict[str, np.ndarray] = {}
     records: dict[str, dict[str, Any]] = {}
     for name, array in parts.items():
-        coded = coder.encode_values(array, seed) if name in names else None
+        coded = coder.encode_values(array, seed, coded_size) if name in names else None
         if coded is None:
             stored[name] = array
             if name in names:
@@ -271,9 +312,9 @@ def decode_parts(
             dtype = dtypes.numpy_of(record["dtype"])
             shape = tuple(int(n) for n in record["shape"])
             subs = {sub: parts.pop(f"{name}.{sub}") for sub in record["parts"]}
-        except (KeyError, TypeError, ValueError, UsageError) as exc:
+        except (KeyError, TypeError, ValueError, UsageError, InputError) as exc:
             raise CorruptArchiveError(f"part {name!r}: invalid value coding record ({exc})") from None
-        if dtype is None:
-            raise CorruptArchiveError(f"part {name!r}: value coding of a non-numeric type")
+        if dtype is None or not dtypes.is_float(record["dtype"]):
+            raise CorruptArchiveError(f"part {name!r}: value coding of a part that is not float ({record['dtype']})")
         parts[name] = coder.decode_values(subs, record["resolved"], shape, dtype)
     return parts

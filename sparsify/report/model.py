@@ -29,7 +29,7 @@ def part_kind(part_name: str) -> str:
     >>> part_kind("0.threshold.indptr"), part_kind("0.ksvd.dictionary.q"), part_kind("1.svd.us.scale")
     ('indices', 'dictionary', 'scales')
     """
-    names = part_name.split(".")[2:] or [part_name]
+    names = [n.removeprefix("codes_") for n in part_name.split(".")[2:]] or [part_name]  # ksvd's codes_indptr...
     if names[-1] in _SCALE_PARTS:
         return "scales"
     if names[-1] in _INDEX_PARTS:
@@ -42,7 +42,8 @@ def part_kind(part_name: str) -> str:
 def build_report(archive, command: str) -> dict[str, Any]:
     """The report of an open :class:`sparsify.archive.Archive` (manifest only, nothing decoded)."""
     manifest = archive.manifest
-    rows = [_tensor_row(t) for t in manifest["tensors"]]
+    share = _overhead_share(manifest, archive.manifest_bytes)
+    rows = [_tensor_row(t, share) for t in manifest["tensors"]]
     source = manifest["source"]
     numel = sum(r["numel"] for r in rows)
     worst = max(rows, key=lambda r: r["rel_error"] if r["rel_error"] is not None else math.inf, default=None)
@@ -93,9 +94,9 @@ def _plan(plan: dict[str, Any] | None, archive_bytes: int) -> dict[str, Any] | N
 
 
 def record_overhead(record: dict[str, Any]) -> int:
-    """Bytes a tensor adds to the archive beyond its parts, approximately: its manifest record as
-    written (compact JSON, escaped once more as the header's metadata string) and its parts' entries
-    in the container header (about 80 bytes each)."""
+    """An upper bound of the bytes a tensor adds to the archive beyond its parts (for planning): its
+    manifest record as uncompressed, escaped JSON and its parts' entries in the container header
+    (about 80 bytes each). The report apportions the real header size instead."""
     text = json.dumps(json.dumps(record, separators=(",", ":"), allow_nan=True, default=str), ensure_ascii=False)
     return len(text.encode("utf-8")) + _HEADER_ENTRY_BYTES * len(record["parts"])
 
@@ -103,13 +104,26 @@ def record_overhead(record: dict[str, Any]) -> int:
 _HEADER_ENTRY_BYTES = 80
 
 
-def _tensor_row(t: dict[str, Any]) -> dict[str, Any]:
+def _raw_size(record: dict[str, Any]) -> int:
+    """A tensor's manifest record as compact JSON plus its parts' container header entries."""
+    return len(json.dumps(record, separators=(",", ":"), default=str)) + _HEADER_ENTRY_BYTES * len(record["parts"])
+
+
+def _overhead_share(manifest: dict[str, Any], header_bytes: int) -> float:
+    """Stored header bytes per raw byte of manifest: the factor that turns a record's raw size into
+    its share of the (compressed) manifest and container header."""
+    records = sum(_raw_size(t) for t in manifest["tensors"])
+    rest = len(json.dumps({k: v for k, v in manifest.items() if k != "tensors"}, separators=(",", ":"), default=str))
+    return header_bytes / (records + rest) if records + rest else 0.0
+
+
+def _tensor_row(t: dict[str, Any], share: float) -> dict[str, Any]:
     metrics = t["metrics"]
     numel = t["view"]["rows"] * t["view"]["cols"]
     by_kind = dict.fromkeys(PART_KINDS, 0)
     for part in t["parts"]:
         by_kind[part_kind(part["name"])] += part["nbytes"]
-    by_kind["overhead"] = record_overhead(t)
+    by_kind["overhead"] = round(_raw_size(t) * share)
     bits_by_kind = {kind: 8 * nbytes / numel if numel else None for kind, nbytes in by_kind.items()}
     nnz = [s["resolved"]["nnz"] for s in t["stages"] if "nnz" in s["resolved"]]
     return {

@@ -108,6 +108,9 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         + (f", worst {worst['name']} ({_num(worst['rel_error'], '.4g')})" if worst and worst["rel_error"] else ""),
         f"bits/weight by kind: {by_kind}",
     ]
+    plan = report.get("plan")
+    if plan is not None:
+        lines.append(_plan_line(plan, t))
     gate = report["gate"]
     if gate is not None:
         if gate["passed"]:
@@ -115,6 +118,22 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"gate max_error={gate['max_error']}: FAILED for {', '.join(gate['failures'])}")
     return lines
+
+
+def _plan_line(plan: dict[str, Any], totals: dict[str, Any]) -> str:
+    """What the rate controller was asked, what it chose and whether the target was met."""
+    if plan["mode"] == "auto":
+        return f"auto: {plan['candidates']} candidates measured, fewest bytes with rel. error <= {plan['max_error']}"
+    target = plan.get("target") or {}
+    achieved = {"ratio": f"{totals['ratio']:.3f}", "size": f"{plan['archive_bytes']} bytes"}.get(
+        plan["mode"], f"{_num(plan.get('predicted_weighted_rel_error'), '.4g')} (lossy tensors)"
+    )
+    slope = _num(plan.get("slope"), ".3g")
+    return (
+        f"rate control: target {plan['mode']} {target.get(plan['mode'])} -> {achieved} "
+        f"({'met' if plan.get('met') else 'NOT MET'}); slope {slope} squared error per byte, "
+        f"{plan['candidates']} candidates measured"
+    )
 
 
 def render_table(report: dict[str, Any], out: TextIO, color: bool | None = None) -> None:
@@ -129,7 +148,7 @@ def render_table(report: dict[str, Any], out: TextIO, color: bool | None = None)
         table.add_row(*_cells(row))
     console.print(table)
     for line in _summary_lines(report):
-        style = "bold red" if "FAILED" in line else None
+        style = "bold red" if "FAILED" in line or "NOT MET" in line else None
         console.print(line, style=style, markup=False)
 
 
