@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Compress a sample model losslessly, inspect it, decompress it and compare bytes with the original;
-# then a lossy run with an error gate.
+# then a lossy run with an error gate, and one with a size target (and its rate-distortion plot).
 demo: install
 	@rm -rf demo-out && mkdir -p demo-out
 	$(VENV)/bin/sparsify compress sample_models/digits_mlp.safetensors -o demo-out/digits_mlp.sparsify
@@ -25,6 +25,8 @@ demo: install
 	$(VENV)/bin/sparsify compress sample_models/crepe-tiny/weights.h5 -o demo-out/crepe-tiny.sparsify \
 		-p 'threshold:max_error=0.05+zstd' --max-error 0.05
 	$(VENV)/bin/sparsify verify demo-out/crepe-tiny.sparsify --against sample_models/crepe-tiny/weights.h5 --max-error 0.05
+	$(VENV)/bin/sparsify compress sample_models/crepe-tiny/weights.h5 -o demo-out/crepe-tiny-8x.sparsify --target-ratio 8 \
+		--plot demo-out/crepe-tiny-8x.png
 
 test: install
 	$(VENV)/bin/ruff check sparsify tests bench sample_models
