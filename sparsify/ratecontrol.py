@@ -8,16 +8,19 @@ manifest, squared error from the decoded parts). Then:
   rel. error is <= E (:data:`AUTO_CANDIDATES`, each aimed at E; ``keep`` always qualifies).
 * a target (``--target-ratio R``, ``--target-size BYTES``, ``--target-error E``): candidates are the
   rate-distortion ladder :func:`ladder_candidates` (an entropy-coded uniform quantiser at steps a
-  quarter octave apart, k-means codebooks, the usual RTN settings, and lossless); the points of each tensor are reduced
-  to their lower convex hull and the allocation takes hull segments in order of decreasing slope
-  -ΔD/ΔR (squared error saved per byte spent) -- the Lagrangian solution of "least total squared
-  error for the bytes" (or "fewest bytes for the error") -- while the budget lasts. The slope of the
-  last segment taken is the Lagrange multiplier, reported as ``slope``. With ``--max-error E`` too,
-  candidates above E are dropped first.
+  quarter octave apart, k-means codebooks, the usual RTN settings, and lossless); the points of each
+  tensor are reduced to their lower convex hull and the allocation takes hull segments in order of
+  decreasing slope -ΔD/ΔR (squared error saved per byte spent) -- the Lagrangian solution of "least
+  total squared error for the bytes" (or "fewest bytes for the error") -- while the budget lasts,
+  then a local search uses what is left (:func:`allocate`). The slope of the last segment taken is
+  the Lagrange multiplier, reported as ``slope``. With ``--max-error E`` too, candidates above E are
+  dropped first.
 
 Total squared error is what the report's weighted rel. error sqrt(Σ||ΔW||² / Σ||W||²) measures, so
-minimising it for the size is minimising that figure. Memory: only numbers are kept per candidate;
-the chosen pipelines are encoded again when the archive is written (deterministic, same bytes).
+minimising it for the size is minimising that figure. Memory: per candidate, its figures and its
+manifest record (a few hundred bytes), never its parts; the chosen pipelines are encoded again when
+the archive is written (deterministic, the same bytes), and the archive's size is computed exactly
+from the records while planning.
 """
 
 from __future__ import annotations
