@@ -13,6 +13,7 @@ exactly at the end of the file, unique keys.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from dataclasses import dataclass
@@ -166,6 +167,32 @@ def encode_header(entries: list[Entry], metadata: dict[str, str] | None) -> byte
     return raw + b" " * (-(len(raw) + 8) % 8)
 
 
+def _copy_in_kernel(source: BinaryIO, out: BinaryIO, size: int) -> bool:
+    """Copy ``size`` bytes from ``source``'s position to ``out``'s with ``os.copy_file_range`` (no trip
+    through user space); False, having copied nothing, where the system cannot."""
+    copy = getattr(os, "copy_file_range", None)
+    if copy is None:
+        return False
+    try:
+        src, dst = source.fileno(), out.fileno()
+        src_offset, dst_offset = source.tell(), out.tell()
+    except (AttributeError, OSError, ValueError):
+        return False
+    done = 0
+    while done < size:
+        try:
+            n = copy(src, dst, size - done, src_offset + done, dst_offset + done)
+        except OSError:
+            if done:
+                raise
+            return False
+        if n == 0:
+            raise OSError(f"spool ended after {done} of {size} bytes")
+        done += n
+    out.seek(dst_offset + size)
+    return True
+
+
 class SpooledContainer:
     """Appends arrays to a spool file and writes the finished container (header first) at the end.
 
@@ -201,5 +228,7 @@ class SpooledContainer:
         out.write(header)
         self._spool.flush()
         self._spool.seek(0)
-        shutil.copyfileobj(self._spool, out, 16 * 1024 * 1024)
+        out.flush()
+        if not _copy_in_kernel(self._spool, out, self._position):
+            shutil.copyfileobj(self._spool, out, 16 * 1024 * 1024)
         return 8 + len(header) + self._position
