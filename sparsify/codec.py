@@ -21,7 +21,7 @@ from sparsify.errors import CorruptArchiveError, UsageError
 from sparsify.io.base import TensorInfo
 from sparsify.methods import CODERS, METHODS, VALUE_CODERS, EncodeContext, LosslessMethod, Method
 from sparsify.methods.values import decode_parts, encode_parts, is_value_part
-from sparsify.metrics import as_float64, exact_metrics, finite_sq_norm, tensor_metrics
+from sparsify.metrics import Reference, as_float64, exact_metrics, finite_sq_norm, same_bytes, tensor_metrics
 from sparsify.pipeline import check_config, resolve_config, stage_text
 from sparsify.rules import Choice
 
@@ -72,7 +72,7 @@ def to_matrix(array: np.ndarray, layout: str) -> np.ndarray:
 
 
 def from_matrix(matrix: np.ndarray, shape: tuple[int, ...], layout: str) -> np.ndarray:
-    """Inverse of :func:`to_matrix` (still float64)."""
+    """Inverse of :func:`to_matrix` (any dtype: the values are only moved)."""
     if layout == "last" and len(shape) >= 2:
         moved = matrix.reshape((shape[-1], *shape[:-1]))
         return np.ascontiguousarray(np.moveaxis(moved, 0, -1))
@@ -94,21 +94,65 @@ def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 _MAX_BUDGET_RETRIES = 4
 
 
-def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int = 0) -> EncodedTensor:
+class Original:
+    """One tensor as read, with what every encoding of it needs computed once: its checksum, its
+    float64 matrix views (read-only) and its metrics reference. Pass the same one to several
+    :func:`encode_tensor` calls (candidates of the rate controller) to share them."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self._checksum: str | None = None
+        self._matrices: dict[str, np.ndarray] = {}
+        self._reference: Reference | None = None
+        self._norms: dict[str, float] = {}
+
+    @property
+    def checksum(self) -> str:
+        if self._checksum is None:
+            self._checksum = sha256(self.array)
+        return self._checksum
+
+    def matrix(self, layout: str) -> np.ndarray:
+        """The float64 matrix view (:func:`to_matrix`), read-only: stages never write their input."""
+        if layout not in self._matrices:
+            matrix = to_matrix(self.array, layout)
+            matrix.setflags(write=False)
+            self._matrices[layout] = matrix
+        return self._matrices[layout]
+
+    def matrix_sq_norm(self, layout: str) -> float:
+        """||W||_F^2 over the finite entries of :meth:`matrix` (summed in that matrix's order)."""
+        key = f"sq_norm:{layout}"
+        if key not in self._norms:
+            self._norms[key] = finite_sq_norm(self.matrix(layout))
+        return self._norms[key]
+
+    @property
+    def reference(self) -> Reference:
+        if self._reference is None:
+            self._reference = Reference(self.array)
+        return self._reference
+
+
+def encode_tensor(
+    array: np.ndarray, info: TensorInfo, choice: Choice, seed: int = 0, original: Original | None = None
+) -> EncodedTensor:
     """Run ``choice.pipeline`` on one tensor, decode what would be stored and measure it.
 
     The record's ``metrics`` are measured from the decoded, stored bytes. When the last stage has a
     ``max_error`` budget and the measured error exceeds it (rounding of stored values), the pipeline
     runs again with the budget tightened by the overshoot, up to a few times; ``budget_scale`` in the
-    record says by how much (1.0: not needed).
+    record says by how much (1.0: not needed). ``original``: ``array`` wrapped as :class:`Original`,
+    when the caller encodes it several times.
     """
     pipeline = choice.pipeline
     bound = None if pipeline.lossless else pipeline.methods[-1].config.get("max_error")
     scale = 1.0
-    checksum = sha256(array)
+    original = original if original is not None else Original(array)
     for _ in range(_MAX_BUDGET_RETRIES):
-        encoded = _encode(array, info, choice, seed, scale, checksum)
-        metrics = measure(array, decode_tensor(encoded.record, encoded.stored_part), info.dtype)
+        encoded = _encode(original, info, choice, seed, scale)
+        decoded = decode_tensor(encoded.record, encoded.stored_part)
+        metrics = measure(array, decoded, info.dtype, None if pipeline.lossless else original)
         encoded.record["metrics"] = metrics
         if bound is None or metrics["rel_error"] <= bound or metrics["rel_error"] == 0:
             break
@@ -116,10 +160,9 @@ def encode_tensor(array: np.ndarray, info: TensorInfo, choice: Choice, seed: int
     return encoded
 
 
-def _encode(
-    array: np.ndarray, info: TensorInfo, choice: Choice, seed: int, budget_scale: float, checksum: str
-) -> EncodedTensor:
+def _encode(original: Original, info: TensorInfo, choice: Choice, seed: int, budget_scale: float) -> EncodedTensor:
     pipeline = choice.pipeline
+    array, checksum = original.array, original.checksum
     layout = pipeline.view or info.layout
     rows, cols = matrix_shape(info.shape, layout)
     record: dict[str, Any] = {
@@ -134,19 +177,20 @@ def _encode(
         "stages": [],
     }
     raw_parts: list[tuple[str, np.ndarray]] = []
+    coded = _CodedCache(pipeline.coders)
     if pipeline.lossless:
         method = pipeline.methods[0]
         stored = method.store(array)
         record["stages"].append({"method": method.name, "config": method.config, "resolved": {}, "parts": list(stored)})
         raw_parts += [(f"0.{method.name}.{k}", v) for k, v in stored.items()]
     else:
-        residual = to_matrix(array, layout)
+        residual = original.matrix(layout)
         ctx = EncodeContext(
             value_dtype=dtypes.numpy_of(info.dtype),
             float_dtype=_float_dtype(info.dtype),
-            reference_sq=finite_sq_norm(residual) * budget_scale,
+            reference_sq=original.matrix_sq_norm(layout) * budget_scale,
             seed=seed,
-            coded_size=lambda index: coded_bytes(index, pipeline.coders)[0].size,
+            coded_size=lambda array: coded(array)[0].size,
         )
         for i, method in enumerate(pipeline.methods):
             out = method.encode(residual, ctx)
@@ -163,12 +207,12 @@ def _encode(
             if i + 1 < len(pipeline.methods):
                 residual = residual - approximation
         record["budget_scale"] = budget_scale
-    coded = [code_part(name, value, info.name, pipeline.coders) for name, value in raw_parts]
+    parts = [code_part(name, value, info.name, pipeline.coders, coded) for name, value in raw_parts]
     record["value_coder"] = None if pipeline.values is None else stage_text(pipeline.values)
     record["coders"] = [stage_text(c) for c in pipeline.coders]
-    record["parts"] = [p.record for p in coded]
-    record["stored_bytes"] = sum(p.record["nbytes"] for p in coded)
-    return EncodedTensor(record, coded)
+    record["parts"] = [p.record for p in parts]
+    record["stored_bytes"] = sum(p.record["nbytes"] for p in parts)
+    return EncodedTensor(record, parts)
 
 
 _STORED_FLOATS = ("F16", "BF16", "F32", "F64")
@@ -179,26 +223,40 @@ def _float_dtype(dtype: str) -> np.dtype:
     return dtypes.numpy_of(dtype if dtype in _STORED_FLOATS else "F32")
 
 
-def measure(original: np.ndarray, decoded: np.ndarray, dtype: str) -> dict[str, Any]:
-    """Metrics of the decoded tensor against the original (bit-exact shortcut where bytes match)."""
-    same_bytes = original.dtype == decoded.dtype and original.shape == decoded.shape and _same_bytes(original, decoded)
+def measure(original: np.ndarray, decoded: np.ndarray, dtype: str, prepared: Original | None = None) -> dict[str, Any]:
+    """Metrics of the decoded tensor against the original (bit-exact shortcut where bytes match);
+    ``prepared``: the original as :class:`Original`, to reuse its float64 values and norm."""
+    identical = same_bytes(original, decoded)
     if not dtypes.is_real_numeric(dtype):
         # Only keep stores these; without a norm, a changed byte counts as an infinite error.
-        return exact_metrics(None) if same_bytes else {**exact_metrics(None), "exact": False, "rel_error": math.inf}
-    return exact_metrics(original) if same_bytes else tensor_metrics(original, decoded)
+        return exact_metrics(None) if identical else {**exact_metrics(None), "exact": False, "rel_error": math.inf}
+    if identical:
+        return exact_metrics(original)
+    return tensor_metrics(original, decoded, prepared.reference if prepared is not None else None)
 
 
-def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    """Byte-for-byte equality (NaN payloads and signed zeros included), without hashing."""
-    flat_a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-    return np.array_equal(flat_a, np.ascontiguousarray(b).reshape(-1).view(np.uint8))
+class _CodedCache:
+    """``coded_bytes`` for one tensor's encoding, remembered per array object: a stage that chooses a
+    layout by its coded size has coded the array it keeps, and storing it need not code it again."""
+
+    def __init__(self, coders) -> None:
+        self.coders = coders
+        self._seen: dict[int, tuple[np.ndarray, tuple[np.ndarray, str | None]]] = {}
+
+    def __call__(self, array: np.ndarray) -> tuple[np.ndarray, str | None]:
+        hit = self._seen.get(id(array))
+        if hit is not None and hit[0] is array:
+            return hit[1]
+        result = coded_bytes(array, self.coders)
+        self._seen[id(array)] = (array, result)  # the reference keeps the id from being reused
+        return result
 
 
-def code_part(name: str, value: np.ndarray, tensor: str, coders) -> CodedPart:
+def code_part(name: str, value: np.ndarray, tensor: str, coders, coded=None) -> CodedPart:
     """``value`` through ``coders`` (each kept only where it makes the bytes smaller), keyed
-    ``<tensor>/<name>`` in the container."""
+    ``<tensor>/<name>`` in the container. ``coded``: a :class:`_CodedCache` to reuse."""
     dtype = dtypes.name_of(value.dtype)
-    stored, codec = coded_bytes(value, coders)
+    stored, codec = coded(value) if coded is not None else coded_bytes(value, coders)
     record = {
         "name": name,
         "key": f"{tensor}/{name}",
@@ -263,7 +321,8 @@ def decode_tensor(record: Mapping[str, Any], load: Callable[[Mapping[str, Any]],
             raise CorruptArchiveError(f"tensor {record['name']!r}: stage {i} ({stage['method']}) cannot follow others")
         method_parts = decode_parts(_stage_parts(parts, i, stage), _values_record(stage), VALUE_CODERS)
         total += method.decode(method_parts, stage["resolved"], (rows, cols))
-    return cast_back(from_matrix(total, shape, record["view"]["layout"]), numpy_dtype)
+    # cast first: the axis move then copies the tensor's own type, not float64
+    return from_matrix(cast_back(total, numpy_dtype), shape, record["view"]["layout"])
 
 
 def _method(stage: Mapping[str, Any]):

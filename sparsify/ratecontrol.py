@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsify.codec import encode_tensor
+from sparsify.codec import Original, encode_tensor
 from sparsify.errors import UsageError
 from sparsify.io.base import TensorInfo
 from sparsify.metrics import finite_sq_norm
@@ -111,10 +111,11 @@ def measure_candidates(array: np.ndarray, info: TensorInfo, candidates: Iterable
     A candidate that does not apply to this tensor (a usage error, e.g. a shape it cannot take) is
     left out."""
     points = []
+    original = Original(array)  # its checksum, float64 views and norm are shared by the candidates
     for text in candidates:
         try:
             pipeline = parse_pipeline(text)
-            encoded = encode_tensor(array, info, Choice(pipeline, "candidate"), seed)
+            encoded = encode_tensor(array, info, Choice(pipeline, "candidate"), seed, original)
         except UsageError:
             continue
         metrics = encoded.record["metrics"]
