@@ -109,9 +109,22 @@ def unpack_csr(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> scipy
         or indices.size != values.size
         or np.any(np.diff(indptr) < 0)
         or (indices.size and (indices.min() < 0 or indices.max() >= n))
+        or not _increasing_within_rows(indices, indptr)
     ):
         raise CorruptArchiveError(f"inconsistent CSR parts for a {m}x{n} matrix with {values.size} values")
     return scipy.sparse.csr_matrix((values, indices, indptr), shape=(m, n))
+
+
+def _increasing_within_rows(indices: np.ndarray, indptr: np.ndarray) -> bool:
+    """Column numbers strictly increase within every row (as the writer stores them): a repeated
+    column would otherwise be summed by one reader and overwritten by another."""
+    if indices.size < 2:
+        return True
+    rising = np.diff(indices) > 0
+    boundaries = indptr[1:-1]
+    boundaries = boundaries[(boundaries > 0) & (boundaries < indices.size)] - 1  # last entry of a row
+    rising[boundaries] = True
+    return bool(rising.all())
 
 
 def _columns_from_gaps(gaps: np.ndarray, indptr: np.ndarray, nnz: int) -> np.ndarray:

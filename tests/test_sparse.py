@@ -222,3 +222,12 @@ def test_empty_and_full_matrices():
             for size in SIZES.values():
                 parts = sparse.pack(mask, values, size)
                 assert np.array_equal(sparse.unpack(parts, shape), np.where(mask, 2.5, 0.0))
+
+
+@pytest.mark.parametrize("key", ["indices", "deltas"])
+def test_repeated_column_within_a_row_is_refused(key):
+    """A column stored twice in a row would be summed by scipy and overwritten by a plain reader."""
+    columns = np.array([1, 1, 0], np.uint8) if key == "indices" else np.array([1, 0, 0], np.uint8)
+    parts = {"indptr": np.array([0, 2, 3], np.uint8), key: columns, "values": np.ones(3)}
+    with pytest.raises(CorruptArchiveError):
+        sparse.unpack(parts, (2, 3))
