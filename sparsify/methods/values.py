@@ -190,6 +190,14 @@ def store_codes(codes: np.ndarray, bits: int, coded_size: CodedSize | None) -> t
     return codes, False
 
 
+def _packed(resolved: Mapping[str, Any]) -> bool:
+    """``resolved["packed"]`` (absent: packed, as archives before the choice existed)."""
+    packed = resolved.get("packed", True)
+    if not isinstance(packed, bool):
+        raise CorruptArchiveError(f"codes: 'packed' is {packed!r}, not true or false")
+    return packed
+
+
 def load_codes(stored: np.ndarray, bits: int, count: int, packed: bool) -> np.ndarray:
     """Inverse of :func:`store_codes` (validated: sizes, and codes < 2**bits)."""
     if packed:
@@ -214,7 +222,7 @@ def decode_int(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], sha
         raise CorruptArchiveError(f"integer coding: scales do not fit {rows} rows of {groups} groups")
     if "q" not in parts:
         raise CorruptArchiveError("integer coding: missing codes part 'q'")
-    codes = load_codes(parts["q"], bits, count, bool(resolved.get("packed", True))).reshape(rows, cols)
+    codes = load_codes(parts["q"], bits, count, _packed(resolved)).reshape(rows, cols)
     quantized = Quantized(codes, scale.reshape(expected), None if zero is None else zero.reshape(expected))
     return dequantize(quantized, bits, width).reshape(shape)
 
@@ -244,7 +252,7 @@ def decode_codebook(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any]
     bits = int(resolved["bits"])
     if codebook.size == 0 or not 1 <= bits <= 8 or codebook.size > 1 << bits:
         raise CorruptArchiveError(f"invalid codebook of {codebook.size} values with {bits}-bit indices")
-    index = load_codes(parts["index"], bits, int(np.prod(shape, dtype=np.int64)), bool(resolved.get("packed", True)))
+    index = load_codes(parts["index"], bits, int(np.prod(shape, dtype=np.int64)), _packed(resolved))
     if index.size and int(index.max()) >= codebook.size:
         raise CorruptArchiveError("codebook index out of range")
     return codebook[index].reshape(shape)
