@@ -190,14 +190,14 @@ def _encode(original: Original, info: TensorInfo, choice: Choice, seed: int, bud
             float_dtype=_float_dtype(info.dtype),
             reference_sq=original.matrix_sq_norm(layout) * budget_scale,
             seed=seed,
-            coded_size=lambda array: coded(array)[0].size,
+            coded_size=lambda part: coded(part)[0].size,
         )
         for i, method in enumerate(pipeline.methods):
             out = method.encode(residual, ctx)
             stage = {"method": method.name, "config": method.config, "resolved": out.resolved}
             parts, approximation = out.parts, out.approximation
             if pipeline.values is not None and method.value_coded:
-                names = tuple(name for name, array in out.parts.items() if is_value_part(array))
+                names = tuple(name for name, part in out.parts.items() if is_value_part(part))
                 parts, stage["values"] = encode_parts(pipeline.values, out.parts, names, seed, ctx.coded_size)
                 decoded = decode_parts(parts, stage["values"], VALUE_CODERS)
                 approximation = method.decode(decoded, out.resolved, residual.shape)
@@ -207,12 +207,12 @@ def _encode(original: Original, info: TensorInfo, choice: Choice, seed: int, bud
             if i + 1 < len(pipeline.methods):
                 residual = residual - approximation
         record["budget_scale"] = budget_scale
-    parts = [code_part(name, value, info.name, pipeline.coders, coded) for name, value in raw_parts]
+    coded_parts = [code_part(name, value, info.name, pipeline.coders, coded) for name, value in raw_parts]
     record["value_coder"] = None if pipeline.values is None else stage_text(pipeline.values)
     record["coders"] = [stage_text(c) for c in pipeline.coders]
-    record["parts"] = [p.record for p in parts]
-    record["stored_bytes"] = sum(p.record["nbytes"] for p in parts)
-    return EncodedTensor(record, parts)
+    record["parts"] = [p.record for p in coded_parts]
+    record["stored_bytes"] = sum(p.record["nbytes"] for p in coded_parts)
+    return EncodedTensor(record, coded_parts)
 
 
 _STORED_FLOATS = ("F16", "BF16", "F32", "F64")
