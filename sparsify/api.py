@@ -25,7 +25,6 @@ from sparsify.atomic import atomic_output
 from sparsify.codec import encode_tensor, measure, sha256
 from sparsify.errors import UsageError
 from sparsify.io import EXTENSIONS, FORMATS, open_weights, writer_class
-from sparsify.metrics import as_float64, finite_sq_norm
 from sparsify.pipeline import Pipeline, parse_pipeline
 from sparsify.report.model import SCHEMA_VERSION, build_report, record_overhead
 from sparsify.rules import DEFAULT_MIN_SIZE, DEFAULT_PIPELINE, Choice, Rule, choose, load_rules_file, parse_rule
@@ -289,11 +288,7 @@ def _measure(reader, infos, options: Options, mode: str, progress: Progress | No
             records.append(encoded.record)
             continue
         candidates = ratecontrol.candidates_for(mode, array, options.max_error)
-        points = ratecontrol.measure_candidates(array, info, candidates, options.seed)
-        measured = len(points)
-        if options.max_error is not None:
-            points = [p for p in points if p.rel_error <= options.max_error] or points
-        planned.append(ratecontrol.TensorPlan(info.name, finite_sq_norm(as_float64(array)), points, 0, measured))
+        planned.append(ratecontrol.plan_tensor(array, info, candidates, options.seed, options.max_error))
         records.append(planned[-1])
     return records, planned, fixed_bytes
 

@@ -106,12 +106,15 @@ class Plan:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def measure_candidates(array: np.ndarray, info: TensorInfo, candidates: Iterable[str], seed: int) -> list[Point]:
+def measure_candidates(
+    array: np.ndarray, info: TensorInfo, candidates: Iterable[str], seed: int, original: Original | None = None
+) -> list[Point]:
     """Encode ``array`` with every candidate pipeline and measure it (bytes incl. manifest share).
     A candidate that does not apply to this tensor (a usage error, e.g. a shape it cannot take) is
-    left out."""
+    left out. ``original``: ``array`` as :class:`Original`, whose checksum, float64 views and norm
+    the candidates share."""
     points = []
-    original = Original(array)  # its checksum, float64 views and norm are shared by the candidates
+    original = original if original is not None else Original(array)
     for text in candidates:
         try:
             pipeline = parse_pipeline(text)
@@ -123,6 +126,19 @@ def measure_candidates(array: np.ndarray, info: TensorInfo, candidates: Iterable
         nbytes = encoded.record["stored_bytes"] + record_overhead(encoded.record)
         points.append(Point(str(pipeline), nbytes, sq_error, metrics["rel_error"], encoded.record))
     return points
+
+
+def plan_tensor(
+    array: np.ndarray, info: TensorInfo, candidates: Iterable[str], seed: int, max_error: float | None
+) -> TensorPlan:
+    """A tensor's :class:`TensorPlan`: its candidates measured, those above ``max_error`` dropped
+    (unless none is left)."""
+    original = Original(array)
+    points = measure_candidates(array, info, candidates, seed, original)
+    measured = len(points)
+    if max_error is not None:
+        points = [p for p in points if p.rel_error <= max_error] or points
+    return TensorPlan(info.name, original.reference.sq_norm, points, 0, measured)
 
 
 def lower_hull(points: list[Point]) -> list[int]:
@@ -290,9 +306,12 @@ def candidates_for(mode: str, array: np.ndarray, max_error: float | None) -> lis
 def model_curves(
     tensors: list[TensorPlan], fixed_bytes: float, fixed_sq: float, total_sq_norm: float, numel: int
 ) -> list[dict[str, Any]]:
-    """Model-level rate-distortion curves from measured candidates (see :func:`sparsify.api.rate_distortion`)."""
+    """Model-level rate-distortion curves from measured candidates (see :func:`sparsify.api.rate_distortion`):
+    the allocation at 40 budgets, one uniform step (the same ladder rung) for every tensor, and RTN."""
 
-    def point(total_bytes: float, total_sq: float) -> dict[str, float]:
+    def point(chosen: list[Point]) -> dict[str, float]:
+        total_bytes = fixed_bytes + sum(p.nbytes for p in chosen)
+        total_sq = fixed_sq + sum(p.sq_error for p in chosen)
         error = math.sqrt(total_sq / total_sq_norm) if total_sq_norm > 0 else 0.0
         return {"bits_per_weight": 8 * total_bytes / numel if numel else 0.0, "rel_error": error}
 
@@ -302,34 +321,16 @@ def model_curves(
     highest = fixed_bytes + sum(max(p.nbytes for p in t.points) for t in tensors)
     best = []
     for budget in np.geomspace(lowest, highest, 40):
-        outcome = allocate(tensors, fixed_bytes, fixed_sq, total_sq_norm, budget_bytes=float(budget))
-        if outcome["met"]:
-            best.append(point(outcome["predicted_bytes"], outcome["predicted_weighted_rel_error"] ** 2 * total_sq_norm))
+        if allocate(tensors, fixed_bytes, fixed_sq, total_sq_norm, budget_bytes=float(budget))["met"]:
+            best.append(point([t.points[t.chosen] for t in tensors]))
     curves = [{"label": "rate control: best pipeline per tensor", "points": best}]
-    families = {"quant:step (one relative step for all tensors)": "quant:step="}
-    for label, prefix in families.items():
-        rungs = [[p for p in t.points if p.pipeline.startswith(prefix)] for t in tensors]
-        if rungs and all(len(r) == len(rungs[0]) for r in rungs):
-            curves.append(
-                {
-                    "label": label,
-                    "points": [
-                        point(
-                            fixed_bytes + sum(r[k].nbytes for r in rungs), fixed_sq + sum(r[k].sq_error for r in rungs)
-                        )
-                        for k in range(len(rungs[0]))
-                    ],
-                }
-            )
+    rungs = [[p for p in t.points if p.pipeline.startswith("quant:step=")] for t in tensors]
+    if all(len(r) == len(rungs[0]) for r in rungs):
+        label = "quant:step (one relative step for all tensors)"
+        curves.append({"label": label, "points": [point(list(rung)) for rung in zip(*rungs, strict=True)]})
     for fixed in _LADDER_FIXED[:-1]:
-        chosen = [next((p for p in t.points if p.pipeline.startswith(fixed.split("+")[0])), None) for t in tensors]
+        method = fixed.split("+")[0]
+        chosen = [next((p for p in t.points if p.pipeline.startswith(method)), None) for t in tensors]
         if all(c is not None for c in chosen):
-            curves.append(
-                {
-                    "label": f"RTN {fixed.split('+')[0]}",
-                    "points": [
-                        point(fixed_bytes + sum(c.nbytes for c in chosen), fixed_sq + sum(c.sq_error for c in chosen))
-                    ],
-                }
-            )
+            curves.append({"label": f"RTN {method}", "points": [point(chosen)]})
     return curves

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import sparsify
+from sparsify.errors import UsageError
 from sparsify.io import detect_format, open_weights
 from sparsify.metrics import tensor_metrics
 from sparsify.pipeline import parse_pipeline
@@ -132,3 +134,9 @@ def relative_error(target: np.ndarray, approximation: np.ndarray) -> float:
     """||target - approximation||_F / ||target||_F in float64."""
     target = np.asarray(target, dtype=np.float64)
     return float(np.linalg.norm(target - approximation) / np.linalg.norm(target))
+
+
+def check_usage_error(text: str, message: str) -> None:
+    """Parsing pipeline ``text`` is a UsageError whose message matches the regex ``message``."""
+    with pytest.raises(UsageError, match=message):
+        parse_pipeline(text)

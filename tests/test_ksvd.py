@@ -11,6 +11,7 @@ from checkers import (
     check_encode_decode,
     check_max_error,
     check_roundtrip,
+    check_usage_error,
     relative_error,
 )
 from conftest import SAMPLE_FILES
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from sparsify.errors import CorruptArchiveError, UsageError
+from sparsify.errors import CorruptArchiveError
 from sparsify.methods.base import EncodeContext
 from sparsify.methods.ksvd import KSVD, ksvd, learn_dictionary, training_indices
 from sparsify.pipeline import parse_pipeline, resolve_config
@@ -208,8 +209,7 @@ def test_composition_with_svd(tmp_path):
     ],
 )
 def test_bad_params(text, message):
-    with pytest.raises(UsageError, match=message):
-        parse_pipeline(text)
+    check_usage_error(text, message)
 
 
 def test_corrupt_parts_are_rejected():

@@ -10,6 +10,7 @@ from checkers import (
     check_encode_decode,
     check_max_error,
     check_roundtrip,
+    check_usage_error,
     read_tensors,
     relative_error,
 )
@@ -18,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from sparsify.errors import CorruptArchiveError, UsageError
+from sparsify.errors import CorruptArchiveError
 from sparsify.methods.quant import Quant, step_for_error
-from sparsify.pipeline import parse_pipeline, resolve_config
+from sparsify.pipeline import resolve_config
 from sparsify.quantize import packed_nbytes
 
 FC2 = read_tensors(SAMPLE_FILES["fp32"])["fc2.weight"].astype(np.float64)  # 128 x 256
@@ -276,5 +277,4 @@ def test_config_roundtrip(text):
     ],
 )
 def test_bad_params(text, message):
-    with pytest.raises(UsageError, match=message):
-        parse_pipeline(text)
+    check_usage_error(text, message)

@@ -11,6 +11,7 @@ from checkers import (
     check_encode_decode,
     check_max_error,
     check_roundtrip,
+    check_usage_error,
     relative_error,
 )
 from conftest import SAMPLE_FILES
@@ -20,10 +21,10 @@ from safetensors.numpy import save_file
 from threadpoolctl import threadpool_limits
 
 from sparsify.archive import Archive
-from sparsify.errors import CorruptArchiveError, UsageError
+from sparsify.errors import CorruptArchiveError
 from sparsify.methods.base import EncodeContext
 from sparsify.methods.svd import SVD, block_widths
-from sparsify.pipeline import parse_pipeline, resolve_config
+from sparsify.pipeline import resolve_config
 
 # The smallest max_error each storage type can reach at full rank (rounding of the stored factors).
 REACHABLE = {np.float64: 1e-9, np.float32: 1e-4, np.float16: 0.01, ml_dtypes.bfloat16: 0.05}
@@ -259,8 +260,7 @@ def test_float16_overflow_falls_back_to_float32():
     ],
 )
 def test_bad_params(text, message):
-    with pytest.raises(UsageError, match=message):
-        parse_pipeline(text)
+    check_usage_error(text, message)
 
 
 def test_corrupt_parts_are_rejected():

@@ -7,7 +7,7 @@ import json
 import ml_dtypes
 import numpy as np
 import pytest
-from checkers import check_config_roundtrip, check_deterministic, check_roundtrip, read_tensors
+from checkers import check_config_roundtrip, check_deterministic, check_roundtrip, check_usage_error, read_tensors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from sparsify.archive import Archive
 from sparsify.cli import run
-from sparsify.errors import CorruptArchiveError, UsageError
+from sparsify.errors import CorruptArchiveError
 from sparsify.methods import VALUE_CODERS
 from sparsify.methods.values import (
     decode_codebook,
@@ -239,8 +239,7 @@ def test_int_and_codebook_hostile_parts():
     ],
 )
 def test_pipeline_validation(text, message):
-    with pytest.raises(UsageError, match=message):
-        parse_pipeline(text)
+    check_usage_error(text, message)
 
 
 def test_value_coder_in_a_mixed_pipeline():

@@ -81,7 +81,8 @@ class _Cast(ValueCoder):
 
     def encode_values(self, values, seed, coded_size=None):
         original = _float64(values)
-        cast = original.astype(dtypes.numpy_of(self.target))
+        with np.errstate(over="ignore"):  # an overflow is detected below: the part is then kept as it is
+            cast = original.astype(dtypes.numpy_of(self.target))
         if not np.array_equal(np.isfinite(cast), np.isfinite(original)):
             return None  # overflow to inf
         return {"cast": cast}, {"dtype": self.target}

@@ -97,23 +97,28 @@ def record_overhead(record: dict[str, Any]) -> int:
     """An upper bound of the bytes a tensor adds to the archive beyond its parts (for planning): its
     manifest record as uncompressed, escaped JSON and its parts' entries in the container header
     (about 80 bytes each). The report apportions the real header size instead."""
-    text = json.dumps(json.dumps(record, separators=(",", ":"), allow_nan=True, default=str), ensure_ascii=False)
-    return len(text.encode("utf-8")) + _HEADER_ENTRY_BYTES * len(record["parts"])
+    escaped = json.dumps(_compact(record), ensure_ascii=False).encode("utf-8")
+    return len(escaped) + _HEADER_ENTRY_BYTES * len(record["parts"])
 
 
 _HEADER_ENTRY_BYTES = 80
 
 
+def _compact(value: Any) -> str:
+    """``value`` as the manifest writes JSON (compact), before compression."""
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
 def _raw_size(record: dict[str, Any]) -> int:
     """A tensor's manifest record as compact JSON plus its parts' container header entries."""
-    return len(json.dumps(record, separators=(",", ":"), default=str)) + _HEADER_ENTRY_BYTES * len(record["parts"])
+    return len(_compact(record)) + _HEADER_ENTRY_BYTES * len(record["parts"])
 
 
 def _overhead_share(manifest: dict[str, Any], header_bytes: int) -> float:
     """Stored header bytes per raw byte of manifest: the factor that turns a record's raw size into
     its share of the (compressed) manifest and container header."""
     records = sum(_raw_size(t) for t in manifest["tensors"])
-    rest = len(json.dumps({k: v for k, v in manifest.items() if k != "tensors"}, separators=(",", ":"), default=str))
+    rest = len(_compact({k: v for k, v in manifest.items() if k != "tensors"}))
     return header_bytes / (records + rest) if records + rest else 0.0
 
 
