@@ -218,16 +218,20 @@ def _manifest(
     return {**head, "plan": plan, "tensors": records, "gate": gate}
 
 
-# Rounds of re-allocation that correct the byte budget by the exactly predicted archive size.
+# Rounds of re-allocation that correct the byte budget by the exactly predicted archive size in both
+# directions; after them a fit ends the search and a miss tightens the budget (at most _MAX rounds).
 _PLAN_ROUNDS = 4
+_PLAN_ROUNDS_MAX = 64
 
 
 def _plan(reader, infos, options: Options, head: dict[str, Any], progress: Progress | None) -> ratecontrol.Plan:
     """Pass 1 of ``auto`` and targets: measure every planned tensor's candidates, then choose.
 
     The archive's size for a choice is computed exactly (:func:`sparsify.archive.writer.archive_size`)
-    from the candidates' records, and the allocation is corrected by its difference from the
-    allocator's running estimate, so a byte budget is met as planned.
+    from the candidates' records and the very manifest that will be written (plan figures included),
+    and the allocation is corrected by its difference from the allocator's running estimate. Of the
+    allocations tried, the one with the least error whose exact size fits is kept, so a byte budget
+    that can be met is met by construction, not by the luck of a manifest's last digits.
     """
     mode = "auto" if options.target is None else next(iter(options.target))
     records, planned, fixed_bytes = _measure(reader, infos, options, mode, progress)
@@ -239,32 +243,51 @@ def _plan(reader, infos, options: Options, head: dict[str, Any], progress: Progr
             t.chosen = best if best is not None else min(range(len(t.points)), key=lambda i: t.points[i].sq_error)
         summary["slope"] = None
     else:
-        budget = head["source"]["size"] / options.target["ratio"] if mode == "ratio" else options.target.get("size")
-        error_target = options.target.get("error")
-        # The error target is over the planned tensors: lossless ones would hide the others' error.
-        planned_sq_norm = sum(t.sq_norm for t in planned)
-        overhead = fixed_bytes + len(json.dumps(head))
-        for _ in range(_PLAN_ROUNDS):
-            outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, error_target)
-            outcome["budget_bytes"] = budget
-            estimate = outcome["predicted_bytes"]
-            plan = {**summary, **{k: v for k, v in outcome.items() if k != "predicted_bytes"}}
-            reason = ratecontrol.plan_reason(plan)
-            chosen = [r if isinstance(r, dict) else {**r.points[r.chosen].record, "reason": reason} for r in records]
-            exact = _predicted_size(head, plan, chosen, options.max_error)
-            if budget is None or exact == estimate:
-                break
-            overhead += exact - estimate
-        # The manifest records whether the plan fits, not the size itself (which the archive has): a
-        # size inside the compressed manifest would change the size.
-        outcome.pop("predicted_bytes")
-        outcome["met"] = outcome["met"] and (budget is None or exact <= budget)
-        summary.update(outcome)
+        summary = _allocate_to_target(records, planned, fixed_bytes, summary, head, options)
     choices = {}
     for t in planned:
         point = t.points[t.chosen]
         choices[t.name] = Choice(parse_pipeline(point.pipeline), ratecontrol.plan_reason(summary))
     return ratecontrol.Plan(choices, summary)
+
+
+def _allocate_to_target(records, planned, fixed_bytes: int, summary, head, options: Options) -> dict[str, Any]:
+    """Allocate ``planned`` to the options' target (sets each plan's ``chosen``); returns the plan's
+    summary exactly as the manifest records it."""
+    target = options.target
+    budget = head["source"]["size"] / target["ratio"] if "ratio" in target else target.get("size")
+    # The error target is over the planned tensors: lossless ones would hide the others' error.
+    planned_sq_norm = sum(t.sq_norm for t in planned)
+    overhead = fixed_bytes + len(json.dumps(head))
+    best = None  # (sq error, chosen indices, summary) of the best allocation whose exact size fits
+    for round_ in range(_PLAN_ROUNDS_MAX):
+        outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, target.get("error"))
+        estimate = outcome.pop("predicted_bytes")
+        # The manifest records whether the plan fits, not the size itself (which the archive has): a
+        # size inside the compressed manifest would change the size.
+        plan = {**summary, **outcome, "budget_bytes": budget}
+        if budget is None:
+            return plan
+        reason = ratecontrol.plan_reason(plan)
+        chosen = [r if isinstance(r, dict) else {**r.points[r.chosen].record, "reason": reason} for r in records]
+        exact = _predicted_size(head, plan, chosen, options.max_error)
+        if not outcome["met"]:
+            break  # not even the allocator's estimate fits: the cheapest allocation is the answer
+        if exact <= budget:
+            sq_error = sum(t.points[t.chosen].sq_error for t in planned)
+            if best is None or sq_error < best[0]:
+                best = (sq_error, [t.chosen for t in planned], plan)
+            if exact == estimate or round_ + 1 >= _PLAN_ROUNDS:
+                break
+        # exact > budget >= estimate here, or a fit in an early round: the correction then loosens
+        # the budget, to land closer to the target; past the early rounds only misses get here, and
+        # the budget shrinks until the archive fits.
+        overhead += exact - estimate
+    if best is None:
+        return {**plan, "met": False}
+    for t, chosen_index in zip(planned, best[1], strict=True):
+        t.chosen = chosen_index
+    return best[2]
 
 
 def _measure(reader, infos, options: Options, mode: str, progress: Progress | None):

@@ -156,7 +156,8 @@ def encode_tensor(
         encoded.record["metrics"] = metrics
         if bound is None or metrics["rel_error"] <= bound or metrics["rel_error"] == 0:
             break
-        scale *= 0.98 * (bound / metrics["rel_error"]) ** 2
+        shortfall = bound / metrics["rel_error"]
+        scale *= 0.98 * shortfall * shortfall  # not ** 2: libm's pow may differ between CPUs
     return encoded
 
 

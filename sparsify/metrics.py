@@ -9,7 +9,8 @@ For a tensor W and its decoded Ŵ (both cast to float64, same shape), with D = �
 * ``sq_error``, ``sq_norm`` = ||D||², ||W||²  (the totals' weighted error needs them)
 
 Entries where W and Ŵ are equal (or both NaN) count as no error, so preserved inf/nan do not poison the
-sums; norms run over finite entries.
+sums; norms run over finite entries. Every sum is taken by :mod:`sparsify.reproducible`, so the figures
+(which the manifest records) are the same on every machine.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from sparsify.reproducible import inner, sum_of_squares
+
 
 def as_float64(array: np.ndarray) -> np.ndarray:
     """Any real array (ml_dtypes floats, ints, bools included) as float64."""
@@ -28,22 +31,8 @@ def as_float64(array: np.ndarray) -> np.ndarray:
 
 
 def finite_sq_norm(w: np.ndarray) -> float:
-    """||w||_F^2 over the finite entries of a float64 array (inf if it overflows float64)."""
-    finite = w[np.isfinite(w)] if not np.all(np.isfinite(w)) else w
-    with np.errstate(over="ignore"):
-        return float(np.dot(finite.reshape(-1), finite.reshape(-1)))
-
-
-# Elements per block of :func:`blocked_sq_norm`: its float64 copy stays in the CPU cache.
-_NORM_BLOCK = 1 << 16
-
-
-def blocked_sq_norm(array: np.ndarray) -> float:
-    """:func:`finite_sq_norm` of any real array, cast to float64 a block at a time (no full-size
-    float64 copy of a large tensor). Summed in blocks, so it may differ from the one-pass value in
-    the last bits."""
-    flat = np.asarray(array).reshape(-1)
-    return float(sum(finite_sq_norm(as_float64(flat[i : i + _NORM_BLOCK])) for i in range(0, flat.size, _NORM_BLOCK)))
+    """||w||_F^2 over the finite entries of a real array (inf if it overflows float64)."""
+    return sum_of_squares(w, finite_only=True)
 
 
 class Reference:
@@ -57,8 +46,7 @@ class Reference:
         finite = np.isfinite(self.w)
         self.all_finite = bool(finite.all())
         self.finite_w = self.w if self.all_finite else np.where(finite, self.w, 0.0)
-        with np.errstate(over="ignore"):
-            self.sq_norm = float(np.dot(self.finite_w, self.finite_w))
+        self.sq_norm = sum_of_squares(self.finite_w)
 
 
 @np.errstate(all="ignore")
@@ -75,13 +63,13 @@ def tensor_metrics(original: np.ndarray, decoded: np.ndarray, reference: Referen
         same = (w == w_hat) | (np.isnan(w) & np.isnan(w_hat))
         diff = np.where(same, 0.0, w_hat - w)
         finite_hat = np.where(np.isfinite(w_hat), w_hat, 0.0)
-    sq_error = float(np.dot(diff, diff))
-    sq_norm_hat = float(np.dot(finite_hat, finite_hat))
+    sq_error = sum_of_squares(diff)
+    sq_norm_hat = sum_of_squares(finite_hat)
     return {
         "rel_error": _ratio_sqrt(sq_error, sq_norm),
         "max_abs_error": float(np.max(np.abs(diff))) if diff.size else 0.0,
         "snr_db": 10.0 * math.log10(sq_norm / sq_error) if sq_error > 0 and sq_norm > 0 else None,
-        "cosine": _cosine(float(np.dot(finite_w, finite_hat)), sq_norm, sq_norm_hat),
+        "cosine": _cosine(inner(finite_w, finite_hat), sq_norm, sq_norm_hat),
         "sq_error": sq_error,
         "sq_norm": sq_norm,
         "exact": same_bytes(np.asarray(original), np.asarray(decoded)),
@@ -100,7 +88,7 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
 
 def exact_metrics(original: np.ndarray | None) -> dict[str, Any]:
     """Metrics of a bit-exact round trip (``original`` None for types without a norm)."""
-    sq_norm = blocked_sq_norm(original) if original is not None else 0.0
+    sq_norm = finite_sq_norm(original) if original is not None else 0.0
     return {
         "rel_error": 0.0,
         "max_abs_error": 0.0,

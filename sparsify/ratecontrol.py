@@ -72,8 +72,18 @@ def ladder_candidates(array: np.ndarray) -> list[str]:
     rms = math.sqrt(finite_sq_norm(finite) / finite.size) if finite.size else 0.0
     if rms == 0.0 or not math.isfinite(rms):
         return list(_LADDER_FIXED)
-    steps = [f"quant:step={rms * 2.0**k:.4g}+zstd" for k in _LADDER_LOG2_STEPS]
+    steps = [f"quant:step={rms * _exp2(k):.4g}+zstd" for k in _LADDER_LOG2_STEPS]
     return steps + list(_LADDER_CODEBOOKS) + list(_LADDER_FIXED)
+
+
+# 2**f for the quarter octaves f of the ladder, as exact constants (libm's pow may differ between CPUs).
+_QUARTER_OCTAVES = {0.0: 1.0, 0.25: 1.189207115002721, 0.5: 1.4142135623730951, 0.75: 1.6817928305074290}
+
+
+def _exp2(k: float) -> float:
+    """2**k for k a multiple of 1/4, the same on every machine."""
+    whole = math.floor(k)
+    return math.ldexp(_QUARTER_OCTAVES[k - whole], whole)
 
 
 @dataclass(frozen=True)
@@ -191,7 +201,7 @@ def allocate(
     segments.sort(key=lambda s: (-s[0], s[1], s[2]))
     total_bytes = fixed_bytes + sum(t.points[t.chosen].nbytes for t in tensors)
     total_sq = fixed_sq_error + sum(t.points[t.chosen].sq_error for t in tensors)
-    error_budget = None if max_rel_error is None else max_rel_error**2 * total_sq_norm
+    error_budget = None if max_rel_error is None else max_rel_error * max_rel_error * total_sq_norm
     slope = None
     for rate, ti, k in segments:
         if error_budget is not None and total_sq <= error_budget:

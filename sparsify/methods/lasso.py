@@ -42,6 +42,7 @@ from sparsify.lasso_solver import bisect_alpha, fista_lasso, soft_threshold, sol
 from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
 from sparsify.methods.threshold import squared_threshold_for_error
 from sparsify.params import Param
+from sparsify.reproducible import matmul, sum_of_squares
 from sparsify.signals import from_signals, to_signals
 
 DICTIONARIES = ("identity", "dct", "learned")
@@ -63,7 +64,7 @@ def _dct(signals: np.ndarray, inverse: bool = False) -> np.ndarray:
 def _error_sq(target: np.ndarray, approximation: np.ndarray) -> float:
     """||target - approximation||_F² over the target's finite entries."""
     diff = (target - approximation)[np.isfinite(target)]
-    return float(np.dot(diff, diff))
+    return sum_of_squares(diff)
 
 
 def _largest_alpha_shrunk(coefficients: np.ndarray, budget_sq: float) -> float:
@@ -307,5 +308,6 @@ class Lasso(Method):
                 raise CorruptArchiveError(
                     f"lasso: dictionary of shape {dictionary.shape} does not fit signals of length {length}"
                 )
-            signals = dictionary @ sparse.unpack(coded, (count, dictionary.shape[1])).T
+            codes = sparse.unpack(coded, (count, dictionary.shape[1]))
+            signals = matmul(codes, dictionary.T).T  # without BLAS: the same on every machine
         return np.ascontiguousarray(from_signals(signals, shape, self.config.get("segment")), dtype=np.float64)

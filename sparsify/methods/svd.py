@@ -64,6 +64,7 @@ import scipy.linalg
 from sparsify.errors import CorruptArchiveError
 from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
 from sparsify.params import Param
+from sparsify.reproducible import matmul, sum_of_squares
 from sparsify.sparse import narrowest_uint
 
 SOLVERS = ("auto", "exact", "randomized")
@@ -404,16 +405,18 @@ def _rank_lower_bound(f: _Factors, target_sq: float) -> int:
 
 
 def _reconstruct(us: np.ndarray, vt: np.ndarray, ranks: np.ndarray | None, widths: list[int], m: int) -> np.ndarray:
-    """float64 (m, n) product of the stored factors (shared by encode and decode, so both agree exactly)."""
+    """float64 (m, n) product of the stored factors (shared by encode and decode, so both agree exactly),
+    summed without BLAS: the decoded tensor is the same on every machine."""
     us64 = np.ascontiguousarray(us, dtype=np.float64)
     vt64 = np.ascontiguousarray(vt, dtype=np.float64)
     if ranks is None:
-        return us64 @ vt64
+        return matmul(us64, vt64)
     out = np.empty((m, int(sum(widths))), dtype=np.float64)
     col = rank_at = value_at = 0
     for r, w in zip((int(x) for x in ranks), widths, strict=True):
         if r:
-            out[:, col : col + w] = us64[:, rank_at : rank_at + r] @ vt64[value_at : value_at + r * w].reshape(r, w)
+            block_vt = vt64[value_at : value_at + r * w].reshape(r, w)
+            out[:, col : col + w] = matmul(us64[:, rank_at : rank_at + r], block_vt)
         else:
             out[:, col : col + w] = 0.0
         col, rank_at, value_at = col + w, rank_at + r, value_at + r * w
@@ -421,9 +424,8 @@ def _reconstruct(us: np.ndarray, vt: np.ndarray, ranks: np.ndarray | None, width
 
 
 def _sq_norm(a: np.ndarray) -> float:
-    """||a||_F^2 summed as :func:`sparsify.metrics.finite_sq_norm` sums it (a dot product of the flat array)."""
-    flat = a.reshape(-1)
-    return float(np.dot(flat, flat))
+    """||a||_F^2 summed as :func:`sparsify.metrics.finite_sq_norm` sums it."""
+    return sum_of_squares(a)
 
 
 def _factor_dtype(dtype: np.dtype, largest: float) -> np.dtype:
