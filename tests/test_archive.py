@@ -178,9 +178,12 @@ CASES = {
     ),
     "missing part": (
         lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["parts"][0].update(key="nope")),
-        "part 'nope' is not in the file",
+        "tensors[1].parts[0].key is 'nope', expected 'fc1.weight/0.threshold.mask'",
     ),
-    "bad shape": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1].update(shape=[-1, 3])), "bad shape"),
+    "bad shape": (
+        lambda d: rewrite_manifest(d, lambda m: m["tensors"][1].update(shape=[-1, 3])),
+        "tensors[1].shape[0]: Expected int >= 0",
+    ),
     "unknown method": (
         lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["stages"][0].update(method="magic")),
         "unknown method 'magic'",
@@ -193,7 +196,7 @@ CASES = {
     ),
     "bad stage config": (
         lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["stages"][0]["config"].update(sparsity=7)),
-        "invalid stage config: threshold: sparsity=7 is out of range",
+        "tensors[1].stages[0].config: threshold: sparsity=7 is out of range",
     ),
     "inconsistent view": (lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["view"].update(rows=7)), "bad view"),
 }

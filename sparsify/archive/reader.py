@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from sparsify import container, dtypes
+from sparsify import container
+from sparsify.archive import schema
 from sparsify.archive.version import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -25,11 +26,9 @@ from sparsify.archive.version import (
     METADATA_KEY,
     major,
 )
-from sparsify.codec import decode_part, decode_tensor, matrix_shape, sha256
-from sparsify.errors import CorruptArchiveError, InputError, SparsifyError
+from sparsify.codec import decode_part, decode_tensor, sha256
+from sparsify.errors import CorruptArchiveError, InputError
 from sparsify.io.base import SourceMeta, TensorInfo
-
-_MAX_EXPANSION = 1 << 16
 
 
 class Archive:
@@ -52,7 +51,7 @@ class Archive:
             self.layout = container.read_layout(self._file, size, CorruptArchiveError, what)
             self.manifest = _load_manifest(self.layout, what)
             self._entries = {e.name: e for e in self.layout.entries}
-            _validate(self.manifest, self._entries, what)
+            schema.validate(self.manifest, self._entries, what)
         except BaseException:
             self._file.close()
             raise
@@ -172,52 +171,3 @@ def unpack_manifest(envelope: dict[str, Any], what: str) -> Any:
             f"the manifest {manifest.get('format_version')!r}"
         )
     return manifest
-
-
-def _validate(manifest: dict[str, Any], entries: dict[str, container.Entry], what: str) -> None:
-    """Check the manifest's structure and that every part it names exists with the declared size."""
-    try:
-        tensors = manifest["tensors"]
-        _check(isinstance(tensors, list), "tensors is not a list")
-        parts = [p for t in tensors for p in _tensor_parts(t)]
-        parts += list(manifest["source"]["blobs"].values())
-        for part in parts:
-            _check_part(part, entries)
-    except SparsifyError as exc:
-        raise CorruptArchiveError(f"{what}: invalid manifest: {exc}") from None
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise CorruptArchiveError(f"{what}: invalid manifest ({exc!r})") from None
-
-
-def _tensor_parts(tensor: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    _check(isinstance(tensor["name"], str), "tensor name is not a string")
-    shape = tensor["shape"]
-    _check(isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape), f"bad shape {shape!r}")
-    dtypes.nbytes_of(tensor["dtype"], tuple(shape))
-    view = tensor["view"]
-    _check(view["layout"] in ("first", "last"), f"bad view {view!r}")
-    _check([view["rows"], view["cols"]] == list(matrix_shape(tuple(shape), view["layout"])), f"bad view {view!r}")
-    _check(isinstance(tensor["stages"], list) and tensor["stages"], "no stages")
-    return tensor["parts"]
-
-
-def _check_part(part: Mapping[str, Any], entries: dict[str, container.Entry]) -> None:
-    entry = entries.get(part["key"])
-    _check(entry is not None, f"part {part['key']!r} is not in the file")
-    _check(isinstance(part["sha256"], str), f"part {part['key']!r} has no checksum")
-    _check(entry.nbytes == part["nbytes"], f"part {part['key']!r} size differs from the header")
-    shape = part["shape"]
-    _check(isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape), f"bad part shape {shape!r}")
-    logical = dtypes.nbytes_of(part["dtype"], tuple(shape))
-    if part["codec"] is None:
-        _check(logical == entry.nbytes, f"part {part['key']!r}: {entry.nbytes} bytes stored, {logical} declared")
-    else:  # zstd cannot expand a frame more than ~32768x (RLE blocks): refuse a bomb before allocating
-        _check(
-            logical <= _MAX_EXPANSION * entry.nbytes + (1 << 20),
-            f"part {part['key']!r} declares {logical} bytes from {entry.nbytes}",
-        )
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise CorruptArchiveError(message)
