@@ -8,12 +8,15 @@ for HDF5), plus a JSON summary for people (metadata, groups, attributes, key ord
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from sparsify.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,27 @@ class SourceMeta:
 
 
 class WeightReader(ABC):
-    """Opens a weight file lazily; use as a context manager."""
+    """Opens a weight file lazily; use as a context manager.
+
+    The file's identity (size, modification time, inode, device) is noted when the reader is made,
+    before the file is opened, so that :meth:`check_unchanged` can tell a file changed meanwhile.
+    """
 
     format: ClassVar[str]
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._stamp = _stamp(self.path)
+
+    def check_unchanged(self) -> None:
+        """Raise InputError if the file is no longer the one opened (its size, mtime, inode or device differ).
+
+        Each ``read`` calls it before returning data; call it once more after the last ``read`` so that a
+        change during that read cannot go unnoticed. A change within the file system's timestamp
+        granularity that keeps the size is beyond what this can see.
+        """
+        if _stamp(self.path) != self._stamp:
+            raise InputError(f"{self.path}: changed while it was being read")
 
     @abstractmethod
     def tensors(self) -> list[TensorInfo]:
@@ -83,6 +101,15 @@ class WeightReader(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """``(st_size, st_mtime_ns, st_ino, st_dev)`` of ``path``, None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
 class WeightWriter(ABC):

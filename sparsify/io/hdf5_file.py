@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,13 @@ _ML_FLOATS: dict[str, str] = {
 _LIBVER_OF_SUPERBLOCK = {2: h5f.LIBVER_V18, 3: h5f.LIBVER_V110}
 
 _SUMMARY_STRING_LIMIT = 200
+
+# Deflate, the filter HDF5 files use most, expands at most 1032:1; sparsify holds every filter to that.
+_MAX_FILTER_RATIO = 1032
+_CHUNK_OVERHEAD = 1024  # bytes a filter that cannot shrink a chunk may add to it (headers, checksums)
+
+# What reading a damaged or hostile file can make h5py raise.
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError)
 _skeleton_names = itertools.count()
 
 
@@ -95,7 +103,7 @@ def _open(path: Path) -> h5py.File:
         return h5py.File(path, "r")
     except FileNotFoundError as exc:
         raise InputError(f"{path}: no such file") from exc
-    except OSError as exc:
+    except _H5_ERRORS as exc:
         raise InputError(f"{path}: not a readable HDF5 file: {_one_line(exc)}") from exc
 
 
@@ -111,11 +119,12 @@ def _ml_float_name(ds: h5py.Dataset) -> str | None:
     return name
 
 
-def _tensor_info(path: Path, name: str, ds: h5py.Dataset) -> TensorInfo | None:
+def _tensor_info(path: Path, name: str, ds: h5py.Dataset, file_size: int) -> TensorInfo | None:
     """The TensorInfo of a dataset; None for a dataset with a null dataspace (no data at all).
 
     Raises InputError for what sparsify cannot carry as raw bytes: Python-object types (strings of
-    variable length, references, variable-length sequences), external and virtual storage.
+    variable length, references, variable-length sequences); for storage in other files, which is never
+    followed (external raw files, virtual datasets); and for declared sizes the file cannot hold.
     """
     if ds.id.get_space().get_simple_extent_type() == h5s.NULL:
         return None
@@ -125,16 +134,69 @@ def _tensor_info(path: Path, name: str, ds: h5py.Dataset) -> TensorInfo | None:
             "which sparsify does not support"
         )
     dcpl = ds.id.get_create_plist()
-    if dcpl.get_layout() == h5d.VIRTUAL or dcpl.get_external_count():
+    if dcpl.get_layout() == h5d.VIRTUAL:
         raise InputError(
-            f"{path}: dataset {name!r} keeps its data outside the file (virtual or external "
-            "storage), which sparsify refuses"
+            f"{path}: dataset {name!r} is a virtual dataset (its data lives in other files); sparsify does not "
+            "follow it"
+        )
+    if dcpl.get_external_count():
+        raise InputError(
+            f"{path}: dataset {name!r} keeps its data in external raw files; sparsify does not follow them"
         )
     dtype = _ml_float_name(ds) or name_of(ds.dtype)
     if numpy_of(dtype).itemsize != ds.id.get_type().get_size():
         raise InputError(f"{path}: dataset {name!r} has an element type sparsify cannot map to numpy")
+    _check_declared_size(path, name, ds, file_size)
     shape = tuple(int(d) for d in ds.shape)
     return TensorInfo(name, dtype, shape, "last" if len(shape) >= 2 else "first")
+
+
+def _check_declared_size(path: Path, name: str, ds: h5py.Dataset, file_size: int) -> None:
+    """Refuse a dataset declaring more bytes than the file can hold, before anything is allocated for it.
+
+    Unfiltered data (contiguous, compact or chunked) must fit in the file. Filtered chunks may expand to
+    ``_MAX_FILTER_RATIO`` times the bytes they store; on top of that a dataset may declare up to the file's
+    size for chunks never written, which read as the fill value.
+    """
+    declared = math.prod(ds.shape) * ds.id.get_type().get_size()
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_layout() != h5d.CHUNKED or not dcpl.get_nfilters():
+        if declared > file_size:
+            raise InputError(
+                f"{path}: dataset {name!r} declares {declared} bytes of data but the file has only {file_size} "
+                "(truncated or corrupt)"
+            )
+        return
+    stored = min(ds.id.get_storage_size(), file_size)
+    if declared > _MAX_FILTER_RATIO * stored + file_size:
+        raise InputError(
+            f"{path}: dataset {name!r} declares {declared} bytes of data, more than its {stored} compressed "
+            "bytes can hold (a decompression bomb?)"
+        )
+    _check_chunks(path, name, ds)
+
+
+def _check_chunks(path: Path, name: str, ds: h5py.Dataset) -> None:
+    """Refuse a filtered chunk that stores more than its own size plus what a compressor may add.
+
+    HDF5 inflates a chunk into a buffer it keeps doubling until the compressed stream ends, whatever the
+    chunk's size; bounding the stored bytes bounds that buffer to about ``_MAX_FILTER_RATIO`` times the
+    chunk's size.
+    """
+    nominal = math.prod(ds.chunks) * ds.id.get_type().get_size()
+    limit = nominal + nominal // 1000 + _CHUNK_OVERHEAD
+    largest = 0
+
+    def visit(chunk) -> None:
+        nonlocal largest
+        largest = max(largest, chunk.size)
+
+    ds.id.chunk_iter(visit)
+    if largest > limit:
+        raise InputError(
+            f"{path}: dataset {name!r} has a compressed chunk of {largest} bytes, more than its {nominal} bytes "
+            "uncompressed can need (a decompression bomb?)"
+        )
 
 
 class HDF5Reader(WeightReader):
@@ -146,6 +208,7 @@ class HDF5Reader(WeightReader):
         super().__init__(path)
         self._file = _open(self.path)
         try:
+            self._size = os.path.getsize(self.path)
             self._infos = self._scan()
         except BaseException:
             self._file.close()
@@ -156,10 +219,10 @@ class HDF5Reader(WeightReader):
         try:
             for link in _walk(self._file):
                 if isinstance(link.obj, h5py.Dataset):
-                    info = _tensor_info(self.path, link.path, link.obj)
+                    info = _tensor_info(self.path, link.path, link.obj, self._size)
                     if info is not None:
                         infos[info.name] = info
-        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        except _H5_ERRORS as exc:
             raise InputError(f"{self.path}: damaged HDF5 file: {_one_line(exc)}") from exc
         return infos
 
@@ -167,13 +230,16 @@ class HDF5Reader(WeightReader):
         return list(self._infos.values())
 
     def read(self, name: str) -> np.ndarray:
+        """One dataset, its size checked against the file's when the reader opened (see _check_declared_size)."""
         info = self._infos[name]
         out = np.empty(info.shape, numpy_of(info.dtype))
         try:
             ds = self._file[name]
             ds.id.read(h5s.ALL, h5s.ALL, out, mtype=ds.id.get_type())
-        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        except _H5_ERRORS as exc:
+            self.check_unchanged()  # a file cut or rewritten meanwhile explains the failure best
             raise InputError(f"{self.path}: cannot read dataset {name!r}: {_one_line(exc)}") from exc
+        self.check_unchanged()
         return out
 
     def source_meta(self) -> SourceMeta:
@@ -183,8 +249,10 @@ class HDF5Reader(WeightReader):
             skeleton = _skeleton(self._file, userblock)
             summary = _summary(self._file)
             tracked = _tracked_times(self._file)
-        except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        except _H5_ERRORS as exc:
+            self.check_unchanged()
             raise InputError(f"{self.path}: cannot copy the HDF5 tree: {_one_line(exc)}") from exc
+        self.check_unchanged()  # the user block was read through a second handle
         return SourceMeta(summary=summary, rebuild={"track_times": tracked}, blobs={"skeleton": skeleton})
 
     def close(self) -> None:
@@ -274,6 +342,11 @@ def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
         if _holds_references(aid.dtype):
             raise ValueError(
                 f"attribute {name!r} of {src.name!r} holds object references, which sparsify does not support"
+            )
+        if h5py.check_vlen_dtype(aid.dtype) is not None and h5py.check_string_dtype(aid.dtype) is None:
+            # as for datasets; and h5py crashes reading a damaged variable-length type of this kind
+            raise ValueError(
+                f"attribute {name!r} of {src.name!r} holds variable-length sequences, which sparsify does not support"
             )
         new = h5py.h5a.create(dst.id, name.encode(), aid.get_type(), aid.get_space())
         if aid.shape is not None:  # None: a null dataspace (h5py.Empty), no value to copy

@@ -10,7 +10,11 @@ for byte from what the reader recorded, or writes a plain ``np.savez``-style arc
 from __future__ import annotations
 
 import base64
+import copy
 import io
+import itertools
+import math
+import os
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -37,6 +41,12 @@ _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # zip local file header, up to the n
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _ZIP64_EXTRA_ID = 1
 _CHUNK_BYTES = 16 * 1024**2  # the size of the pieces numpy streams array data in
+# Deflate emits at most 258 bytes per 2 bits of input: no member can decompress to more than this many
+# times its compressed size, plus a little for stream headers and a last partial byte.
+_DEFLATE_MAX_RATIO = 1032
+_DEFLATE_SLACK = 1024
+_LOOKAHEAD = 1 << 16  # more than zipfile decompresses in one step (its MIN_READ_SIZE)
+_MAX_BYTES = 2**63 - 1  # sizes beyond this overflow numpy's intp
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class _NpyHeader:
     @property
     def data_bytes(self) -> int:
         """Bytes of array data that follow the header."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
     @classmethod
     def parse(cls, stream) -> _NpyHeader:
@@ -65,7 +75,16 @@ class _NpyHeader:
         if length > _MAX_HEADER_BYTES:
             raise ValueError(f".npy header of {length} bytes is larger than {_MAX_HEADER_BYTES}")
         raw = magic + length_field + stream.read(length)
-        shape, fortran_order, dtype = _read_array_header(io.BytesIO(raw[len(magic) :]), version)
+        try:
+            shape, fortran_order, dtype = _read_array_header(io.BytesIO(raw[len(magic) :]), version)
+        except ValueError:
+            raise
+        except Exception as exc:  # numpy's parser lets tokenizer, parser and dtype errors of a hostile header out
+            raise ValueError(f"bad .npy header: {_one_line(exc)}") from exc
+        if any(d < 0 for d in shape):
+            raise ValueError(f".npy shape {tuple(shape)} has a negative dimension")
+        if math.prod(shape) * max(dtype.itemsize, 1) > _MAX_BYTES:
+            raise ValueError(f".npy shape {tuple(shape)} of {dtype.str} overflows a 64-bit size")
         return cls(raw, dtype, tuple(shape), fortran_order)
 
 
@@ -77,12 +96,14 @@ class _Member:
     header:      its ``.npy`` header.
     local_extra: the extra field of its local header, without the zip64 record.
     local_zip64: whether its local header carried a zip64 record (``force_zip64`` when written).
+    data_end:    the file offset just past its compressed data.
     """
 
     info: zipfile.ZipInfo
     header: _NpyHeader
     local_extra: bytes
     local_zip64: bool
+    data_end: int
 
     def rebuild(self) -> dict[str, Any]:
         """What the writer needs to write this member again, JSON-able."""
@@ -117,6 +138,7 @@ class NpzReader(WeightReader):
         super().__init__(path)
         with _input_errors(self.path):
             self._file = open(self.path, "rb")
+            self._size = os.fstat(self._file.fileno()).st_size
         try:
             with _input_errors(self.path):
                 self._zip = zipfile.ZipFile(self._file)
@@ -134,14 +156,28 @@ class NpzReader(WeightReader):
         if member is None:
             raise InputError(f"{self.path}: no array {name!r} in this npz file")
         header = member.header
-        with _input_errors(self.path, f"array {name!r}: "), self._zip.open(member.info) as stream:
-            stream.read(len(header.raw))
-            data = _read_exact(stream, header.data_bytes)
-            stream.read(1)  # zipfile checks the CRC only once a read reaches the end of the member
+        try:
+            data = self._member_data(name, member)
+        finally:
+            self.check_unchanged()  # first: a file cut or rewritten meanwhile explains any read error best
         dtype = numpy_of(name_of(header.dtype))  # plain void for structured dtypes
         if dtype.itemsize == 0:  # no bytes to view: shape alone makes the array
             return np.zeros(header.shape, dtype)
         return data.view(dtype).reshape(header.shape, order="F" if header.fortran_order else "C")
+
+    def _member_data(self, name: str, member: _Member) -> np.ndarray:
+        """The array bytes of one member, checked to end exactly where its zip header says."""
+        info, header = member.info, member.header
+        trusted = info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # see _check_declared_size
+        with _input_errors(self.path, f"array {name!r}: "), self._zip.open(_declaring_more(info)) as stream:
+            stream.read(len(header.raw))
+            data = _read_exact(stream, header.data_bytes, trusted)
+            if stream.read(1):  # also makes zipfile check the CRC, which it does at the end of the member
+                raise InputError(
+                    f"{self.path}: array {name!r}: member decompresses to more than the "
+                    f"{info.file_size} bytes its zip header declares"
+                )
+        return data
 
     def source_meta(self) -> SourceMeta:
         members = list(self._members.values())
@@ -168,11 +204,26 @@ class NpzReader(WeightReader):
             if key in members:
                 raise InputError(f"{self.path}: array {key!r} is stored twice")
             members[key] = self._member(key, info)
+        self._check_disjoint(members)
         return members
 
+    def _check_disjoint(self, members: dict[str, _Member]) -> None:
+        """Refuse members whose bytes overlap: one compressed stream read as many arrays is a zip bomb."""
+        spans = sorted((m.info.header_offset, m.data_end, key) for key, m in members.items())
+        for (_, end, key), (start, _, next_key) in itertools.pairwise(spans):
+            if end > start:
+                raise InputError(f"{self.path}: arrays {key!r} and {next_key!r} overlap in the file (a zip bomb?)")
+
     def _member(self, key: str, info: zipfile.ZipInfo) -> _Member:
-        local_extra, local_zip64 = self._local_extra(info)
-        with _input_errors(self.path, f"array {key!r}: "), self._zip.open(info) as stream:
+        local_extra, local_zip64, data_start = self._local_extra(info)
+        data_end = data_start + info.compress_size
+        if data_end > self._size:
+            raise InputError(
+                f"{self.path}: array {key!r}: member's {info.compress_size} compressed bytes run past the end of "
+                f"the file (truncated or corrupt)"
+            )
+        _check_declared_size(self.path, key, info)
+        with _input_errors(self.path, f"array {key!r}: "), self._zip.open(_declaring_more(info)) as stream:
             header = _NpyHeader.parse(stream)
         if header.dtype.hasobject:
             raise InputError(f"{self.path}: array {key!r} holds Python objects (pickled); sparsify refuses to unpickle")
@@ -181,10 +232,10 @@ class NpzReader(WeightReader):
                 f"{self.path}: array {key!r}: member holds {info.file_size} bytes but its .npy header "
                 f"needs {len(header.raw) + header.data_bytes} (truncated or corrupt)"
             )
-        return _Member(info, header, local_extra, local_zip64)
+        return _Member(info, header, local_extra, local_zip64, data_end)
 
-    def _local_extra(self, info: zipfile.ZipInfo) -> tuple[bytes, bool]:
-        """The local header's extra field without its zip64 record, and whether it had one.
+    def _local_extra(self, info: zipfile.ZipInfo) -> tuple[bytes, bool, int]:
+        """The local header's extra field without its zip64 record, whether it had one, and where the data starts.
 
         zipfile does not expose local headers; it writes ``ZipInfo.extra`` there plus a zip64 record
         when ``force_zip64`` is set or the member is large, and only the former in the directory.
@@ -195,7 +246,8 @@ class NpzReader(WeightReader):
             raise zipfile.BadZipFile(f"bad local header for member {info.filename!r}")
         name_length, extra_length = _LOCAL_HEADER.unpack(fixed)[-2:]
         self._file.seek(name_length, io.SEEK_CUR)
-        return _without_zip64(self._file.read(extra_length))
+        extra, zip64 = _without_zip64(self._file.read(extra_length))
+        return extra, zip64, info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
 
 
 class NpzWriter(WeightWriter):
@@ -282,8 +334,45 @@ def _write_data(stream, array: np.ndarray, fortran_order: bool) -> None:
         stream.write(chunk.tobytes("C"))
 
 
-def _read_exact(stream, size: int) -> np.ndarray:
-    """``size`` bytes from ``stream`` as a new uint8 array, read in pieces; ValueError when short."""
+def _check_declared_size(path: Path, key: str, info: zipfile.ZipInfo) -> None:
+    """Refuse a member whose declared uncompressed size its compressed bytes cannot hold (a zip bomb).
+
+    Stored members hold exactly their size; deflated ones at most ``_DEFLATE_MAX_RATIO`` times it. Other
+    methods (bzip2, LZMA) have no useful bound; their data is read without trusting the declared size.
+    """
+    if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+        raise InputError(
+            f"{path}: array {key!r}: stored member declares {info.file_size} bytes but holds {info.compress_size}"
+        )
+    if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > (
+        _DEFLATE_MAX_RATIO * info.compress_size + _DEFLATE_SLACK
+    ):
+        raise InputError(
+            f"{path}: array {key!r}: member declares {info.file_size} bytes from {info.compress_size} deflated "
+            f"bytes, more than deflate can expand to (a zip bomb?)"
+        )
+
+
+def _declaring_more(info: zipfile.ZipInfo) -> zipfile.ZipInfo:
+    """A copy of ``info`` declaring ``_LOOKAHEAD`` bytes more, so that reading shows a stream longer than declared.
+
+    zipfile itself stops at the declared size, and checks the CRC where it stops. Declaring more lets bytes
+    past the declared end come back before that check (which would fail over the longer data, with a less
+    telling message); a stream of the declared length still ends, and has its CRC checked, where it ends.
+    """
+    longer = copy.copy(info)
+    longer.file_size = info.file_size + _LOOKAHEAD
+    return longer
+
+
+def _read_exact(stream, size: int, trusted: bool) -> np.ndarray:
+    """``size`` bytes from ``stream`` as a new uint8 array, read in pieces; ValueError when short.
+
+    ``trusted``: ``size`` was checked against the compressed size, so it is allocated at once; otherwise
+    memory grows only with the bytes that really arrive.
+    """
+    if not trusted:
+        return _read_growing(stream, size)
     data = np.empty(size, np.uint8)
     view = memoryview(data)
     done = 0
@@ -293,6 +382,18 @@ def _read_exact(stream, size: int) -> np.ndarray:
             raise ValueError(f"member ends after {done} of {size} bytes of array data")
         done += got
     return data
+
+
+def _read_growing(stream, size: int) -> np.ndarray:
+    """Like :func:`_read_exact`, keeping the pieces as they come and joining them at the end."""
+    pieces, done = [], 0
+    while done < size:
+        piece = stream.read(min(_CHUNK_BYTES, size - done))
+        if not piece:
+            raise ValueError(f"member ends after {done} of {size} bytes of array data")
+        pieces.append(piece)
+        done += len(piece)
+    return np.frombuffer(b"".join(pieces), np.uint8).copy()
 
 
 def _without_zip64(extra: bytes) -> tuple[bytes, bool]:

@@ -7,6 +7,7 @@ order, padding and ``__metadata__`` included) and writes the tensors back at the
 
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -28,8 +29,11 @@ class SafetensorsReader(WeightReader):
         except OSError as exc:
             raise InputError(f"{self.path}: cannot open: {exc.strerror or exc}") from None
         try:
-            size = self.path.stat().st_size
+            size = os.fstat(self._file.fileno()).st_size  # the size of what was opened, before trusting the header
             self._layout = container.read_layout(self._file, size, InputError, str(self.path))
+        except (OSError, struct.error) as exc:  # struct.error: the file shrank below 8 bytes meanwhile
+            self._file.close()
+            raise InputError(f"{self.path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
         except BaseException:
             self._file.close()
             raise
@@ -38,11 +42,14 @@ class SafetensorsReader(WeightReader):
         return [TensorInfo(e.name, e.dtype, e.shape, "first") for e in self._layout.entries]
 
     def read(self, name: str) -> np.ndarray:
+        """One tensor, read with plain reads (no memory map, so a file cut meanwhile cannot fault)."""
         entry = self._layout.entry(name)
         try:
             raw = container.read_bytes(self._file, self._layout, entry)
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot read tensor {name!r}: {exc}") from None
+            self.check_unchanged()
+            raise InputError(f"{self.path}: cannot read tensor {name!r}: {exc.strerror or exc}") from None
+        self.check_unchanged()
         return container.as_array(raw, entry.dtype, entry.shape)
 
     def source_meta(self) -> SourceMeta:
