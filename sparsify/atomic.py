@@ -3,18 +3,40 @@
 Without ``force`` an existing destination is never replaced: the check runs before any work and
 again at the end, where the file is linked into place (``os.link`` fails if the name exists). The
 input file is never a valid destination.
+
+The temporary file is named ``.{name}.sparsify-tmp-{pid}-{random}`` (``pid`` of the writing process),
+so one that a killed run left behind is recognisable and attributable: the next :func:`atomic_output`
+to the same destination removes those whose process no longer runs (on this host) and logs a warning
+for each (logger ``sparsify.atomic``; the CLI prints it on stderr unless ``--quiet``). Files that
+writers derive from the temporary name (a spool, a staging copy) end in ``.{suffix}`` and go the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from sparsify.errors import OutputError
+from sparsify.errors import InputError, OutputError, SparsifyError
+
+TEMP_MARK = ".sparsify-tmp-"
+_TEMP_TAIL = re.compile(r"(?P<pid>[1-9][0-9]{0,8})-[0-9a-f]{8}(?:\..+)?")
+"""What follows ``.{name}{TEMP_MARK}`` in a temporary name: the pid, the random part, any suffix."""
+
+_log = logging.getLogger(__name__)
+
+_OUTPUT_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EFBIG: "file too large (the file size limit was reached)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
 
 
 def check_destination(path: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
@@ -33,41 +55,109 @@ def check_destination(path: Path, force: bool, inputs: tuple[Path, ...] = ()) ->
 
 @contextlib.contextmanager
 def atomic_output(path: Path, force: bool, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success move it to ``path``, else delete it."""
+    """Yield a temporary path in ``path``'s folder; on success move it to ``path``, else delete it.
+
+    An OSError inside the block becomes an OutputError, unless it names one of ``inputs`` (reading
+    the input failed): then an InputError.
+    """
     path = Path(path)
     check_destination(path, force, inputs)
+    remove_stale_temps(path)
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        temp = _create_temp(path)
     except OSError as exc:
         raise _output_error(path, exc) from None
-    os.close(fd)
-    temp = Path(name)
-    os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield temp
         _fsync(temp)
-        if force:
-            check_destination(path, force, inputs)
-            os.replace(temp, path)
-        else:
-            try:
-                os.link(temp, path)
-            except FileExistsError:
-                raise OutputError(f"{path}: already exists (use --force to overwrite)") from None
-            temp.unlink()
+        _move_into_place(temp, path, force, inputs)
         _fsync_dir(path.parent)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise _output_error(path, exc) from None
+        _discard(temp)
+        raise _block_error(path, exc, inputs) from None
+    except OutputError as exc:
+        _discard(temp)
+        raise _restated(exc, temp, path) from exc.__cause__
     except BaseException:
-        temp.unlink(missing_ok=True)
+        _discard(temp)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def temp_prefix(path: Path) -> str:
+    """How the names of ``path``'s temporary files begin."""
+    return f".{Path(path).name}{TEMP_MARK}"
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files for ``path`` whose writing process no longer runs; returns them.
+
+    Each removal (or failure to remove) is logged as a warning. Files of running processes, and
+    names that do not parse, are left alone.
+    """
+    path = Path(path)
+    prefix = temp_prefix(path)
+    try:
+        names = sorted(entry.name for entry in os.scandir(path.parent) if entry.name.startswith(prefix))
+    except OSError:
+        return []  # an unreadable folder: nothing to clean that we could see
+    removed = []
+    for name in names:
+        match = _TEMP_TAIL.fullmatch(name[len(prefix) :])
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        stale = path.parent / name
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            continue  # another run removed it first
+        except OSError as exc:
+            _log.warning("cannot remove %s, left by interrupted process %s: %s", stale, match["pid"], exc.strerror)
+            continue
+        _log.warning("removed %s, a temporary file left by interrupted process %s", stale, match["pid"])
+        removed.append(stale)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (True where that cannot be told)."""
+    if os.name != "posix":
+        return True  # on Windows os.kill would terminate the process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        pass
+    return True
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty temporary file for ``path`` in its folder (permissions 0666 less the umask)."""
+    for _ in range(100):
+        temp = path.with_name(f"{temp_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return temp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
+
+
+def _move_into_place(temp: Path, path: Path, force: bool, inputs: tuple[Path, ...]) -> None:
+    if force:
+        check_destination(path, force, inputs)
+        os.replace(temp, path)
+        return
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise OutputError(f"{path}: already exists (use --force to overwrite)") from None
+    temp.unlink()
+
+
+def _discard(temp: Path) -> None:
+    with contextlib.suppress(OSError):
+        temp.unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:
@@ -84,9 +174,32 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _block_error(path: Path, exc: OSError, inputs: tuple[Path, ...]) -> SparsifyError:
+    """The user's error for an OSError inside the block: reading an input (it names one) or writing."""
+    if isinstance(exc.filename, (str, bytes, os.PathLike)):
+        for source in inputs:
+            if _same_path(exc.filename, source):
+                return InputError(f"{source}: cannot read: {exc.strerror or exc}")
+    return _output_error(path, exc)
+
+
+def _same_path(a, b) -> bool:
+    if os.path.abspath(os.fsdecode(a)) == os.path.abspath(os.fsdecode(b)):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _restated(exc: OutputError, temp: Path, path: Path) -> OutputError:
+    """A writer's OutputError, which names the temporary file, restated for the destination."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno in _OUTPUT_REASONS:
+        return _output_error(path, cause)
+    return OutputError(str(exc).replace(str(temp), str(path)))
+
+
 def _output_error(path: Path, exc: OSError) -> OutputError:
-    if exc.errno == errno.ENOSPC:
-        return OutputError(f"{path}: no space left on the device")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"{path}: permission denied")
-    return OutputError(f"{path}: cannot write: {exc.strerror or exc}")
+    reason = _OUTPUT_REASONS.get(exc.errno)
+    return OutputError(f"{path}: {reason}" if reason else f"{path}: cannot write: {exc.strerror or exc}")

@@ -9,6 +9,7 @@ broken, or verify found a mismatch); 2 usage error; 3 unreadable, unsupported or
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -86,6 +87,21 @@ def _emit(report: dict, fmt: str) -> None:
 def _note(message: str, quiet: bool) -> None:
     if not quiet:
         click.echo(message, err=True)
+
+
+class _WarningLine(logging.Handler):
+    """The library's warnings (a stale temporary file removed) as ``sparsify: ...`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"sparsify: {record.getMessage()}", err=True)
+
+
+def _route_warnings(quiet: bool) -> None:
+    """Print the ``sparsify`` logger's warnings on stderr, or none with ``--quiet``."""
+    logger = logging.getLogger("sparsify")
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _WarningLine)]
+    handler = _WarningLine(logging.CRITICAL + 1 if quiet else logging.WARNING)
+    logger.addHandler(handler)
 
 
 _PIPELINE_OPTIONS = (
@@ -179,6 +195,7 @@ def compress(input_path, output, json_flag, markdown_flag, plot_path, force, qui
     --target-ratio/--target-size/--target-error choose every tensor's pipeline for the whole model.
     1-D, integer, bool and small tensors stay lossless unless a rule names them.
     """
+    _route_warnings(quiet)
     fmt = _report_format(json_flag, markdown_flag)
     if plot_path is not None:
         _check_plot_path(plot_path, force)
@@ -238,6 +255,7 @@ def plot(input_path, output, force, quiet, **choice):
     bottom panel: bits per weight by part kind and rel. error of each tensor, for the archive that
     the options describe (default: --target-ratio 8), compressed into a temporary file.
     """
+    _route_warnings(quiet)
     output = output or Path(input_path).with_suffix(".png")
     _check_plot_path(output, force)
     targets = ("pipeline", "target_ratio", "target_size", "target_error")
@@ -280,6 +298,7 @@ def decompress(archive, output, fmt, force, quiet):
     The original file comes back byte-identical (safetensors, numpy-written npz) or tree-identical
     (HDF5: groups, attributes, dataset settings) wherever the pipeline was lossless.
     """
+    _route_warnings(quiet)
     with progress_bar("decompress", enabled=not quiet) as progress:
         written = api.decompress(archive, output, format=fmt, force=force, progress=progress)
     _note(f"wrote {written}", quiet)

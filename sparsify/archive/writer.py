@@ -29,7 +29,9 @@ class ArchiveWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._spool = tempfile.TemporaryFile(dir=self.path.parent, prefix=".sparsify-spool-")
+        # Unnamed where the system allows (O_TMPFILE); else briefly named after ``path``, so that one a
+        # kill -9 leaves in that moment is known as the temporary file's own (see sparsify.atomic).
+        self._spool = tempfile.TemporaryFile(dir=self.path.parent, prefix=f"{self.path.name}.spool-")
         self._container = SpooledContainer(self._spool)
 
     def add_blob(self, name: str, data: bytes) -> dict[str, Any]:
