@@ -23,7 +23,7 @@ from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION
 from sparsify.archive.writer import archive_size
 from sparsify.atomic import atomic_output
 from sparsify.codec import encode_tensor, measure, sha256
-from sparsify.errors import UsageError
+from sparsify.errors import CorruptArchiveError, InputError, UsageError
 from sparsify.io import EXTENSIONS, FORMATS, open_weights, writer_class
 from sparsify.pipeline import Pipeline, parse_pipeline
 from sparsify.report.model import SCHEMA_VERSION, build_report, record_overhead
@@ -170,44 +170,52 @@ def compress(
     )
     source = Path(source)
     output = Path(output) if output is not None else default_archive_path(source)
-    with open_weights(source) as reader, atomic_output(output, force, (source,)) as temp:
-        writer = ArchiveWriter(temp)
-        try:
-            meta = reader.source_meta()
-            infos = reader.tensors()
-            blobs = {name: writer.add_blob(name, data) for name, data in meta.blobs.items()}
-            head = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "tool": {"name": "sparsify", "version": __version__},
-                "source": {
-                    "name": source.name,
-                    "format": reader.format,
-                    "size": source.stat().st_size,
-                    "sha256": _file_sha256(source),
-                    "summary": meta.summary,
-                    "rebuild": meta.rebuild,
-                    "blobs": blobs,
-                },
-                "options": options.as_manifest(),
-            }
-            plan = _plan(reader, infos, options, head, progress) if options.auto else None
-            records = []
-            for index, info in enumerate(infos):
-                if progress:
-                    progress(info.name, index, len(infos))
-                array = reader.read(info.name)
-                choice = choose(info, options.rules, options.pipeline, options.min_size)
-                if plan is not None and info.name in plan.choices:
-                    choice = plan.choices[info.name]
-                encoded = encode_tensor(array, info, choice, options.seed)
-                writer.add_tensor(encoded)
-                records.append(encoded.record)
-            writer.finish(_manifest(head, plan.summary if plan else None, records, options.max_error))
-        finally:
-            writer.close()
+    with open_weights(source) as reader:
+        meta = reader.source_meta()
+        infos = reader.tensors()
+        source_record = {
+            "name": source.name,
+            "format": reader.format,
+            "size": source.stat().st_size,
+            "sha256": _file_sha256(source),
+            "summary": meta.summary,
+            "rebuild": meta.rebuild,
+        }
+        reader.check_unchanged()  # the checksum above is of the file the reader opened
+        with atomic_output(output, force, (source,)) as temp:
+            _write_archive(reader, infos, meta, source_record, temp, options, progress)
     with Archive(output) as archive:
         return build_report(archive, command="compress")
+
+
+def _write_archive(reader, infos, meta, source_record, temp: Path, options: Options, progress) -> None:
+    """Plan, encode and write every tensor of ``reader`` into the archive at ``temp``."""
+    writer = ArchiveWriter(temp)
+    try:
+        blobs = {name: writer.add_blob(name, data) for name, data in meta.blobs.items()}
+        head = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "tool": {"name": "sparsify", "version": __version__},
+            "source": {**source_record, "blobs": blobs},
+            "options": options.as_manifest(),
+        }
+        plan = _plan(reader, infos, options, head, progress) if options.auto else None
+        records = []
+        for index, info in enumerate(infos):
+            if progress:
+                progress(info.name, index, len(infos))
+            array = reader.read(info.name)
+            choice = choose(info, options.rules, options.pipeline, options.min_size)
+            if plan is not None and info.name in plan.choices:
+                choice = plan.choices[info.name]
+            encoded = encode_tensor(array, info, choice, options.seed)
+            writer.add_tensor(encoded)
+            records.append(encoded.record)
+        reader.check_unchanged()  # never an archive of a file that changed while it was read
+        writer.finish(_manifest(head, plan.summary if plan else None, records, options.max_error))
+    finally:
+        writer.close()
 
 
 def _manifest(
@@ -360,10 +368,14 @@ def _gate(errors: Iterable[tuple[str, float | None]], max_error: float | None) -
 
 
 def _file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes; InputError if it cannot be read."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return digest.hexdigest()
 
 
@@ -405,7 +417,19 @@ def decompress(
                     if progress:
                         progress(info.name, index, len(infos))
                     writer.write(info.name, opened.decode(record))
+            if writer.rebuilds_bytes and all(t["metrics"]["exact"] for t in opened.tensors):
+                _check_rebuilt(temp, source, archive)
     return output
+
+
+def _check_rebuilt(rebuilt: Path, source: dict[str, Any], archive: Path) -> None:
+    """A lossless archive rebuilds its source file exactly: CorruptArchiveError (and no output) if
+    the rebuilt bytes differ from the source checksum the manifest records."""
+    if rebuilt.stat().st_size != source["size"] or _file_sha256(rebuilt) != source["sha256"]:
+        raise CorruptArchiveError(
+            f"{archive}: the rebuilt {source['name']} differs from the file that was compressed "
+            "(its size or checksum; damaged manifest?); nothing written"
+        )
 
 
 @dataclass
@@ -452,9 +476,8 @@ def verify(
                 if progress:
                     progress(record["name"], index, len(opened.tensors))
                 decoded = opened.decode(record)
-                entry = {"name": record["name"], "exact": sha256(decoded) == record["sha256"]}
-                if record["metrics"]["exact"] and not entry["exact"]:
-                    result.problems.append(f"{record['name']}: decoded bytes differ from the original's checksum")
+                # decode checked the bytes against the record's checksum: exact where it promises so
+                entry = {"name": record["name"], "exact": bool(record["metrics"]["exact"])}
                 if original is not None:
                     entry.update(_compare(record, decoded, original, by_name, result.problems))
                 else:

@@ -139,7 +139,8 @@ def encode_tensor(
 ) -> EncodedTensor:
     """Run ``choice.pipeline`` on one tensor, decode what would be stored and measure it.
 
-    The record's ``metrics`` are measured from the decoded, stored bytes. When the last stage has a
+    The record's ``metrics`` are measured from the decoded, stored bytes, and ``decoded_sha256`` is
+    their checksum where they differ from the original's (every decode checks it). When the last stage has a
     ``max_error`` budget and the measured error exceeds it (rounding of stored values), the pipeline
     runs again with the budget tightened by the overshoot, up to a few times; ``budget_scale`` in the
     record says by how much (1.0: not needed). ``original``: ``array`` wrapped as :class:`Original`,
@@ -154,6 +155,8 @@ def encode_tensor(
         decoded = decode_tensor(encoded.record, encoded.stored_part)
         metrics = measure(array, decoded, info.dtype, None if pipeline.lossless else original)
         encoded.record["metrics"] = metrics
+        # what a later decode must give, byte for byte (the original's checksum says so where exact)
+        encoded.record["decoded_sha256"] = None if metrics["exact"] else sha256(decoded)
         if bound is None or metrics["rel_error"] <= bound or metrics["rel_error"] == 0:
             break
         shortfall = bound / metrics["rel_error"]
@@ -324,6 +327,16 @@ def decode_tensor(record: Mapping[str, Any], load: Callable[[Mapping[str, Any]],
         total += method.decode(method_parts, stage["resolved"], (rows, cols))
     # cast first: the axis move then copies the tensor's own type, not float64
     return from_matrix(cast_back(total, numpy_dtype), shape, record["view"]["layout"])
+
+
+def check_decoded(record: Mapping[str, Any], decoded: np.ndarray) -> None:
+    """CorruptArchiveError unless ``decoded`` has the bytes its record promises: the original's
+    checksum for a bit-exact tensor, ``decoded_sha256`` for a lossy one (format 2.1; older records
+    have none, and only their exact tensors are checked)."""
+    expected = record["sha256"] if record["metrics"]["exact"] else record.get("decoded_sha256")
+    if expected is not None and sha256(decoded) != expected:
+        what = "the original's" if record["metrics"]["exact"] else "the recorded"
+        raise CorruptArchiveError(f"decodes to bytes that differ from {what} checksum (damaged manifest?)")
 
 
 def _method(stage: Mapping[str, Any]):

@@ -1,15 +1,16 @@
 """Floating-point reductions and products whose results are the same on every machine.
 
-Everything an archive records (norms, errors, metrics, budgets derived from them) and every decoded
-tensor must be a function of the input and the options alone. ``np.dot``, ``@`` and ``np.linalg``
-go through BLAS, whose kernel (chosen by CPU, ``OPENBLAS_CORETYPE``, thread count) decides the order
-in which products are summed and whether they are fused: the last bits of the result, and through
-them the archive's bytes, would depend on the machine.
+Everything an archive records (norms, errors, metrics, budgets derived from them, the checksum of a
+decoded tensor) must be a function of the input and the options alone. ``np.dot``, ``@``,
+``np.linalg``, compiled sparse kernels and libm's transcendental functions are not: the BLAS kernel
+(chosen by CPU, ``OPENBLAS_CORETYPE``, thread count) decides the order in which products are summed,
+a compiler may fuse a multiply and an add on one platform and not on another, and ``cos`` differs
+between C libraries and SIMD paths.
 
-The functions here use only element-wise numpy operations (each rounded once, IEEE 754) and numpy's
-pairwise ``add.reduce``, whose summation order is fixed by the array's length, in blocks of
-:data:`BLOCK` elements summed left to right; :func:`matmul` uses scipy's compiled CSR kernel, which
-adds the products of each output element in increasing index order.
+The functions here use only element-wise numpy operations (each rounded once, IEEE 754: the same on
+every platform) in a fixed order, and numpy's pairwise ``add.reduce`` over contiguous blocks of
+:data:`BLOCK` elements, whose summation order is fixed by the block's length; block sums are added
+left to right.
 """
 
 from __future__ import annotations
@@ -50,20 +51,83 @@ def inner(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The float64 product ``a @ b`` of an (m, k) and a (k, n) matrix, without BLAS.
-
-    Each output element is Σ_j a[i, j] b[j, n] added in increasing j by scipy's CSR times dense
-    kernel (``a``'s zeros are skipped, which changes no sum). For a sparse ``a`` pass a
-    ``scipy.sparse`` matrix directly.
-    """
+    """The float64 product of a dense (m, k) and a (k, n) matrix, without BLAS:
+    ``out[i] = ((a[i, 0] b[0] + a[i, 1] b[1]) + ...) + a[i, k-1] b[k-1]``, each product and sum
+    rounded once. Rows are done in blocks whose output stays in the CPU cache."""
+    a64 = np.ascontiguousarray(a, dtype=np.float64)
     b64 = np.ascontiguousarray(b, dtype=np.float64)
-    if scipy.sparse.issparse(a):
-        left = scipy.sparse.csr_matrix(a, dtype=np.float64)
-    else:
-        left = scipy.sparse.csr_matrix(np.asarray(a, dtype=np.float64))
-    if left.shape[1] != b64.shape[0]:
-        raise ValueError(f"matmul: shapes {left.shape} and {b64.shape} do not chain")
-    if left.nnz == 0:
-        return np.zeros((left.shape[0], b64.shape[1]), dtype=np.float64)
+    (m, k), (k2, n) = a64.shape, b64.shape
+    if k != k2:
+        raise ValueError(f"matmul: shapes {a64.shape} and {b64.shape} do not chain")
+    out = np.zeros((m, n), dtype=np.float64)
+    rows = max(1, BLOCK // max(n, 1))
+    scratch = np.empty((rows, n), dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, m, rows):
+            block, term = out[start : start + rows], scratch[: min(rows, m - start)]
+            for j in range(k):
+                np.multiply(a64[start : start + rows, j, None], b64[j], out=term)
+                block += term
+    return out
+
+
+def sparse_matmul(left: scipy.sparse.csr_matrix, atoms: np.ndarray) -> np.ndarray:
+    """The float64 product of a sparse (s, k) CSR matrix and a dense (k, l) one, without a compiled
+    kernel: row i of the result is Σ_j left[i, j] atoms[j] over the row's entries, added in increasing
+    j, each product and sum rounded once. Vectorised over the rows: one pass per entry position."""
+    left = scipy.sparse.csr_matrix(left)
     left.sort_indices()
-    return np.asarray(left @ b64)
+    atoms64 = np.ascontiguousarray(atoms, dtype=np.float64)
+    s, k = left.shape
+    if k != atoms64.shape[0]:
+        raise ValueError(f"sparse_matmul: shapes {left.shape} and {atoms64.shape} do not chain")
+    out = np.zeros((s, atoms64.shape[1]), dtype=np.float64)
+    counts = np.diff(left.indptr)
+    if left.nnz == 0:
+        return out
+    row_of = np.repeat(np.arange(s), counts)
+    position = np.arange(left.nnz) - left.indptr[row_of]
+    order = np.argsort(position, kind="stable")  # entries grouped by their position in their row
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(position))))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            at = order[start:end]  # the p-th entry of every row that has one: each row at most once
+            out[row_of[at]] += left.data[at, None] * atoms64[left.indices[at]]
+    return out
+
+
+def dct_matrix(length: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix C (length x length), ``C[k, n] = s_k cos(pi (2n + 1) k / (2 length))``
+    with ``s_0 = sqrt(1/length)``, ``s_k = sqrt(2/length)``; ``C @ x`` is scipy's ``dct(x, norm="ortho")``
+    and ``C.T @ X`` its inverse. The cosines come from :func:`cos_pi_fraction`, not libm."""
+    k = np.arange(length, dtype=np.int64)[:, None]
+    n = np.arange(length, dtype=np.int64)[None, :]
+    cosines = cos_pi_fraction((2 * n + 1) * k, 2 * length)
+    scale = np.full((length, 1), np.sqrt(2.0 / length))
+    scale[0] = np.sqrt(1.0 / length)
+    return cosines * scale
+
+
+# Taylor coefficients of cos and sin, 1/(2i)! and 1/(2i+1)!, up to x^18 and x^19: below 1e-17 for |x| <= pi/4.
+_COS_TERMS = tuple(1.0 / float(np.prod(np.arange(1, 2 * i + 1, dtype=np.float64))) for i in range(10))
+_SIN_TERMS = tuple(1.0 / float(np.prod(np.arange(1, 2 * i + 2, dtype=np.float64))) for i in range(10))
+
+
+def cos_pi_fraction(numerator: np.ndarray, denominator: int) -> np.ndarray:
+    """cos(pi * numerator / denominator) for integer numerators, to about 1 ulp, the same everywhere:
+    the angle is reduced exactly in integers to [0, pi/4], then a Taylor polynomial is evaluated with
+    element-wise numpy operations."""
+    num = np.mod(np.asarray(numerator, dtype=np.int64), 2 * denominator)
+    num = np.where(num > denominator, 2 * denominator - num, num)  # cos(pi t) = cos(pi (2 - t))
+    sign = np.where(2 * num > denominator, -1.0, 1.0)  # cos(pi t) = -cos(pi (1 - t)) past t = 1/2
+    num = np.where(2 * num > denominator, denominator - num, num)  # now t in [0, 1/2]
+    use_sin = 4 * num > denominator  # cos(pi t) = sin(pi (1/2 - t)) past t = 1/4
+    reduced = np.where(use_sin, denominator - 2 * num, 2 * num)  # 2 denominator t', t' in [0, 1/4]
+    x = np.pi * (reduced.astype(np.float64) / (2.0 * denominator))
+    x2 = x * x
+    cos_poly = np.zeros_like(x)
+    sin_poly = np.zeros_like(x)
+    for c, s_ in zip(reversed(_COS_TERMS), reversed(_SIN_TERMS), strict=True):
+        cos_poly = cos_poly * -x2 + c  # Horner in -x^2
+        sin_poly = sin_poly * -x2 + s_
+    return sign * np.where(use_sin, sin_poly * x, cos_poly)

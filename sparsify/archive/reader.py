@@ -26,7 +26,7 @@ from sparsify.archive.version import (
     METADATA_KEY,
     major,
 )
-from sparsify.codec import decode_part, decode_tensor, sha256
+from sparsify.codec import check_decoded, decode_part, decode_tensor, sha256
 from sparsify.errors import CorruptArchiveError, InputError
 from sparsify.io.base import SourceMeta, TensorInfo
 
@@ -85,9 +85,12 @@ class Archive:
         return raw
 
     def decode(self, tensor: Mapping[str, Any]) -> np.ndarray:
-        """One tensor, decoded, in its original type and shape."""
+        """One tensor, decoded, in its original type and shape, checked against the checksum its
+        record gives (:func:`sparsify.codec.check_decoded`)."""
         try:
-            return decode_tensor(tensor, self.stored_bytes)
+            decoded = decode_tensor(tensor, self.stored_bytes)
+            check_decoded(tensor, decoded)
+            return decoded
         except CorruptArchiveError as exc:
             raise CorruptArchiveError(f"{self.path}: tensor {tensor['name']!r}: {exc}") from None
         except (KeyError, TypeError, ValueError, IndexError, ArithmeticError) as exc:

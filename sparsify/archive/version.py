@@ -7,10 +7,12 @@ it does not know says so for that tensor (written by a newer sparsify), and read
 History: 1.0 -- first format. 2.0 -- the manifest zstd-compressed in an envelope (a 1.x reader could
 not find it: hence a new major version); value coders (``values`` in stage records), the ``quant``
 method, the ``csr-delta`` sparse layout, the ``zstd+planes`` codec, the manifest's ``plan``.
+2.1 -- ``decoded_sha256`` in lossy tensors' records (what every decode must give, byte for byte); the
+manifest validated by a schema (docs/manifest.schema.json); figures summed the same on every machine.
 """
 
 FORMAT_NAME = "sparsify"
-FORMAT_VERSION = "2.0"
+FORMAT_VERSION = "2.1"
 METADATA_KEY = "sparsify"
 MANIFEST_CODEC = "zstd+base64"  # how the manifest is packed in the metadata (format 2.0; 1.0: plain JSON)
 MAX_MANIFEST_BYTES = 1 << 30  # a packed manifest may not claim to unpack to more than this

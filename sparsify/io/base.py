@@ -139,6 +139,12 @@ class WeightWriter(ABC):
     def abort(self) -> None:
         """Release resources after a failure; the caller deletes the partial file."""
 
+    @property
+    def rebuilds_bytes(self) -> bool:
+        """True when the file written from bit-exact tensors is byte for byte the source file (so the
+        source's checksum can check it); False where only its content is the same."""
+        return False
+
     def __enter__(self) -> WeightWriter:
         return self
 

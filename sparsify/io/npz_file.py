@@ -298,6 +298,11 @@ class NpzWriter(WeightWriter):
         with suppress(Exception):
             self._zip.close()
 
+    @property
+    def rebuilds_bytes(self) -> bool:
+        # stored members are rebuilt byte for byte; deflated ones depend on the zlib that recompresses
+        return self.same_format and all(m["compress_type"] == 0 for m in self._records.values())
+
 
 def _zipinfo(record: dict[str, Any]) -> zipfile.ZipInfo:
     """A ZipInfo carrying a member's recorded fields (zipfile sets the flag bits itself)."""

@@ -119,3 +119,7 @@ class SafetensorsWriter(WeightWriter):
 
     def abort(self) -> None:
         self._file.close()
+
+    @property
+    def rebuilds_bytes(self) -> bool:
+        return self.same_format  # the source's header verbatim, then the tensors

@@ -59,6 +59,7 @@ from sparsify.errors import CorruptArchiveError, UsageError
 from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
 from sparsify.omp import batch_omp_support
 from sparsify.params import Param
+from sparsify.reproducible import sparse_matmul
 from sparsify.signals import from_signals, to_signals
 
 DEFAULT_ATOMS = 256
@@ -467,5 +468,5 @@ def _reconstruct(
     if atoms == 0 or codes.nnz == 0:
         approx_t = np.zeros((count, length), dtype=np.float64)
     else:
-        approx_t = np.asarray(codes.T.tocsr() @ dictionary.T)  # (S, L), row by row in a fixed order
+        approx_t = sparse_matmul(codes.T.tocsr(), dictionary.T)  # (S, L), the same on every machine
     return np.ascontiguousarray(from_signals(approx_t.T, shape, segment))

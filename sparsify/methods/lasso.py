@@ -42,7 +42,7 @@ from sparsify.lasso_solver import bisect_alpha, fista_lasso, soft_threshold, sol
 from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
 from sparsify.methods.threshold import squared_threshold_for_error
 from sparsify.params import Param
-from sparsify.reproducible import matmul, sum_of_squares
+from sparsify.reproducible import dct_matrix, sparse_matmul, sum_of_squares
 from sparsify.signals import from_signals, to_signals
 
 DICTIONARIES = ("identity", "dct", "learned")
@@ -298,8 +298,9 @@ class Lasso(Method):
             return sparse.unpack(parts, shape)
         length, count = self._signal_shape(shape)
         coded = {k: v for k, v in parts.items() if k != "dictionary"}
+        # products summed by sparsify.reproducible, not BLAS or FFT: the same decode on every machine
         if kind == "dct":
-            signals = _dct(sparse.unpack(coded, (count, length)).T, inverse=True)
+            signals = sparse_matmul(sparse.unpack_csr(coded, (count, length)), dct_matrix(length)).T
         else:
             if "dictionary" not in parts:
                 raise CorruptArchiveError("lasso: dict=learned but no dictionary part is stored")
@@ -308,6 +309,5 @@ class Lasso(Method):
                 raise CorruptArchiveError(
                     f"lasso: dictionary of shape {dictionary.shape} does not fit signals of length {length}"
                 )
-            codes = sparse.unpack(coded, (count, dictionary.shape[1]))
-            signals = matmul(codes, dictionary.T).T  # without BLAS: the same on every machine
+            signals = sparse_matmul(sparse.unpack_csr(coded, (count, dictionary.shape[1])), dictionary.T).T
         return np.ascontiguousarray(from_signals(signals, shape, self.config.get("segment")), dtype=np.float64)

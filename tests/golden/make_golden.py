@@ -26,6 +26,7 @@ OLDER = {
     "v1.0/digits_mlp.keep.sparsify": "digits_mlp.safetensors",
     "v1.0/digits_mlp.threshold.sparsify": "digits_mlp.safetensors",
     "v1.0/digits_mlp_bf16.threshold.sparsify": "digits_mlp_bf16.safetensors",
+    **{f"v2.0/{name}": source for name, (source, _) in GOLDEN.items()},
 }
 
 if __name__ == "__main__":
