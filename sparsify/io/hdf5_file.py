@@ -13,9 +13,11 @@ are read as that float type.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,23 +404,87 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _writing_fapl(fapl):
+    """``fapl`` set so that HDF5 writes a dataset's data before its write returns.
+
+    By default HDF5 holds a small contiguous dataset's data in a sieve buffer, and chunks in the chunk
+    cache, until the dataset is closed. If that late write fails (a full disk), HDF5 tears the dataset
+    down halfway yet leaves it registered as open, and closing the file then flushes it again and
+    dereferences what was freed: a segfault. Without either buffer a failed write fails the write
+    call itself and leaves nothing behind to flush. Neither buffer changes where data goes in the file.
+    """
+    fapl.set_sieve_buf_size(0)
+    mdc_nelmts, rdcc_nslots, _, rdcc_w0 = fapl.get_cache()
+    fapl.set_cache(mdc_nelmts, rdcc_nslots, 0, rdcc_w0)
+    return fapl
+
+
+def _create(path: Path) -> h5py.File:
+    """A new HDF5 file at ``path`` as ``h5py.File(path, "w")`` makes it, open for writing."""
+    fapl = h5p.create(h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5f.LIBVER_EARLIEST, h5f.LIBVER_LATEST)
+    fcpl = h5p.create(h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)
+    return h5py.File(h5f.create(bytes(path), h5f.ACC_TRUNC, fcpl=fcpl, fapl=_writing_fapl(fapl)))
+
+
 def _from_skeleton(path: Path, meta: SourceMeta) -> h5py.File:
     """A new HDF5 file at ``path`` with the skeleton's tree (time tracking restored), open for writing."""
     skeleton_bytes = meta.blobs["skeleton"]
     staging = path.with_name(path.name + ".skeleton")
-    staging.write_bytes(skeleton_bytes)
+    dst = None
     try:
+        staging.write_bytes(skeleton_bytes)
         with h5py.File(staging, "r") as skeleton:
             userblock = skeleton_bytes[: skeleton.userblock_size]
-            dst = h5py.File(h5f.create(bytes(path), h5f.ACC_TRUNC, fcpl=_fcpl(skeleton), fapl=_fapl(skeleton)))
+            fapl = _writing_fapl(_fapl(skeleton))
+            dst = h5py.File(h5f.create(bytes(path), h5f.ACC_TRUNC, fcpl=_fcpl(skeleton), fapl=fapl))
             _copy_tree(skeleton, dst, frozenset(meta.rebuild.get("track_times", ())))
+        staging.unlink()
+        if userblock:
+            dst.flush()
+            with open(path, "r+b") as f:
+                f.write(userblock)
+    except BaseException:
+        if dst is not None:
+            with contextlib.suppress(Exception):
+                _close(dst)
+        raise
     finally:
         staging.unlink(missing_ok=True)
-    if userblock:
-        dst.flush()
-        with open(path, "r+b") as f:
-            f.write(userblock)
     return dst
+
+
+def _close(file: h5py.File) -> None:
+    """Close ``file``; raises what made HDF5 fail to.
+
+    Closing flushes HDF5's metadata, so a full disk often shows only here. A file that fails to close
+    has had its handle released all the same, but HDF5 keeps its ID registered: closing it again frees
+    the rest (the library's way), so that no later close (h5py's finaliser, the library's at exit)
+    finds it half closed.
+    """
+    try:
+        file.close()
+    except Exception:
+        with contextlib.suppress(Exception):
+            file.id.close()
+        raise
+
+
+_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def _with_errno(exc: Exception) -> Exception:
+    """``exc``, or an OSError with the errno its HDF5 message names (h5py raises some as RuntimeError)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc
+    match = _ERRNO.search(str(exc))
+    if match is None:
+        return exc
+    code = int(match[1])
+    error = OSError(code, os.strerror(code))
+    error.__cause__ = exc
+    return error
 
 
 class HDF5Writer(WeightWriter):
@@ -426,6 +492,9 @@ class HDF5Writer(WeightWriter):
 
     In a conversion each tensor name is a dataset path (intermediate groups created), uncompressed;
     ml_dtypes floats are stored as Keras 3 does bfloat16: opaque, with an attribute ``dtype``.
+
+    A failed write of the file (a full disk, a size limit) is an OutputError, whenever HDF5 meets it;
+    the file is written so that HDF5 survives it (see :func:`_writing_fapl` and :func:`_close`).
     """
 
     format = "hdf5"
@@ -438,12 +507,9 @@ class HDF5Writer(WeightWriter):
                 if numpy_of(info.dtype) is None:
                     raise InputError(f"tensor {info.name!r} is of the packed type {info.dtype}, which HDF5 cannot hold")
         try:
-            if same_format:
-                self._file = _from_skeleton(self.path, meta)
-            else:
-                self._file = h5py.File(self.path, "w")
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write: {_one_line(exc)}") from exc
+            self._file = _from_skeleton(self.path, meta) if same_format else _create(self.path)
+        except (OSError, RuntimeError) as exc:
+            raise OutputError(f"{self.path}: cannot write: {_one_line(exc)}") from _with_errno(exc)
 
     def write(self, name: str, array: np.ndarray) -> None:
         info = self._by_name[name]
@@ -457,7 +523,7 @@ class HDF5Writer(WeightWriter):
             else:
                 self._create(name, array)
         except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
-            raise OutputError(f"{self.path}: cannot write dataset {name!r}: {_one_line(exc)}") from exc
+            raise OutputError(f"{self.path}: cannot write dataset {name!r}: {_one_line(exc)}") from _with_errno(exc)
 
     def _create(self, name: str, array: np.ndarray) -> None:
         ds = self._file.create_dataset(name, data=array)
@@ -466,12 +532,12 @@ class HDF5Writer(WeightWriter):
 
     def finish(self) -> None:
         try:
-            self._file.close()
-        except OSError as exc:
-            raise OutputError(f"{self.path}: cannot finish: {_one_line(exc)}") from exc
+            _close(self._file)
+        except (OSError, RuntimeError) as exc:
+            raise OutputError(f"{self.path}: cannot finish: {_one_line(exc)}") from _with_errno(exc)
 
     def abort(self) -> None:
         try:
-            self._file.close()
+            _close(self._file)
         except Exception:  # already failing: the caller deletes the partial file
             pass
