@@ -412,7 +412,11 @@ def decompress(
         same_format = fmt == source["format"]
         meta = opened.source_meta()
         with atomic_output(output, force, (archive,)) as temp:
-            with writer_class(fmt)(temp, infos, meta, same_format) as writer:
+            try:
+                writer = writer_class(fmt)(temp, infos, meta, same_format)
+            except CorruptArchiveError as exc:
+                raise CorruptArchiveError(f"{archive}: {exc}") from None
+            with writer:
                 for index, (info, record) in enumerate(zip(infos, opened.tensors, strict=True)):
                     if progress:
                         progress(info.name, index, len(infos))

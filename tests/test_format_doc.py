@@ -1,16 +1,19 @@
 """docs/FORMAT.md is enough to read an archive.
 
 This module holds a small, independent ``.sparsify`` reader written from docs/FORMAT.md alone, using
-only json, base64, struct, hashlib, numpy, ml_dtypes, zstandard and (for the DCT of lasso) scipy.fft. sparsify
-itself is used only to *create* archives (``sparsify.compress``) and, as the reference, to decompress
-them (``sparsify.decompress``); every byte is parsed, checked and decoded here and compared with the
+only json, base64, struct, hashlib, math, numpy, ml_dtypes and zstandard. sparsify itself is used only
+to *create* archives (``sparsify.compress``) and, as the reference, to decompress them
+(``sparsify.decompress``); every byte is parsed, checked and decoded here and compared with the
 original weights and with what ``decompress`` writes (read with safetensors / h5py): bit for bit.
 
 Format 2.0 additions covered: the manifest envelope (§4.0), the ``zstd+planes`` codec (§5.3), the
 ``csr-delta`` sparse layout (§6.2), codes packed or one per byte, integer groups and codebooks (§6.6),
 the ``quant`` method and its two uniform code forms (§6.7), value coders (§6.8) and the manifest's
-``plan`` and ``options.target`` (§4.3, §4.7). The golden archives of tests/golden/ (1.0 and 2.0) are
-read too.
+``plan`` and ``options.target`` (§4.3, §4.7). Format 2.1: ``decoded_sha256`` (§4.4, §8.4), checked on
+every decode, which this reader can do because it decodes svd, lasso and ksvd with the reference
+arithmetic of §6.3-§6.5 and §10.2 (ordered dense and sparse products, the DCT matrix from its
+polynomial cosines: no BLAS, no FFT, no libm cosine). The golden archives of tests/golden/ (1.0 in v1.0/,
+2.0 in v2.0/, 2.1 at the top) are read too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -26,7 +30,6 @@ import h5py
 import ml_dtypes
 import numpy as np
 import pytest
-import scipy.fft
 import zstandard
 from safetensors.numpy import load_file, save_file
 from threadpoolctl import threadpool_limits  # test speed only (see the fixture below), not the reader
@@ -82,7 +85,7 @@ SAFETENSORS = {
     "F6_E3M2": (6, None),
 }
 MAX_HEADER = 100_000_000
-READABLE_MAJOR = 2
+READABLE_MAJOR = 2  # §9: this reader reads every 1.x and 2.x, and refuses 3.0 and later
 
 
 def numpy_type(name: str) -> np.dtype | None:
@@ -110,6 +113,10 @@ def nbytes_of(name: str, shape) -> int:
 
 def _is_shape(shape) -> bool:
     return isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+
+
+def _is_sha256(digest) -> bool:
+    return isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")
 
 
 def _no_duplicates(pairs):
@@ -225,7 +232,21 @@ def unplanes(data: bytes, size: int, itemsize: int) -> bytes:
     return raw.tobytes()
 
 
-MANIFEST_CODECS = {"zstd+base64"}  # §4.0: how a 2.0 envelope packs the manifest
+def check_version(record) -> None:
+    """§8.1, §9: ``format`` is "sparsify" and the major version of ``format_version`` is one this reader
+    reads (any minor version of it, older or newer)."""
+    if not isinstance(record, dict) or record.get("format") != "sparsify":
+        raise FormatError("format is not 'sparsify'")
+    version = record.get("format_version")
+    try:
+        major = int(version.split(".", 1)[0])
+    except (AttributeError, ValueError):
+        raise FormatError(f"invalid format_version {version!r}") from None
+    if major > READABLE_MAJOR:
+        raise FormatError(f"archive format {version} is newer than this reader ({READABLE_MAJOR}.x)")
+
+
+MANIFEST_CODECS = {"zstd+base64"}  # §4.0: how a 2.x envelope packs the manifest
 MAX_MANIFEST = 1 << 30  # §4.0: the largest content size a packed manifest may declare
 
 
@@ -238,8 +259,7 @@ def load_manifest(text: str):
         raise FormatError(f"metadata string is not JSON: {exc}") from None
     if not isinstance(outer, dict) or "manifest_codec" not in outer:
         return outer  # format 1.0: the manifest itself
-    if outer.get("format") != "sparsify":
-        raise FormatError("format is not 'sparsify'")
+    check_version(outer)  # §9: the envelope's major version first (a later one may pack differently)
     codec = outer["manifest_codec"]
     if codec not in MANIFEST_CODECS:
         raise FormatError(f"manifest packed as {codec!r} (archive format {outer.get('format_version')}): unknown codec")
@@ -259,9 +279,12 @@ def load_manifest(text: str):
     if size > MAX_MANIFEST:  # bounded before decompressing
         raise FormatError(f"packed manifest declares {size} bytes, more than {MAX_MANIFEST}")
     try:
-        return json.loads(unzstd(frame, size).decode("utf-8"))
+        manifest = json.loads(unzstd(frame, size).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"packed manifest is not UTF-8 JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != outer["format_version"]:
+        raise FormatError("the envelope and the manifest declare different format versions")
+    return manifest
 
 
 class Reader:
@@ -316,14 +339,7 @@ class Reader:
         if "sparsify" not in metadata:
             raise FormatError("a plain safetensors file, not an archive")
         manifest = load_manifest(metadata["sparsify"])
-        if not isinstance(manifest, dict) or manifest.get("format") != "sparsify":
-            raise FormatError("format is not 'sparsify'")
-        try:
-            major = int(manifest["format_version"].split(".", 1)[0])
-        except (AttributeError, KeyError, ValueError):
-            raise FormatError("invalid format_version") from None
-        if major > READABLE_MAJOR:
-            raise FormatError(f"archive format {manifest['format_version']} is newer than this reader (2.x)")
+        check_version(manifest)
         self.manifest = manifest
         # §8.2 manifest checks
         for tensor in manifest["tensors"]:
@@ -342,6 +358,10 @@ class Reader:
                 raise FormatError(f"{tensor['name']}: no stages")
             for part in tensor["parts"]:
                 self._check_part(part)
+            for key in ("sha256", "decoded_sha256"):  # §4.4, §8.2: lowercase hex, or (decoded_sha256) null
+                digest = tensor.get(key)
+                if not (digest is None and key == "decoded_sha256" or _is_sha256(digest)):
+                    raise FormatError(f"{tensor['name']}: bad {key} {digest!r}")
         for part in manifest["source"]["blobs"].values():
             self._check_part(part)
 
@@ -350,7 +370,7 @@ class Reader:
         if entry is None:
             raise FormatError(f"part {part['key']!r} is not in the file")
         begin, end = entry["data_offsets"]
-        if end - begin != part["nbytes"] or not isinstance(part["sha256"], str) or not _is_shape(part["shape"]):
+        if end - begin != part["nbytes"] or not _is_sha256(part["sha256"]) or not _is_shape(part["shape"]):
             raise FormatError(f"part {part['key']!r} does not match its entry")
         logical = nbytes_of(part["dtype"], part["shape"])
         # §5.2: how the entry must look
@@ -408,9 +428,14 @@ class Reader:
         return next(t for t in self.manifest["tensors"] if t["name"] == name)
 
     def tensor(self, name: str) -> np.ndarray:
-        """§7.2 (methods: §6)."""
+        """§7.2 (methods: §6), checked against the record's checksum (§8.4)."""
         record = self.record(name)
-        shape, dtype = record["shape"], numpy_type(record["dtype"])
+        decoded = self._decode(record)
+        check_decoded(record, decoded)
+        return decoded
+
+    def _decode(self, record: dict) -> np.ndarray:
+        name, shape, dtype = record["name"], record["shape"], numpy_type(record["dtype"])
         arrays = {p["name"]: self.part_array(p) for p in record["parts"]}
         stages = record["stages"]
         if stages[0]["method"] == "keep":
@@ -501,6 +526,64 @@ def threshold_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
 FLOAT_PARTS = {np.dtype(SAFETENSORS[k][1]) for k in ("F16", "BF16", "F32", "F64")}
 
 
+# -- §6.3-§6.5, §10.2: the reference decode arithmetic ---------------------------------------------
+
+
+def ordered_dense_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """§6.3: (m, k) x (k, w) in float64, each output element from +0 adding a[i, j] * b[j, c] in
+    increasing j, every term, each product and sum rounded once (numpy's separate * and +)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j in range(a.shape[1]):
+            out += a[:, j, None] * b[j]
+    return out
+
+
+def ordered_sparse_product(codes: np.ndarray, atoms: np.ndarray) -> np.ndarray:
+    """§6.4: (S, K) sparse codes (given dense, float64) x (K, L) atoms: row s from +0 adding
+    codes[s, k] * atoms[k] over the row's nonzero entries in increasing k, each operation rounded once."""
+    atoms = np.asarray(atoms, dtype=np.float64)
+    out = np.zeros((codes.shape[0], atoms.shape[1]), dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(codes.shape[1]):
+            rows = np.flatnonzero(codes[:, k])  # NaN is nonzero too
+            if rows.size:
+                out[rows] += codes[rows, k, None] * atoms[k]
+    return out
+
+
+# §6.4: the Taylor coefficients 1/(2i)! and 1/(2i+1)!, i = 0..9 (the factorials are exact in float64)
+COS_COEFFICIENTS = [1.0 / float(math.factorial(2 * i)) for i in range(10)]
+SIN_COEFFICIENTS = [1.0 / float(math.factorial(2 * i + 1)) for i in range(10)]
+
+
+def cos_pi(p: np.ndarray, q: int) -> np.ndarray:
+    """§6.4: cos(pi p / q) for integers p >= 0, q >= 1: exact reduction to [0, pi/4], then Horner."""
+    r = np.asarray(p, dtype=np.int64) % (2 * q)
+    r = np.where(r > q, 2 * q - r, r)  # r / q in [0, 1]
+    negative = 2 * r > q
+    sign = np.where(negative, -1.0, 1.0)
+    r = np.where(negative, q - r, r)  # [0, 1/2]
+    sine = 4 * r > q
+    a = np.where(sine, q - 2 * r, 2 * r)  # the angle is pi a / (2q), in [0, pi/4]
+    x = math.pi * (a.astype(np.float64) / float(2 * q))
+    t = x * x
+    cos_poly, sin_poly = np.zeros_like(x), np.zeros_like(x)
+    for c, s in zip(reversed(COS_COEFFICIENTS), reversed(SIN_COEFFICIENTS), strict=True):
+        cos_poly = cos_poly * -t + c
+        sin_poly = sin_poly * -t + s
+    return sign * np.where(sine, sin_poly * x, cos_poly)
+
+
+def dct_matrix(length: int) -> np.ndarray:
+    """§6.4: T_L[k, l] = cos_pi((2l + 1) k, 2L) * w_k, w_0 = sqrt(1/L), w_k = sqrt(2/L)."""
+    k = np.arange(length, dtype=np.int64)[:, None]
+    sample = np.arange(length, dtype=np.int64)[None, :]
+    weights = np.array([math.sqrt(1.0 / length)] + [math.sqrt(2.0 / length)] * (length - 1))[:, None]
+    return cos_pi((2 * sample + 1) * k, 2 * length) * weights
+
+
 def svd_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
     """§6.3: us @ vt, or per column block with ``block=N`` (ranks + concatenated factors)."""
     us, vt = parts["us"], parts["vt"]
@@ -513,7 +596,7 @@ def svd_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
             raise FormatError(f"svd: factors {us.shape} x {vt.shape} do not make {m} x {n}")
         if us.shape[1] > min(m, n):
             raise FormatError("svd: rank exceeds min(m, n)")
-        return us @ vt
+        return ordered_dense_product(us, vt)
     if type(block) is not int or block < 1:
         raise FormatError(f"svd: bad block {block!r}")
     widths = [block] * (n // block) + ([n % block] if n % block else [])
@@ -529,7 +612,7 @@ def svd_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
     col = a = b = 0
     for r, w in zip(ranks.tolist(), widths, strict=True):
         if r:
-            out[:, col : col + w] = us[:, a : a + r] @ vt[b : b + r * w].reshape(r, w)
+            out[:, col : col + w] = ordered_dense_product(us[:, a : a + r], vt[b : b + r * w].reshape(r, w))
         col, a, b = col + w, a + r, b + r * w
     return out
 
@@ -559,8 +642,7 @@ def lasso_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
         return sparse_to_dense(parts, m, n)
     if kind == "dct":
         codes = sparse_to_dense(parts, count, length)  # signals x atoms
-        signals = scipy.fft.idct(codes.T, type=2, norm="ortho", axis=0) if codes.size else codes.T
-        return signals_to_matrix(signals, m, n, segment)
+        return signals_to_matrix(ordered_sparse_product(codes, dct_matrix(length)).T, m, n, segment)
     if kind == "learned":
         coded = {k: v for k, v in parts.items() if k != "dictionary"}
         if "dictionary" not in parts:
@@ -569,7 +651,7 @@ def lasso_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
         if dictionary.dtype not in FLOAT_PARTS or dictionary.ndim != 2 or dictionary.shape[0] != length:
             raise FormatError(f"lasso: dictionary {dictionary.dtype}{dictionary.shape} for signals of length {length}")
         codes = sparse_to_dense(coded, count, dictionary.shape[1])  # signals x atoms
-        return signals_to_matrix(dictionary.astype(np.float64) @ codes.T, m, n, segment)
+        return signals_to_matrix(ordered_sparse_product(codes, dictionary.astype(np.float64).T).T, m, n, segment)
     raise FormatError(f"lasso: unknown dictionary {kind!r}")
 
 
@@ -585,15 +667,9 @@ def ksvd_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
     codes = {k[len("codes_") :]: v for k, v in parts.items() if k.startswith("codes_")}
     if len(codes) + 1 != len(parts):
         raise FormatError(f"ksvd: unexpected parts {sorted(parts)}")
-    atoms = dictionary.shape[1]
-    x = sparse_to_dense(codes, atoms, count)
-    d = dictionary.astype(np.float64)
-    acc = np.zeros((count, length), dtype=np.float64)  # signal-major: row s = y_s
-    for k in range(atoms):
-        users = np.flatnonzero(x[k])
-        if users.size:
-            acc[users] += x[k, users, None] * d[:, k]
-    return signals_to_matrix(acc.T, m, n, segment)
+    x = sparse_to_dense(codes, dictionary.shape[1], count)  # atoms x signals
+    signals = ordered_sparse_product(x.T, dictionary.astype(np.float64).T)  # row s = y_s, atoms ascending
+    return signals_to_matrix(signals.T, m, n, segment)
 
 
 # -- §6.6 bit packing, integer groups, codebooks --------------------------------------------------
@@ -755,6 +831,20 @@ def quant_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
     raise FormatError(f"quant: unknown parts {sorted(names)}")
 
 
+DECODED_CHECKS: list[str] = []  # which checksum each decode was checked against (tests look)
+
+
+def check_decoded(record: dict, decoded: np.ndarray) -> None:
+    """§8.4: an exact tensor decodes to the original's bytes (``sha256``), a lossy one to the bytes the
+    writer recorded (``decoded_sha256``, 2.1; nothing to check in older records). C order, own dtype."""
+    exact = record["metrics"]["exact"]
+    expected = record["sha256"] if exact else record.get("decoded_sha256")
+    DECODED_CHECKS.append("sha256" if exact else "decoded_sha256" if expected is not None else "none")
+    if expected is not None and sha256(np.ascontiguousarray(decoded).tobytes()) != expected:
+        what = "the original's checksum" if exact else "decoded_sha256"
+        raise FormatError(f"{record['name']}: decoded bytes differ from {what}")
+
+
 STAGE_DECODERS = {
     "threshold": threshold_stage,
     "svd": svd_stage,
@@ -767,6 +857,9 @@ STAGE_DECODERS = {
 # ---------------------------------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------------------------------
+
+
+CURRENT = "2.1"  # the version FORMAT.md describes, which sparsify writes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -873,7 +966,7 @@ def test_csr_raw_parts(tmp_path, originals):
     """High sparsity gives CSR; without a coder every part is stored raw in its own type."""
     reader = Reader(make(tmp_path, FP32, "csr.sparsify", pipeline="threshold:sparsity=0.95"))
     manifest = reader.manifest
-    assert manifest["format"] == "sparsify" and manifest["format_version"] == "2.0"
+    assert manifest["format"] == "sparsify" and manifest["format_version"] == CURRENT
     assert [t["name"] for t in manifest["tensors"]] == list(originals)  # source file order
     for name in BIASES:
         assert reader.record(name)["stages"][0]["method"] == "keep"
@@ -979,16 +1072,30 @@ def test_bf16(tmp_path, originals):
 
 
 def test_version_rule(tmp_path):
-    """§9: any 2.x is read, 3.0 is refused."""
+    """§9: any 2.x (older or newer minor) is read, 3.0 is refused, by this reader and by sparsify; the
+    envelope's version is checked first, and must be the manifest's."""
     data = make(tmp_path, FP32, "v.sparsify", pipeline="threshold:sparsity=0.9+zstd").read_bytes()
-    old = '"format_version":"2.0"'
-    minor = tmp_path / "minor.sparsify"
-    minor.write_bytes(edit_manifest(data, old, '"format_version":"2.7"', 1))  # envelope and manifest say 2.7
-    assert Reader(minor).manifest["format_version"] == "2.7"
-    major = tmp_path / "major.sparsify"
-    major.write_bytes(edit_manifest(data, old, '"format_version":"3.0"', 1))
+    old = f'"format_version":"{CURRENT}"'
+    path = tmp_path / "edited.sparsify"
+    for version in ("2.0", "2.7", "2.10"):  # envelope and manifest say the same
+        path.write_bytes(edit_manifest(data, old, f'"format_version":"{version}"', 1))
+        assert Reader(path).manifest["format_version"] == version
+        assert sparsify.inspect(path)["tensors"]
+    for version in ("3.0", "10.1"):
+        path.write_bytes(edit_manifest(data, old, f'"format_version":"{version}"', 1))
+        with pytest.raises(FormatError, match="newer"):
+            Reader(path)
+        with pytest.raises(sparsify.SparsifyError, match="newer than this sparsify"):
+            sparsify.inspect(path)
+    # an envelope claiming 3.0 is refused before its manifest is unpacked (a 3.x may pack it otherwise)
+    path.write_bytes(with_metadata(data, envelope_with(data, format_version="3.0", manifest="not base64!")))
     with pytest.raises(FormatError, match="newer"):
-        Reader(major)
+        Reader(path)
+    path.write_bytes(with_metadata(data, envelope_with(data, format_version="2.0")))  # the manifest says 2.1
+    with pytest.raises(FormatError, match="different format versions"):
+        Reader(path)
+    with pytest.raises(sparsify.SparsifyError, match="the envelope says format"):
+        sparsify.inspect(path)
 
 
 def test_corruption_detected(tmp_path):
@@ -1046,6 +1153,11 @@ def check_archive(reader: Reader, expected: dict[str, np.ndarray], originals: di
         assert decoded.tobytes() == expected[name].tobytes(), name
         original = originals[name]
         assert sha256(np.ascontiguousarray(original).tobytes()) == record["sha256"]
+        if reader.manifest["format_version"] == CURRENT:  # §4.4: decoded_sha256 exactly for lossy tensors
+            exact = record["metrics"]["exact"]
+            assert record["decoded_sha256"] == (None if exact else sha256(np.ascontiguousarray(decoded).tobytes()))
+        else:
+            assert "decoded_sha256" not in record
         if record["stages"][0]["method"] == "keep":
             assert "budget_scale" not in record
             assert decoded.tobytes() == original.tobytes()
@@ -1180,6 +1292,82 @@ def test_unknown_method_refused(tmp_path):
     check_lossless(reader, "fc2.bias", load_file(str(FP32))["fc2.bias"])  # other tensors still are
     with pytest.raises(Exception, match="unknown method 'svx'"):
         sparsify.decompress(patched, tmp_path / "unknown.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Format 2.1: decoded_sha256 and the reference decode arithmetic (FORMAT.md §4.4, §6.3-§6.5, §8.4, §10.2)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_cos_pi_and_dct_matrix():
+    """§6.4: the polynomial cosine is within an ulp or two of the true one, exact at the quadrant points,
+    and T_L is the orthonormal DCT (its transpose applied to c is scipy's inverse DCT, up to rounding)."""
+    for q in (1, 2, 3, 7, 64, 100, 512):
+        p = np.arange(0, q + 1, dtype=np.int64)  # [0, pi]: math.cos's own argument is off by < 1 ulp of pi
+        exact = np.array([math.cos(math.pi * int(v) / q) for v in p])
+        assert np.all(np.abs(cos_pi(p, q) - exact) <= 4 * np.spacing(1.0)), q
+        assert np.array_equal(cos_pi(p + 2 * q, q), cos_pi(p, q))  # reduced exactly: periodic ...
+        assert np.array_equal(cos_pi(2 * q - p, q), cos_pi(p, q))  # ... and even, bit for bit
+    assert cos_pi(np.array([0, 2, 4]), 2).tolist() == [1.0, -1.0, 1.0]  # p / q = 0, 1, 2
+    assert cos_pi(np.array([1, 3]), 2).tolist() == [0.0, 0.0]  # pi/2, 3 pi/2: exactly zero
+    assert cos_pi(np.array([1]), 3)[0] == pytest.approx(0.5, abs=np.spacing(0.5))  # to an ulp, not exactly
+    for length in (1, 5, 64):
+        t = dct_matrix(length)
+        assert np.allclose(t @ t.T, np.eye(length), atol=1e-14)
+        import scipy.fft  # the test's comparison only: the reader itself has no FFT
+
+        c = np.random.default_rng(length).standard_normal((length, 3))
+        assert np.allclose(ordered_sparse_product(c.T, t).T, scipy.fft.idct(c, type=2, norm="ortho", axis=0))
+
+
+def test_ordered_products_by_hand():
+    """§6.3, §6.4: the sums run from +0 in increasing index, every dense term, the nonzero sparse ones."""
+    a = np.array([[1e16, 1.0, -1e16]])
+    b = np.array([[1.0], [1.0], [1.0]])
+    assert ordered_dense_product(a, b).tolist() == [[0.0]]  # (1e16 + 1) rounds to 1e16, then - 1e16
+    assert ordered_dense_product(np.array([[1e16, -1e16, 1.0]]), b).tolist() == [[1.0]]  # another order
+    zero = ordered_dense_product(np.array([[-0.0]]), np.array([[1.0]]))
+    assert zero.tolist() == [[0.0]] and not np.signbit(zero).any()  # +0 + (-0) is +0
+    inf = np.array([[np.inf, 1.0]])
+    assert np.isnan(ordered_dense_product(np.array([[0.0]]), inf[:, :1])).all()  # 0 * inf: a dense term
+    assert ordered_sparse_product(np.array([[0.0, 2.0]]), np.array([[np.inf], [1.0]])).tolist() == [[2.0]]
+    assert ordered_dense_product(np.zeros((2, 0)), np.zeros((0, 3))).tolist() == [[0.0] * 3] * 2  # k = 0
+
+
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        "svd:rank=4+zstd",
+        "svd:max_error=0.3,block=32",
+        "lasso:nnz=8,dict=dct,segment=64",
+        "lasso:alpha=0.02,dict=dct",
+        "lasso:nnz=4,dict=learned,atoms=16+bf16",
+        "ksvd:atoms=16,nnz=2,iters=2,segment=32",
+        "svd:rank=2+threshold:sparsity=0.9+int8",
+    ],
+)
+def test_decoded_sha256(tmp_path, originals, pipeline):
+    """§8.4: every lossy tensor's decode, by this reader's reference arithmetic, has the recorded
+    decoded_sha256 (bf16 source too); an edited one is refused by both readers, and so is an edited
+    checksum of an exact tensor."""
+    source = BF16 if "bf16" in pipeline else FP32
+    path = make(tmp_path, source, "d.sparsify", pipeline=pipeline)
+    reader = Reader(path)
+    DECODED_CHECKS.clear()
+    check_archive(reader, reference(tmp_path, path, ".safetensors"), load_file(str(source)))
+    assert DECODED_CHECKS == ["sha256", "decoded_sha256"] * 3  # biases exact, weights lossy
+    data = path.read_bytes()
+    for name, key in (("fc2.weight", "decoded_sha256"), ("fc2.bias", "sha256")):
+        manifest = load_manifest(metadata_text(data))
+        next(t for t in manifest["tensors"] if t["name"] == name)[key] = "0" * 64
+        damaged = tmp_path / "damaged.sparsify"
+        damaged.write_bytes(with_metadata(data, pack_manifest(manifest)))
+        with pytest.raises(FormatError, match="decoded bytes differ"):
+            Reader(damaged).tensor(name)
+        out = tmp_path / "damaged.safetensors"
+        with pytest.raises(sparsify.CorruptArchiveError, match="differ from the (recorded|original's) checksum"):
+            sparsify.decompress(damaged, out)
+        assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1448,7 +1636,7 @@ def test_manifest_envelope(tmp_path):
     data = (GOLDEN / "digits_mlp.threshold.sparsify").read_bytes()
     envelope = json.loads(metadata_text(data))
     assert list(envelope) == ["format", "format_version", "manifest_codec", "manifest"]
-    assert envelope["format"] == "sparsify" and envelope["format_version"] == "2.0"
+    assert envelope["format"] == "sparsify" and envelope["format_version"] == CURRENT
     assert envelope["manifest_codec"] == "zstd+base64"
     manifest = load_manifest(metadata_text(data))
     compact = json.dumps(manifest, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -1471,7 +1659,7 @@ def test_manifest_envelope(tmp_path):
         return base64.b64encode(frame).decode("ascii")
 
     damaged = [  # (envelope fields changed, what this reader's message says)
-        ({"manifest_codec": "brotli"}, "'brotli'.*2\\.0"),  # names the codec and the version
+        ({"manifest_codec": "brotli"}, "'brotli'.*2\\.1"),  # names the codec and the version
         ({"format": "other"}, "not 'sparsify'"),
         ({"manifest": None}, "packed manifest"),
         ({"manifest": text[:60] + "\n" + text[60:]}, "base64"),  # strict base64: no line breaks
@@ -1493,16 +1681,35 @@ def test_manifest_envelope(tmp_path):
         sparsify.inspect(path)
 
 
-@pytest.mark.parametrize("name", sorted(p.relative_to(GOLDEN).as_posix() for p in GOLDEN.rglob("*.sparsify")))
+GOLDEN_NAMES = sorted(p.relative_to(GOLDEN).as_posix() for p in GOLDEN.rglob("*.sparsify"))
+
+
+def test_golden_set():
+    """Every format version has its golden archives (tests/golden/make_golden.py: GOLDEN and OLDER)."""
+    from golden.make_golden import GOLDEN as CURRENT_SET
+    from golden.make_golden import OLDER
+
+    assert GOLDEN_NAMES == sorted([*CURRENT_SET, *OLDER])
+    assert {name.split("/")[0] if "/" in name else CURRENT for name in GOLDEN_NAMES} == {"v1.0", "v2.0", CURRENT}
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_archives(tmp_path, name):
-    """Archives of sparsify releases: 1.0 (the manifest's JSON as the metadata string) and 2.0 (envelope)."""
+    """Archives of sparsify releases: 1.0 (the manifest's JSON as the metadata string), 2.0 (envelope) and
+    2.1 (decoded_sha256 in lossy records, checked by this reader's reference arithmetic)."""
     path = GOLDEN / name
     reader = Reader(path)
     version = reader.manifest["format_version"]
     assert ("manifest_codec" in json.loads(metadata_text(path.read_bytes()))) == (version != "1.0")
-    assert version == ("1.0" if name.startswith("v1.0/") else "2.0")
+    assert version == (name.split("/")[0][1:] if "/" in name else CURRENT)
     originals = load_file(str(SAMPLES / reader.manifest["source"]["name"]))
+    DECODED_CHECKS.clear()
     check_archive(reader, reference(tmp_path, path, ".safetensors"), originals)
+    lossy = [not t["metrics"]["exact"] for t in reader.manifest["tensors"]]
+    expected = ["decoded_sha256" if lossy_one else "sha256" for lossy_one in lossy]
+    if version != CURRENT:  # older records have no decoded checksum: only the exact tensors are checked
+        expected = ["none" if lossy_one else "sha256" for lossy_one in lossy]
+    assert DECODED_CHECKS == expected
 
 
 @pytest.mark.parametrize(

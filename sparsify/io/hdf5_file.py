@@ -28,7 +28,7 @@ import numpy as np
 from h5py import h5d, h5f, h5g, h5o, h5p, h5s, h5t
 
 from sparsify.dtypes import SAFETENSORS_TYPES, name_of, numpy_of
-from sparsify.errors import InputError, OutputError
+from sparsify.errors import CorruptArchiveError, InputError, OutputError
 from sparsify.io.base import SourceMeta, TensorInfo, WeightReader, WeightWriter
 
 # numpy name of an ml_dtypes float ("bfloat16", "float8_e4m3fn", ...) -> sparsify dtype name.
@@ -516,6 +516,8 @@ class HDF5Writer(WeightWriter):
         if array.shape != info.shape or array.dtype != numpy_of(info.dtype):
             raise ValueError(f"{name}: got {array.dtype} {array.shape}, expected {info.dtype} {info.shape}")
         array = np.ascontiguousarray(array)
+        if self.same_format and not self._is_dataset(name):
+            raise CorruptArchiveError(f"tensor {name!r} is not a dataset of the source tree the archive carries")
         try:
             if self.same_format:
                 ds = self._file[name]
@@ -524,6 +526,12 @@ class HDF5Writer(WeightWriter):
                 self._create(name, array)
         except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise OutputError(f"{self.path}: cannot write dataset {name!r}: {_one_line(exc)}") from _with_errno(exc)
+
+    def _is_dataset(self, name: str) -> bool:
+        try:
+            return isinstance(self._file.get(name), h5py.Dataset)
+        except _H5_ERRORS:
+            return False
 
     def _create(self, name: str, array: np.ndarray) -> None:
         ds = self._file.create_dataset(name, data=array)

@@ -13,7 +13,7 @@ import struct
 import numpy as np
 
 from sparsify import container, dtypes
-from sparsify.errors import InputError, UsageError
+from sparsify.errors import CorruptArchiveError, InputError, UsageError
 from sparsify.io.base import SourceMeta, TensorInfo, WeightReader, WeightWriter
 
 
@@ -78,7 +78,16 @@ class SafetensorsWriter(WeightWriter):
         super().__init__(path, tensors, meta, same_format)
         if same_format:
             header = meta.blobs["header"]
-            _, self._entries = container.parse_header(header, InputError, "archive's source header")
+            _, self._entries = container.parse_header(header, CorruptArchiveError, "archive's source header")
+            carried = [(e.name, e.dtype, list(e.shape)) for e in self._entries]
+            listed = [(i.name, i.dtype, list(i.shape)) for i in self.infos]
+            if carried != listed:
+                got, want = next(
+                    ((a, b) for a, b in zip(listed, carried, strict=False) if a != b), (len(listed), len(carried))
+                )
+                raise CorruptArchiveError(
+                    f"the archive's tensors differ from the source header it carries: {got} where the header has {want}"
+                )
         else:
             header = self._fresh_header()
         self._file = open(self.path, "wb")
