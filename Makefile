@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench samples clean
+.PHONY: install demo test bench samples clean fuzz
 
 install: $(STAMP)
 
@@ -44,6 +44,16 @@ $(VENV)/.bench-installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench,plot]'
 	$(PY) -m pip install --quiet --no-deps zipnn==0.5.4 \
 		|| echo "bench: zipnn could not be installed (its sdist needs a C compiler); the ZipNN rows are left out"
+	touch $@
+
+# Structure-aware fuzzing of every input path (bench/fuzz.py): coverage-guided with atheris, 2 workers,
+# FUZZ_MINUTES of wall time; writes bench/results/fuzz.md/.json and copies new reproducers to tests/fuzz_cases/.
+FUZZ_MINUTES ?= 25
+fuzz: install $(VENV)/.fuzz-installed
+	$(PY) bench/fuzz.py --minutes $(FUZZ_MINUTES) --jobs 2 --keep-cases tests/fuzz_cases --keep-max-bytes 65536
+
+$(VENV)/.fuzz-installed: pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,fuzz]'
 	touch $@
 
 samples: install

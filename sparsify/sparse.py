@@ -75,10 +75,14 @@ def pack(
 def unpack(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """The dense float64 (m, n) matrix the parts of :func:`pack` describe."""
     m, n = shape
+    if "values" not in parts:
+        raise CorruptArchiveError("missing sparse part 'values'")
     values = parts["values"].reshape(-1).astype(np.float64)
     dense = np.zeros((m, n), dtype=np.float64)
     if "mask" in parts:
         packed = parts["mask"].reshape(-1)
+        if packed.dtype != np.uint8:
+            raise CorruptArchiveError(f"bitmask is of type {packed.dtype}, not bytes")
         if packed.size != bitmask_nbytes(m, n):
             raise CorruptArchiveError(f"bitmask has {packed.size} bytes, a {m}x{n} matrix needs {bitmask_nbytes(m, n)}")
         mask = np.unpackbits(packed, count=m * n).astype(bool)

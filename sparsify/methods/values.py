@@ -23,6 +23,7 @@ decoded sub-parts, so the residual that later stages see, the error the report m
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -88,7 +89,9 @@ class _Cast(ValueCoder):
         return {"cast": cast}, {"dtype": self.target}
 
     def decode_values(self, parts, resolved, shape, dtype):
-        cast = parts["cast"]
+        cast = parts.get("cast")
+        if cast is None:
+            raise CorruptArchiveError("cast coding: missing part 'cast'")
         if cast.size != int(np.prod(shape, dtype=np.int64)):
             raise CorruptArchiveError(f"cast values hold {cast.size} entries, the part needs {shape}")
         return _float64(cast).astype(dtype).reshape(shape)
@@ -199,6 +202,14 @@ def _packed(resolved: Mapping[str, Any]) -> bool:
     return packed
 
 
+def resolved_int(resolved: Mapping[str, Any], key: str) -> int:
+    """An integer field of a stored ``resolved`` record (from an archive: checked, not trusted)."""
+    value = resolved.get(key) if isinstance(resolved, Mapping) else None
+    if type(value) is not int:
+        raise CorruptArchiveError(f"value coding: resolved {key!r} is {value!r}, not an integer")
+    return value
+
+
 def load_codes(stored: np.ndarray, bits: int, count: int, packed: bool) -> np.ndarray:
     """Inverse of :func:`store_codes` (validated: sizes, and codes < 2**bits)."""
     if packed:
@@ -211,9 +222,9 @@ def load_codes(stored: np.ndarray, bits: int, count: int, packed: bool) -> np.nd
 
 def decode_int(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
     """float64 values of ``shape`` from :func:`encode_int`'s sub-parts (validated)."""
-    bits, width, rows = int(resolved["bits"]), int(resolved["group"]), int(resolved["rows"])
+    bits, width, rows = (resolved_int(resolved, key) for key in ("bits", "group", "rows"))
     count = int(np.prod(shape, dtype=np.int64))
-    if not 1 <= bits <= 8 or rows < 0 or (count and (rows == 0 or count % rows)):
+    if not 1 <= bits <= 8 or width < 0 or rows < 0 or (count and (rows == 0 or count % rows)):
         raise CorruptArchiveError(f"invalid integer coding ({bits} bits, {rows} rows) for a part of shape {shape}")
     cols = count // rows if rows else 0
     groups, _ = group_layout((rows, cols), width)
@@ -250,7 +261,7 @@ def decode_codebook(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any]
     if "codebook" not in parts or "index" not in parts:
         raise CorruptArchiveError("codebook coding: missing part 'codebook' or 'index'")
     codebook = _float64(parts["codebook"]).reshape(-1)
-    bits = int(resolved["bits"])
+    bits = resolved_int(resolved, "bits")
     if codebook.size == 0 or not 1 <= bits <= 8 or codebook.size > 1 << bits:
         raise CorruptArchiveError(f"invalid codebook of {codebook.size} values with {bits}-bit indices")
     index = load_codes(parts["index"], bits, int(np.prod(shape, dtype=np.int64)), _packed(resolved))
@@ -299,6 +310,13 @@ def encode_parts(
     return stored, records
 
 
+def _stored_shape(shape: Any) -> tuple[int, ...]:
+    """A part shape from a value coding record: non-negative integers whose product numpy can index."""
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape) or math.prod(shape) >= 2**63:
+        raise CorruptArchiveError(f"invalid shape {shape!r}")
+    return tuple(shape)
+
+
 def decode_parts(
     stored: Mapping[str, np.ndarray], records: Mapping[str, Mapping[str, Any]], coders: Mapping[str, type[ValueCoder]]
 ) -> dict[str, np.ndarray]:
@@ -319,7 +337,7 @@ def decode_parts(
         try:
             coder = cls(**check_config(cls, record["config"]))
             dtype = dtypes.numpy_of(record["dtype"])
-            shape = tuple(int(n) for n in record["shape"])
+            shape = _stored_shape(record["shape"])
             subs = {sub: parts.pop(f"{name}.{sub}") for sub in record["parts"]}
         except (KeyError, TypeError, ValueError, UsageError, InputError) as exc:
             raise CorruptArchiveError(f"part {name!r}: invalid value coding record ({exc})") from None
