@@ -93,8 +93,9 @@ def parse_header(header: bytes, error: type[SparsifyError], what: str) -> tuple[
     """The metadata and the validated entries (in offset order) of a raw JSON header."""
     try:
         parsed = json.loads(header.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise error(f"{what}: header is not valid UTF-8 JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise error(f"{what}: header is not valid UTF-8 JSON ({reason})") from None
     if not isinstance(parsed, dict):
         raise error(f"{what}: header is not a JSON object")
     metadata = parsed.pop("__metadata__", None) or {}
@@ -117,7 +118,7 @@ def _entry(name: str, spec, error: type[SparsifyError], what: str) -> Entry:
     if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
         raise error(f"{what}: entry {name!r} must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if dtype not in dtypes.SAFETENSORS_TYPES:
+    if not isinstance(dtype, str) or dtype not in dtypes.SAFETENSORS_TYPES:
         raise error(f"{what}: tensor {name!r} has unsupported dtype {dtype!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise error(f"{what}: tensor {name!r} has an invalid shape {shape!r}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsify.reproducible import inner, sum_of_squares
+from sparsify.reproducible import LOG10_2, inner, log2, sum_of_squares
 
 
 def as_float64(array: np.ndarray) -> np.ndarray:
@@ -68,7 +68,7 @@ def tensor_metrics(original: np.ndarray, decoded: np.ndarray, reference: Referen
     return {
         "rel_error": _ratio_sqrt(sq_error, sq_norm),
         "max_abs_error": float(np.max(np.abs(diff))) if diff.size else 0.0,
-        "snr_db": 10.0 * math.log10(sq_norm / sq_error) if sq_error > 0 and sq_norm > 0 else None,
+        "snr_db": _decibels(sq_norm / sq_error) if sq_error > 0 and sq_norm > 0 else None,
         "cosine": _cosine(inner(finite_w, finite_hat), sq_norm, sq_norm_hat),
         "sq_error": sq_error,
         "sq_norm": sq_norm,
@@ -108,6 +108,13 @@ def weighted_rel_error(metrics: Iterable[Mapping[str, Any]]) -> float:
         return sum(math.inf if m[key] is None else m[key] for m in items)
 
     return _ratio_sqrt(total("sq_error"), total("sq_norm"))
+
+
+def _decibels(ratio: float) -> float:
+    """10 log10(ratio), by :func:`sparsify.reproducible.log2` (the manifest records it); inf stays inf."""
+    if math.isinf(ratio):
+        return ratio
+    return float(10.0 * log2(ratio) * LOG10_2)
 
 
 def _ratio_sqrt(num: float, den: float) -> float:

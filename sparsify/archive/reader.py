@@ -122,8 +122,8 @@ def _load_manifest(layout: container.Layout, what: str) -> dict[str, Any]:
         raise InputError(f"{what}: a safetensors file, not a sparsify archive (no sparsify manifest)")
     try:
         manifest = json.loads(text)
-    except ValueError as exc:
-        raise CorruptArchiveError(f"{what}: manifest is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise CorruptArchiveError(f"{what}: manifest is not valid JSON ({_reason(exc)})") from None
     if isinstance(manifest, dict) and "manifest_codec" in manifest:
         _check_format(manifest, what)  # a newer major version may pack its manifest in ways unknown here
         manifest = unpack_manifest(manifest, what)
@@ -166,11 +166,15 @@ def unpack_manifest(envelope: dict[str, Any], what: str) -> Any:
         manifest = json.loads(text)
     except CorruptArchiveError:
         raise
-    except (KeyError, TypeError, ValueError, binascii.Error, zstandard.ZstdError) as exc:
-        raise CorruptArchiveError(f"{what}: packed manifest cannot be read ({exc})") from None
+    except (KeyError, TypeError, ValueError, RecursionError, binascii.Error, zstandard.ZstdError) as exc:
+        raise CorruptArchiveError(f"{what}: packed manifest cannot be read ({_reason(exc)})") from None
     if isinstance(manifest, dict) and manifest.get("format_version") != envelope.get("format_version"):
         raise CorruptArchiveError(
             f"{what}: the envelope says format {envelope.get('format_version')!r}, "
             f"the manifest {manifest.get('format_version')!r}"
         )
     return manifest
+
+
+def _reason(exc: BaseException) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)

@@ -228,6 +228,7 @@ def _cross_check(manifest: Manifest, entries: Mapping[str, Any]) -> None:
     from sparsify.codec import matrix_shape
 
     referenced: set[str] = set()
+    version = tuple(int(x) for x in manifest.format_version.split("."))
 
     def check_part(part: Part, record: Mapping[str, Any], where: str, expected_key: str) -> None:
         _check(part.key == expected_key, f"{where}.key is {part.key!r}, expected {expected_key!r}")
@@ -268,6 +269,12 @@ def _cross_check(manifest: Manifest, entries: Mapping[str, Any]) -> None:
         _check((tensor.view.rows, tensor.view.cols) == (rows, cols), f"{where}.view: bad view for shape {tensor.shape}")
         _check(tensor.stored_bytes == sum(p.nbytes for p in tensor.parts), f"{where}.stored_bytes != its parts' sum")
         _check(not tensor.metrics.exact or tensor.metrics.rel_error == 0, f"{where}.metrics: exact with an error")
+        if version >= (2, 1):  # what a decode must give: the original's checksum, or the decoded one
+            _check(
+                (tensor.decoded_sha256 is None) == tensor.metrics.exact,
+                f"{where}.decoded_sha256 must be {'null for an exact' if tensor.metrics.exact else 'set for a lossy'} "
+                "tensor",
+            )
         for j, part in enumerate(tensor.parts):
             check_part(part, _record_of(part), f"{where}.parts[{j}]", f"{tensor.name}/{part.name}")
         _check_stages(tensor, where)
@@ -289,18 +296,28 @@ def _check_stages(tensor: Tensor, where: str) -> None:
     for j, stage in enumerate(tensor.stages):
         at = f"{where}.stages[{j}]"
         cls = METHODS.get(stage.method)  # unknown: decoding that tensor says so
+        nnz = stage.resolved.get("nnz")
+        _check(nnz is None or (type(nnz) is int and nnz >= 0), f"{at}.resolved.nnz: Expected int >= 0")
         try:
             if cls is not None:
-                check_config(cls, stage.config)
+                check_config(cls, _known(cls, stage.config))
             for name, coding in stage.values.items():
                 coded = (coding.config, coding.resolved, coding.dtype, coding.shape)
                 _check(coding.skipped is not None or None not in coded, f"values.{name}: a field is missing")
                 if coding.coder in VALUE_CODERS and coding.skipped is None:
-                    check_config(VALUE_CODERS[coding.coder], coding.config)
+                    check_config(VALUE_CODERS[coding.coder], _known(VALUE_CODERS[coding.coder], coding.config))
         except SparsifyError as exc:
             raise CorruptArchiveError(f"{at}.config: {exc}") from None
         lossless = cls is not None and issubclass(cls, LosslessMethod)
         _check(not lossless or len(tensor.stages) == 1, f"{at}: {stage.method} cannot be combined with other stages")
+        if lossless:  # the stored data is the tensor itself: its type and size are the tensor's
+            data = {p.name: p for p in tensor.parts}.get(f"{j}.{stage.method}.data")
+            if data is not None:
+                stored = (data.dtype, _nbytes(data.dtype, data.shape, at))
+                _check(
+                    stored in ((tensor.dtype, tensor.original_bytes), ("U8", tensor.original_bytes)),
+                    f"{at}: the stored data is {data.dtype}{data.shape}, the tensor {tensor.dtype}{tensor.shape}",
+                )
         for name, coding in stage.values.items():
             subs = {f"{name}.{sub}" for sub in coding.parts}
             _check(subs <= set(stage.parts), f"{at}.values.{name}: sub-parts not among the stage's parts")
@@ -310,6 +327,13 @@ def _check_stages(tensor: Tensor, where: str) -> None:
 
 
 _MAX_EXPANSION = 1 << 16
+
+
+def _known(cls, config: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a stored config that ``cls`` has parameters for: a newer minor version may add
+    parameters, and decoding that tensor then says it cannot read them."""
+    names = {p.name for p in cls.params}
+    return {k: v for k, v in config.items() if k in names}
 
 
 def _record_of(part: Part) -> dict[str, Any]:
