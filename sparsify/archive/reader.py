@@ -103,7 +103,12 @@ class Archive:
     def source_meta(self) -> SourceMeta:
         """The source file's metadata and rebuild blobs, as its reader gave them."""
         source = self.manifest["source"]
-        blobs = {name: decode_part(part, self.stored_bytes(part)).tobytes() for name, part in source["blobs"].items()}
+        blobs = {}
+        for name, part in source["blobs"].items():
+            blobs[name] = decode_part(part, self.stored_bytes(part)).tobytes()
+            expected = part.get("content_sha256")  # format 2.1
+            if expected is not None and sha256(blobs[name]) != expected:
+                raise CorruptArchiveError(f"{self.path}: source blob {name!r} differs from its recorded checksum")
         return SourceMeta(summary=source["summary"], rebuild=source["rebuild"], blobs=blobs)
 
     def close(self) -> None:

@@ -50,6 +50,10 @@ class Part(_Record):
     sha256: Sha256
 
 
+class Blob(Part):
+    content_sha256: Union[Sha256, None] = None  # noqa: UP007 (format 2.1: the blob's own bytes)
+
+
 class View(_Record):
     layout: Literal["first", "last"]
     rows: Count
@@ -138,7 +142,7 @@ class Source(_Record):
     sha256: Sha256
     summary: dict[str, Any]
     rebuild: dict[str, Any]
-    blobs: dict[str, Part]
+    blobs: dict[str, Blob]
 
 
 class Rule(_Record):
@@ -252,11 +256,13 @@ def _cross_check(manifest: Manifest, entries: Mapping[str, Any]) -> None:
     for name, blob in source.blobs.items():
         where = f"source.blobs.{name}"
         _check(blob.name == name, f"{where}.name is {blob.name!r}")
+        _check(version < (2, 1) or blob.content_sha256 is not None, f"{where}.content_sha256 is missing")
         check_part(blob, _record_of(blob), where, SOURCE_BLOB_PREFIX + name)
     if source.format == "safetensors":
         _check("header" in source.blobs, "source.blobs: a safetensors source needs its 'header' blob")
 
     names: set[str] = set()
+    previous_end = 0
     for i, tensor in enumerate(manifest.tensors):
         where = f"tensors[{i}]"
         _check(tensor.name not in names, f"{where}.name {tensor.name!r} is used twice")
@@ -277,6 +283,11 @@ def _cross_check(manifest: Manifest, entries: Mapping[str, Any]) -> None:
             )
         for j, part in enumerate(tensor.parts):
             check_part(part, _record_of(part), f"{where}.parts[{j}]", f"{tensor.name}/{part.name}")
+        # the writer appends each tensor's parts after the previous tensor's: records in file order
+        begins = [entries[p.key].begin for p in tensor.parts]
+        if begins:
+            _check(min(begins) >= previous_end, f"{where}: its parts lie before the previous tensor's (reordered?)")
+            previous_end = max(entries[p.key].end for p in tensor.parts)
         _check_stages(tensor, where)
     unreferenced = sorted(set(entries) - referenced)
     _check(not unreferenced, f"container entry {unreferenced[0]!r} belongs to no part" if unreferenced else "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import os
@@ -35,12 +36,13 @@ class ArchiveWriter:
         self._container = SpooledContainer(self._spool)
 
     def add_blob(self, name: str, data: bytes) -> dict[str, Any]:
-        """Store a source blob (zstd-coded where smaller); returns its part record."""
+        """Store a source blob (zstd-coded where smaller); returns its part record, with the checksum
+        of the blob itself (``content_sha256``, format 2.1) beside that of its stored bytes."""
         part = code_part(
             name, np.frombuffer(data, dtype=np.uint8), SOURCE_BLOB_PREFIX.rstrip("/"), (Zstd(level=9, bytegroup=False),)
         )
         self._add(part)
-        return part.record
+        return {**part.record, "content_sha256": hashlib.sha256(data).hexdigest()}
 
     def add_tensor(self, encoded: EncodedTensor) -> None:
         """Append one tensor's coded parts."""
