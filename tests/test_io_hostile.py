@@ -6,8 +6,11 @@ opening any file but the input.
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
+import re
 import shutil
 import struct
 import zipfile
@@ -18,8 +21,11 @@ import h5py
 import numpy as np
 import pytest
 
-from sparsify.errors import InputError
+from sparsify.errors import CorruptArchiveError, InputError
 from sparsify.io import open_weights
+from sparsify.io.base import SourceMeta, TensorInfo
+from sparsify.io.hdf5_file import HDF5Writer, _skeleton
+from sparsify.io.npz_file import NpzWriter
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 _CENTRAL = b"PK\x01\x02"
@@ -214,3 +220,136 @@ def test_check_unchanged_after_the_last_read(tmp_path):
         src.write_bytes(src.read_bytes() + b"\0")
         with pytest.raises(InputError, match="changed while it was being read"):
             reader.check_unchanged()
+
+
+# ---- damaged members and damaged rebuild data (fuzz reproducers in tests/fuzz_cases/) --------------------
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA], ids=["deflate", "lzma"])
+def test_npz_damaged_compressed_member(tmp_path, method):
+    src = one_member_npz(tmp_path / "damaged.npz", npy_bytes(np.arange(100.0)), method)
+    with zipfile.ZipFile(src) as zf:
+        info = zf.getinfo("a.npy")
+    data = bytearray(src.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start + 4 : start + 24] = bytes(range(20))  # the compressed stream, not the zip headers
+    src.write_bytes(bytes(data))
+    refused(src, "array 'a'")
+
+
+def npz_rebuild(tmp_path: Path) -> tuple[list, SourceMeta]:
+    """The tensors and source meta of a small npz file, as an archive carries them (rebuild JSON-decoded)."""
+    src = tmp_path / "src.npz"
+    np.savez(src, a=np.arange(6, dtype="<f4").reshape(2, 3), b=np.arange(3, dtype="<i8"))
+    with open_weights(src) as reader:
+        infos, meta = reader.tensors(), reader.source_meta()
+    return infos, SourceMeta(meta.summary, json.loads(json.dumps(meta.rebuild)), meta.blobs)
+
+
+NON_ASCII_HEADER = base64.b64encode(npy_header("<f4", (2, 3))).decode() + "é"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("date_time", [1979, 1, 1, 0, 0, 0], "member 0: date_time [1979, 1, 1, 0, 0, 0] is not a zip timestamp"),
+        ("date_time", [1980, 65535, 1, 0, 0, 0], "member 0: date_time [1980, 65535, 1, 0, 0, 0] is not a zip"),
+        ("date_time", [1980, 1, 1], "member 0: date_time [1980, 1, 1] is not a zip timestamp"),
+        ("create_system", 256, "member 0: create_system 256 is not an integer in 0-255"),
+        ("external_attr", 2**64, "member 0: external_attr 18446744073709551616 is not an integer in 0-4294967295"),
+        ("internal_attr", -1, "member 0: internal_attr -1 is not an integer in 0-65535"),
+        ("compress_type", 99, "member 0: compress_type 99 is not one of 0, 8, 12, 14"),
+        ("extra", "x", "member 0: extra 'x' is not base64"),
+        ("comment", "<U3", "member 0: comment '<U3' is not base64"),
+        ("extra", base64.b64encode(bytes(70000)).decode(), "member 0: extra of 70000 bytes, more than a zip header"),
+        ("npy_header", "fp32", "member 0: npy_header is not a .npy header: EOF"),
+        ("npy_header", NON_ASCII_HEADER, "member 0: npy_header 'k05VTVBZ"),
+        ("npy_header", base64.b64encode(npy_header("<f8", (2, 3))).decode(), "holds F64 (2, 3), the archive's tensor"),
+        ("filename", "b.npy", "member 0: 'b.npy' where the archive's tensor is 'a'"),
+        ("filename", "a.txt", "member 0: filename 'a.txt' is not a '<key>.npy' name"),
+    ],
+)
+def test_npz_writer_refuses_a_damaged_rebuild_record(tmp_path, field, value, fragment):
+    infos, meta = npz_rebuild(tmp_path)
+    meta.rebuild["members"][0][field] = value
+    out = tmp_path / "out.npz"
+    with pytest.raises(CorruptArchiveError) as info:
+        NpzWriter(out, infos, meta, same_format=True)
+    message = str(info.value)
+    assert message.startswith("npz rebuild record, member 0: ") and "\n" not in message
+    assert fragment in message
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda r: r.pop("comment"), "npz rebuild record: comment None is not base64"),
+        (lambda r: r.update(members={}), "npz rebuild record: no list of members"),
+        (lambda r: r["members"].pop(), "npz rebuild record: 1 members for the archive's 2 tensors"),
+        (lambda r: r["members"][1].pop("zip64"), "member 1: no field 'zip64'"),
+        (lambda r: r["members"].reverse(), "member 0: 'b.npy' where the archive's tensor is 'a'"),
+    ],
+)
+def test_npz_writer_refuses_a_damaged_rebuild_list(tmp_path, edit, fragment):
+    infos, meta = npz_rebuild(tmp_path)
+    edit(meta.rebuild)
+    with pytest.raises(CorruptArchiveError, match=re.escape(fragment)):
+        NpzWriter(tmp_path / "out.npz", infos, meta, same_format=True)
+
+
+def hdf5_rebuild(tmp_path: Path) -> tuple[list, SourceMeta]:
+    src = tmp_path / "src.h5"
+    with h5py.File(src, "w") as f:
+        f["g/w"] = np.arange(77.0).reshape(7, 11)
+    with open_weights(src) as reader:
+        return reader.tensors(), reader.source_meta()
+
+
+def damaged_dataspace(skeleton: bytes) -> bytes:
+    """The skeleton with the second dimension of its (7, 11) dataspace beyond its maximum (HDF5: KeyError)."""
+    dims = struct.pack("<QQ", 7, 11)
+    at = skeleton.index(dims)
+    return skeleton[:at] + struct.pack("<QQ", 7, 2**50) + skeleton[at + len(dims) :]
+
+
+def external_skeleton(tmp_path: Path) -> bytes:
+    """A skeleton whose dataset keeps its data in a raw file elsewhere (which filling it would write)."""
+    with h5py.File(tmp_path / "ext.h5", "w") as f:
+        f.create_dataset("g/w", shape=(7, 11), dtype="<f8", external=[(str(tmp_path / "victim.bin"), 0, 616)])
+    with h5py.File(tmp_path / "ext.h5", "r") as f:
+        return _skeleton(f, b"")
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda tmp, m: m.blobs.update(skeleton=damaged_dataspace(m.blobs["skeleton"])), "skeleton is damaged: "),
+        (lambda tmp, m: m.blobs.update(skeleton=b"\x89HDF\r\n\x1a\n" + bytes(100)), "not a readable HDF5 file"),
+        (lambda tmp, m: m.blobs.pop("skeleton"), "the archive carries no HDF5 skeleton"),
+        (lambda tmp, m: m.rebuild.update(track_times="g"), "no list of paths as track_times"),
+        (lambda tmp, m: m.blobs.update(skeleton=external_skeleton(tmp)), "dataset 'g/w' keep its data in other files"),
+    ],
+    ids=["dataspace", "not-hdf5", "no-skeleton", "track-times", "external-storage"],
+)
+def test_hdf5_writer_refuses_a_damaged_skeleton(tmp_path, damage, fragment):
+    infos, meta = hdf5_rebuild(tmp_path)
+    damage(tmp_path, meta)
+    out = tmp_path / "out.h5"
+    with pytest.raises(CorruptArchiveError) as info:
+        HDF5Writer(out, infos, meta, same_format=True)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == []  # nor its staging copy
+    assert not (tmp_path / "victim.bin").exists()
+
+
+def test_hdf5_writer_refuses_a_skeleton_other_than_the_tensors(tmp_path):
+    infos, meta = hdf5_rebuild(tmp_path)
+    (w,) = infos
+    for tensors, fragment in [
+        ([TensorInfo(w.name, w.dtype, (11, 7), w.layout)], "has dataset 'g/w' as F64 (7, 11), the archive's tensor"),
+        ([w, TensorInfo("g/v", "F32", (3,))], "has no dataset for tensor 'g/v'"),
+        ([], "has a dataset 'g/w' but no tensor for it"),
+    ]:
+        with pytest.raises(CorruptArchiveError, match=re.escape(fragment)):
+            HDF5Writer(tmp_path / "out.h5", tensors, meta, same_format=True)

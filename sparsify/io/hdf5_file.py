@@ -48,6 +48,8 @@ _CHUNK_OVERHEAD = 1024  # bytes a filter that cannot shrink a chunk may add to i
 
 # What reading a damaged or hostile file can make h5py raise.
 _H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError)
+# Of those, the ones no failure to write the output (a full disk, a size limit) makes h5py raise.
+_NOT_OS_ERRORS = (KeyError, ValueError, TypeError, IndexError, AttributeError)
 _skeleton_names = itertools.count()
 
 
@@ -303,14 +305,18 @@ def _tracked_times(src: h5py.File) -> list[str]:
     ]
 
 
-def _copy_tree(src: h5py.File, dst: h5py.File, tracked: frozenset[str]) -> None:
-    """Recreate ``src``'s attributes and links in ``dst``; objects in ``tracked`` record times."""
+def _copy_tree(src: h5py.File, dst: h5py.File, tracked: frozenset[str], allocate: bool = True) -> None:
+    """Recreate ``src``'s attributes and links in ``dst``; objects in ``tracked`` record times.
+
+    ``allocate=False``: datasets that may allocate their storage late do (a trial copy, which then
+    takes no room for data it never holds).
+    """
     _copy_attrs(src, dst)
     for link in _walk(src):
-        _copy_link(link, dst, link.path in tracked)
+        _copy_link(link, dst, link.path in tracked, allocate)
 
 
-def _copy_link(link: _Link, dst: h5py.File, track_times: bool) -> None:
+def _copy_link(link: _Link, dst: h5py.File, track_times: bool, allocate: bool = True) -> None:
     """Recreate one link of the source tree in ``dst``: groups and datasets empty, with attributes."""
     parent = dst[link.parent.name].id
     name = link.name.encode()
@@ -333,6 +339,8 @@ def _copy_link(link: _Link, dst: h5py.File, track_times: bool) -> None:
         ds = link.obj
         dcpl = ds.id.get_create_plist()
         dcpl.set_obj_track_times(track_times)
+        if not allocate and dcpl.get_layout() != h5d.COMPACT:  # compact storage is always allocated early
+            dcpl.set_alloc_time(h5d.ALLOC_TIME_LATE)
         h5d.create(parent, name, ds.id.get_type(), ds.id.get_space(), dcpl=dcpl, lcpl=lcpl)
         _copy_attrs(ds, dst[link.path])
 
@@ -428,18 +436,29 @@ def _create(path: Path) -> h5py.File:
     return h5py.File(h5f.create(bytes(path), h5f.ACC_TRUNC, fcpl=fcpl, fapl=_writing_fapl(fapl)))
 
 
-def _from_skeleton(path: Path, meta: SourceMeta) -> h5py.File:
-    """A new HDF5 file at ``path`` with the skeleton's tree (time tracking restored), open for writing."""
-    skeleton_bytes = meta.blobs["skeleton"]
+def _from_skeleton(path: Path, meta: SourceMeta, tensors: list[TensorInfo]) -> h5py.File:
+    """A new HDF5 file at ``path`` with the skeleton's tree (time tracking restored), open for writing.
+
+    The skeleton and ``track_times`` come from an archive: CorruptArchiveError, before ``path`` is
+    created, unless they make a tree whose datasets are ``tensors`` (see :func:`_check_skeleton`).
+    """
+    skeleton_bytes = meta.blobs.get("skeleton")
+    if not isinstance(skeleton_bytes, bytes):
+        raise CorruptArchiveError("the archive carries no HDF5 skeleton (source blob 'skeleton')")
+    tracked = _tracked_paths(meta.rebuild)
     staging = path.with_name(path.name + ".skeleton")
     dst = None
     try:
         staging.write_bytes(skeleton_bytes)
-        with h5py.File(staging, "r") as skeleton:
+        with _open_skeleton(staging) as skeleton:
+            _check_skeleton(skeleton, tensors, tracked)
             userblock = skeleton_bytes[: skeleton.userblock_size]
             fapl = _writing_fapl(_fapl(skeleton))
             dst = h5py.File(h5f.create(bytes(path), h5f.ACC_TRUNC, fcpl=_fcpl(skeleton), fapl=fapl))
-            _copy_tree(skeleton, dst, frozenset(meta.rebuild.get("track_times", ())))
+            try:
+                _copy_tree(skeleton, dst, tracked)
+            except _NOT_OS_ERRORS as exc:  # a property the trial copy let through (it allocates late)
+                raise CorruptArchiveError(f"the archive's HDF5 skeleton is damaged: {_one_line(exc)}") from None
         staging.unlink()
         if userblock:
             dst.flush()
@@ -453,6 +472,73 @@ def _from_skeleton(path: Path, meta: SourceMeta) -> h5py.File:
     finally:
         staging.unlink(missing_ok=True)
     return dst
+
+
+def _tracked_paths(rebuild: Any) -> frozenset[str]:
+    """The rebuild record's ``track_times`` (absent in older archives); CorruptArchiveError when malformed."""
+    tracked = rebuild.get("track_times", []) if isinstance(rebuild, dict) else None
+    if not isinstance(tracked, list) or not all(isinstance(p, str) for p in tracked):
+        raise CorruptArchiveError("the archive's HDF5 rebuild record has no list of paths as track_times")
+    return frozenset(tracked)
+
+
+def _open_skeleton(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except _H5_ERRORS as exc:
+        raise CorruptArchiveError(
+            f"the archive's HDF5 skeleton is not a readable HDF5 file: {_one_line(exc)}"
+        ) from None
+
+
+def _check_skeleton(skeleton: h5py.File, tensors: list[TensorInfo], tracked: frozenset[str]) -> None:
+    """CorruptArchiveError unless the skeleton can be copied and its datasets are the archive's tensors.
+
+    Every dataset with a dataspace must be one of ``tensors``, of its dtype and shape (the writer fills
+    it with exactly that many bytes), and none may keep its data in other files (external storage,
+    virtual datasets), which filling it would write to. The whole copy is then tried in memory, so
+    that a damaged skeleton fails here and not halfway through the output file.
+    """
+    expected = {t.name: t for t in tensors}
+    found: dict[str, tuple[str, tuple[int, ...]]] = {}
+    try:
+        for link in _walk(skeleton):
+            if isinstance(link.obj, h5py.Dataset):
+                found.update(_skeleton_dataset(link.path, link.obj))
+        for name, (dtype, shape) in found.items():
+            tensor = expected.get(name)
+            if tensor is None:
+                raise CorruptArchiveError(f"the archive's HDF5 skeleton has a dataset {name!r} but no tensor for it")
+            if (dtype, shape) != (tensor.dtype, tuple(tensor.shape)):
+                raise CorruptArchiveError(
+                    f"the archive's HDF5 skeleton has dataset {name!r} as {dtype} {shape}, the archive's tensor "
+                    f"is {tensor.dtype} {tuple(tensor.shape)}"
+                )
+        missing = [name for name in expected if name not in found]
+        if missing:
+            raise CorruptArchiveError(f"the archive's HDF5 skeleton has no dataset for tensor {missing[0]!r}")
+        fapl = _fapl(skeleton)
+        fapl.set_fapl_core(backing_store=False)
+        name = f"sparsify-skeleton-{next(_skeleton_names)}".encode()
+        with h5py.File(h5f.create(name, h5f.ACC_TRUNC, fcpl=_fcpl(skeleton), fapl=fapl)) as trial:
+            _copy_tree(skeleton, trial, tracked, allocate=False)
+    except _H5_ERRORS as exc:
+        raise CorruptArchiveError(f"the archive's HDF5 skeleton is damaged: {_one_line(exc)}") from None
+
+
+def _skeleton_dataset(path: str, ds: h5py.Dataset) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{path: (dtype, shape)}`` of a skeleton dataset that holds data, ``{}`` for one with a null dataspace."""
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_layout() == h5d.VIRTUAL or dcpl.get_external_count():
+        raise CorruptArchiveError(f"the archive's HDF5 skeleton has dataset {path!r} keep its data in other files")
+    if ds.id.get_space().get_simple_extent_type() == h5s.NULL:
+        return {}
+    if ds.dtype.hasobject:
+        raise CorruptArchiveError(f"the archive's HDF5 skeleton has dataset {path!r} of variable-length data")
+    dtype = _ml_float_name(ds) or name_of(ds.dtype)
+    if numpy_of(dtype).itemsize != ds.id.get_type().get_size():
+        raise CorruptArchiveError(f"the archive's HDF5 skeleton has dataset {path!r} of a type numpy cannot map")
+    return {path: (dtype, tuple(int(d) for d in ds.shape))}
 
 
 def _close(file: h5py.File) -> None:
@@ -507,7 +593,7 @@ class HDF5Writer(WeightWriter):
                 if numpy_of(info.dtype) is None:
                     raise InputError(f"tensor {info.name!r} is of the packed type {info.dtype}, which HDF5 cannot hold")
         try:
-            self._file = _from_skeleton(self.path, meta) if same_format else _create(self.path)
+            self._file = _from_skeleton(self.path, meta, self.infos) if same_format else _create(self.path)
         except (OSError, RuntimeError) as exc:
             raise OutputError(f"{self.path}: cannot write: {_one_line(exc)}") from _with_errno(exc)
 
@@ -516,8 +602,6 @@ class HDF5Writer(WeightWriter):
         if array.shape != info.shape or array.dtype != numpy_of(info.dtype):
             raise ValueError(f"{name}: got {array.dtype} {array.shape}, expected {info.dtype} {info.shape}")
         array = np.ascontiguousarray(array)
-        if self.same_format and not self._is_dataset(name):
-            raise CorruptArchiveError(f"tensor {name!r} is not a dataset of the source tree the archive carries")
         try:
             if self.same_format:
                 ds = self._file[name]
@@ -526,12 +610,6 @@ class HDF5Writer(WeightWriter):
                 self._create(name, array)
         except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise OutputError(f"{self.path}: cannot write dataset {name!r}: {_one_line(exc)}") from _with_errno(exc)
-
-    def _is_dataset(self, name: str) -> bool:
-        try:
-            return isinstance(self._file.get(name), h5py.Dataset)
-        except _H5_ERRORS:
-            return False
 
     def _create(self, name: str, array: np.ndarray) -> None:
         ds = self._file.create_dataset(name, data=array)

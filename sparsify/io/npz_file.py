@@ -13,10 +13,12 @@ import base64
 import copy
 import io
 import itertools
+import lzma
 import math
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from sparsify.dtypes import name_of, numpy_of
-from sparsify.errors import InputError, OutputError
+from sparsify.errors import CorruptArchiveError, InputError, OutputError
 from sparsify.io.base import SourceMeta, TensorInfo, WeightReader, WeightWriter
 
 try:  # numpy >= 2 keeps the reader for every .npy version (1.0, 2.0, 3.0) here
@@ -47,6 +49,23 @@ _DEFLATE_MAX_RATIO = 1032
 _DEFLATE_SLACK = 1024
 _LOOKAHEAD = 1 << 16  # more than zipfile decompresses in one step (its MIN_READ_SIZE)
 _MAX_BYTES = 2**63 - 1  # sizes beyond this overflow numpy's intp
+
+# What a member record in ``SourceMeta.rebuild`` (from an archive's manifest, so untrusted) may hold: the
+# ranges the zip headers' fields can store (struct ``B``, ``H``, ``L``), and the methods zipfile writes.
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+_INT_FIELDS = {
+    "create_system": 0xFF,
+    "create_version": 0xFF,
+    "extract_version": 0xFF,
+    "flag_bits": 0xFFFF,
+    "internal_attr": 0xFFFF,
+    "external_attr": 0xFFFFFFFF,
+}
+_RECORD_FIELDS = ("filename", "date_time", "compress_type", *_INT_FIELDS, "comment", "extra", "zip64", "npy_header")
+# year, month, day, hour, minute, second: what the DOS date and time fields hold, each in its own bits
+_DATE_TIME_RANGES = ((1980, 2107), (0, 15), (0, 31), (0, 31), (0, 63), (0, 63))
+_ZIP_MAX_FIELD = 0xFFFF  # the longest name, extra field or comment a zip header can give the length of
+_ZIP64_EXTRA_BYTES = 28  # the most zipfile adds to a member's extra field (a zip64 record of three sizes)
 
 
 @dataclass(frozen=True)
@@ -266,11 +285,10 @@ class NpzWriter(WeightWriter):
 
     def __init__(self, path: Path, tensors: list[TensorInfo], meta: SourceMeta, same_format: bool) -> None:
         super().__init__(path, tensors, meta, same_format)
-        self._records = {m["filename"][: -len(_SUFFIX)]: m for m in meta.rebuild["members"]} if same_format else {}
+        comment, self._members = _rebuild_plan(meta.rebuild, self.infos) if same_format else (b"", {})
         with _output_errors(self.path):
             self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        if same_format:
-            self._zip.comment = _unb64(meta.rebuild["comment"])
+        self._zip.comment = comment
 
     def write(self, name: str, array: np.ndarray) -> None:
         array = np.asarray(array)
@@ -279,14 +297,14 @@ class NpzWriter(WeightWriter):
             with _output_errors(self.path), self._zip.open(info, "w", force_zip64=True) as stream:
                 np.lib.format.write_array(stream, array, allow_pickle=False)
             return
-        record = self._records.get(name)
-        if record is None:
+        member = self._members.get(name)
+        if member is None:
             raise InputError(f"{self.path}: array {name!r} was not in the npz file being rebuilt")
-        header = _NpyHeader.parse(io.BytesIO(_unb64(record["npy_header"])))
+        header = member.header
         array = _as_stored(name, array, header)
-        info = _zipinfo(record)
+        info = copy.copy(member.info)
         info.file_size = len(header.raw) + header.data_bytes  # lets zipfile pick zip64 for huge members
-        with _output_errors(self.path), self._zip.open(info, "w", force_zip64=record["zip64"]) as stream:
+        with _output_errors(self.path), self._zip.open(info, "w", force_zip64=member.zip64) as stream:
             stream.write(header.raw)
             _write_data(stream, array, header.fortran_order)
 
@@ -301,21 +319,130 @@ class NpzWriter(WeightWriter):
     @property
     def rebuilds_bytes(self) -> bool:
         # stored members are rebuilt byte for byte; deflated ones depend on the zlib that recompresses
-        return self.same_format and all(m["compress_type"] == 0 for m in self._records.values())
+        return self.same_format and all(m.info.compress_type == zipfile.ZIP_STORED for m in self._members.values())
 
 
-def _zipinfo(record: dict[str, Any]) -> zipfile.ZipInfo:
-    """A ZipInfo carrying a member's recorded fields (zipfile sets the flag bits itself)."""
-    info = zipfile.ZipInfo(record["filename"], date_time=tuple(record["date_time"]))
+@dataclass(frozen=True)
+class _Rebuilt:
+    """One member as the writer rebuilds it: its zip fields, its exact ``.npy`` header, zip64 or not."""
+
+    info: zipfile.ZipInfo
+    header: _NpyHeader
+    zip64: bool
+
+
+def _rebuild_plan(rebuild: Any, tensors: list[TensorInfo]) -> tuple[bytes, dict[str, _Rebuilt]]:
+    """The archive comment and each tensor's member from the reader's record (:meth:`_Member.rebuild`).
+
+    The record comes from an archive's manifest: every field is checked here, before anything is
+    written, so that a damaged one is a CorruptArchiveError naming it, not a failure of zipfile halfway
+    through the file. The members must be the tensors, in order, with the tensors' dtypes and shapes.
+    """
+    if not isinstance(rebuild, dict) or not isinstance(rebuild.get("members"), list):
+        raise CorruptArchiveError("npz rebuild record: no list of members")
+    comment = _record_bytes(rebuild, "comment", "npz rebuild record", _ZIP_MAX_FIELD)
+    records = rebuild["members"]
+    if len(records) != len(tensors):
+        raise CorruptArchiveError(
+            f"npz rebuild record: {len(records)} members for the archive's {len(tensors)} tensors"
+        )
+    members: dict[str, _Rebuilt] = {}
+    for index, (record, tensor) in enumerate(zip(records, tensors, strict=True)):
+        where = f"npz rebuild record, member {index}"
+        member = _rebuilt_member(record, where)
+        key, header = member.info.filename[: -len(_SUFFIX)], member.header
+        if key != tensor.name or key in members:
+            raise CorruptArchiveError(
+                f"{where}: {member.info.filename!r} where the archive's tensor is {tensor.name!r}"
+            )
+        if name_of(header.dtype) != tensor.dtype or header.shape != tuple(tensor.shape):
+            raise CorruptArchiveError(
+                f"{where}: npy_header holds {name_of(header.dtype)} {header.shape}, the archive's tensor "
+                f"{tensor.name!r} is {tensor.dtype} {tuple(tensor.shape)}"
+            )
+        members[key] = member
+    return comment, members
+
+
+def _rebuilt_member(record: Any, where: str) -> _Rebuilt:
+    """A ZipInfo carrying a member's recorded fields (zipfile sets the flag bits itself), and its header."""
+    if not isinstance(record, dict):
+        raise CorruptArchiveError(f"{where}: not an object")
+    missing = [name for name in _RECORD_FIELDS if name not in record]
+    if missing:
+        raise CorruptArchiveError(f"{where}: no field {missing[0]!r}")
+    filename = record["filename"]
+    if not isinstance(filename, str) or not filename.endswith(_SUFFIX) or "\0" in filename:
+        raise CorruptArchiveError(f"{where}: filename {_short(filename)} is not a '<key>.npy' name")
+    try:
+        encoded = filename.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CorruptArchiveError(f"{where}: filename {_short(filename)} cannot be encoded as UTF-8") from None
+    if len(encoded) > _ZIP_MAX_FIELD:
+        raise CorruptArchiveError(f"{where}: filename of {len(encoded)} bytes, more than a zip header holds")
+    date_time = record["date_time"]
+    if not (
+        isinstance(date_time, list)
+        and len(date_time) == len(_DATE_TIME_RANGES)
+        and all(_is_int(v) and low <= v <= high for v, (low, high) in zip(date_time, _DATE_TIME_RANGES, strict=False))
+    ):
+        raise CorruptArchiveError(
+            f"{where}: date_time {_short(date_time)} is not a zip timestamp (year 1980-2107, month 0-15, day 0-31, "
+            "hour 0-31, minute 0-63, second 0-63)"
+        )
+    for name, high in _INT_FIELDS.items():
+        if not (_is_int(record[name]) and 0 <= record[name] <= high):
+            raise CorruptArchiveError(f"{where}: {name} {_short(record[name])} is not an integer in 0-{high}")
+    if not _is_int(record["compress_type"]) or record["compress_type"] not in _ZIP_METHODS:
+        raise CorruptArchiveError(
+            f"{where}: compress_type {_short(record['compress_type'])} is not one of "
+            f"{', '.join(map(str, _ZIP_METHODS))}"
+        )
+    if not isinstance(record["zip64"], bool):
+        raise CorruptArchiveError(f"{where}: zip64 {_short(record['zip64'])} is not true or false")
+    comment = _record_bytes(record, "comment", where, _ZIP_MAX_FIELD)
+    extra = _record_bytes(record, "extra", where, _ZIP_MAX_FIELD - _ZIP64_EXTRA_BYTES)
+    raw = _record_bytes(record, "npy_header", where, None)
+    try:
+        header = _NpyHeader.parse(io.BytesIO(raw))
+    except ValueError as exc:
+        raise CorruptArchiveError(f"{where}: npy_header is not a .npy header: {_one_line(exc)}") from None
+    if header.raw != raw:
+        raise CorruptArchiveError(f"{where}: npy_header has {len(raw) - len(header.raw)} bytes after the header")
+    if header.dtype.hasobject:
+        raise CorruptArchiveError(f"{where}: npy_header names Python objects ({header.dtype.str})")
+    info = zipfile.ZipInfo(filename, date_time=tuple(date_time))
     info.compress_type = record["compress_type"]
-    info.create_system = record["create_system"]
-    info.create_version = record["create_version"]
-    info.extract_version = record["extract_version"]
-    info.external_attr = record["external_attr"]
-    info.internal_attr = record["internal_attr"]
-    info.comment = _unb64(record["comment"])
-    info.extra = _unb64(record["extra"])
-    return info
+    for name in _INT_FIELDS:
+        if name != "flag_bits":  # zipfile sets those itself
+            setattr(info, name, record[name])
+    info.comment = comment
+    info.extra = extra
+    return _Rebuilt(info, header, record["zip64"])
+
+
+def _record_bytes(record: dict[str, Any], name: str, where: str, limit: int | None) -> bytes:
+    """The bytes of a base64 field of a rebuild record, at most ``limit`` of them."""
+    text = record.get(name)
+    try:
+        if not isinstance(text, str):
+            raise ValueError("not a string")
+        data = base64.b64decode(text, validate=True)
+    except ValueError as exc:  # binascii.Error, and non-ASCII text
+        raise CorruptArchiveError(f"{where}: {name} {_short(text)} is not base64: {_one_line(exc)}") from None
+    if limit is not None and len(data) > limit:
+        raise CorruptArchiveError(f"{where}: {name} of {len(data)} bytes, more than a zip header holds ({limit})")
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut to a length a one-line message can carry."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _as_stored(name: str, array: np.ndarray, header: _NpyHeader) -> np.ndarray:
@@ -424,7 +551,16 @@ def _input_errors(path: Path, where: str = "") -> Iterator[None]:
         raise
     except FileNotFoundError as exc:
         raise InputError(f"{path}: no such file") from exc
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, struct.error) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        struct.error,
+        zlib.error,  # a damaged deflated member
+        lzma.LZMAError,  # a damaged LZMA member (bzip2 raises OSError)
+    ) as exc:
         raise InputError(f"{path}: {where}not a readable npz file: {_one_line(exc)}") from exc
     except (NotImplementedError, RuntimeError) as exc:  # unknown compression, encrypted member
         raise InputError(f"{path}: {where}unsupported npz member: {_one_line(exc)}") from exc
@@ -445,7 +581,3 @@ def _one_line(exc: BaseException) -> str:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
