@@ -25,6 +25,7 @@ from sparsify import dtypes
 from sparsify.errors import SparsifyError
 
 MAX_HEADER_BYTES = 100_000_000
+_MAX_DIMS, _MAX_DIM = 64, 1 << 62  # what numpy can shape an array into
 _LENGTH = struct.Struct("<Q")
 
 
@@ -107,6 +108,12 @@ def parse_header(header: bytes, error: type[SparsifyError], what: str) -> tuple[
     return metadata, entries
 
 
+def _is_shape(shape) -> bool:
+    """A list of at most 64 non-negative ints, each small enough for numpy."""
+    fits = isinstance(shape, list) and len(shape) <= _MAX_DIMS
+    return fits and all(type(d) is int and 0 <= d < _MAX_DIM for d in shape)
+
+
 def _unique_keys(pairs):
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
@@ -120,7 +127,7 @@ def _entry(name: str, spec, error: type[SparsifyError], what: str) -> Entry:
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
     if not isinstance(dtype, str) or dtype not in dtypes.SAFETENSORS_TYPES:
         raise error(f"{what}: tensor {name!r} has unsupported dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    if not _is_shape(shape):
         raise error(f"{what}: tensor {name!r} has an invalid shape {shape!r}")
     if (
         not isinstance(offsets, list)

@@ -168,7 +168,8 @@ def check_config(cls: type[Stage], config: Any) -> dict[str, Any]:
             raise UsageError(f"{cls.name}: {key}={value!r} is not valid; valid: {spec.range_text()}")
         if number:
             spec.check(value, cls.name)
-    return dict(config)
+    # an integer parameter stored as 16.0 is the integer 16 (sizes and counts are computed from it)
+    return {k: int(v) if specs[k].kind is int and not isinstance(v, bool) else v for k, v in config.items()}
 
 
 def resolve_config(cls: type[Stage], given: dict[str, Any]) -> dict[str, Any]:

@@ -96,15 +96,15 @@ def sparse_matmul(left: scipy.sparse.csr_matrix, atoms: np.ndarray) -> np.ndarra
     return out
 
 
-def dct_matrix(length: int) -> np.ndarray:
+def dct_matrix(length: int, rows: np.ndarray | None = None) -> np.ndarray:
     """The orthonormal DCT-II matrix C (length x length), ``C[k, n] = s_k cos(pi (2n + 1) k / (2 length))``
-    with ``s_0 = sqrt(1/length)``, ``s_k = sqrt(2/length)``; ``C @ x`` is scipy's ``dct(x, norm="ortho")``
-    and ``C.T @ X`` its inverse. The cosines come from :func:`cos_pi_fraction`, not libm."""
-    k = np.arange(length, dtype=np.int64)[:, None]
+    with ``s_0 = sqrt(1/length)``, ``s_k = sqrt(2/length)`` -- or only its ``rows`` k, in that order;
+    ``C @ x`` is scipy's ``dct(x, norm="ortho")`` and ``C.T @ X`` its inverse. The cosines come from
+    :func:`cos_pi_fraction`, not libm."""
+    k = (np.arange(length, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64))[:, None]
     n = np.arange(length, dtype=np.int64)[None, :]
     cosines = cos_pi_fraction((2 * n + 1) * k, 2 * length)
-    scale = np.full((length, 1), np.sqrt(2.0 / length))
-    scale[0] = np.sqrt(1.0 / length)
+    scale = np.where(k == 0, np.sqrt(1.0 / length), np.sqrt(2.0 / length))
     return cosines * scale
 
 

@@ -90,6 +90,8 @@ def load_rules_file(path: Path) -> RulesFile:
     if unknown:
         raise UsageError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid: pipeline, min_size, rule")
     rules = []
+    if not isinstance(data.get("rule", []), list):
+        raise UsageError(f"{path}: 'rule' must be a list of [[rule]] tables")
     for i, entry in enumerate(data.get("rule", [])):
         if not isinstance(entry, dict) or set(entry) != {"match", "pipeline"}:
             raise UsageError(f"{path}: [[rule]] #{i + 1} must have exactly 'match' and 'pipeline'")

@@ -77,7 +77,7 @@ def unpack(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarra
     m, n = shape
     if "values" not in parts:
         raise CorruptArchiveError("missing sparse part 'values'")
-    values = parts["values"].reshape(-1).astype(np.float64)
+    values = _as_float64(parts["values"])
     dense = np.zeros((m, n), dtype=np.float64)
     if "mask" in parts:
         packed = parts["mask"].reshape(-1)
@@ -100,7 +100,7 @@ def unpack_csr(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> scipy
         return scipy.sparse.csr_matrix(unpack(parts, shape))
     try:
         indptr = parts["indptr"].reshape(-1).astype(np.int64)
-        values = parts["values"].reshape(-1).astype(np.float64)
+        values = _as_float64(parts["values"])
         indices = parts["indices"].reshape(-1).astype(np.int64) if "deltas" not in parts else None
     except KeyError as exc:
         raise CorruptArchiveError(f"missing sparse part {exc.args[0]!r}") from None
@@ -144,3 +144,11 @@ def _columns_from_gaps(gaps: np.ndarray, indptr: np.ndarray, nnz: int) -> np.nda
 def layout_of(parts: Mapping[str, np.ndarray]) -> str:
     """``"csr"``, ``"csr-delta"`` or ``"bitmask"``."""
     return "bitmask" if "mask" in parts else "csr-delta" if "deltas" in parts else "csr"
+
+
+def _as_float64(values: np.ndarray) -> np.ndarray:
+    """Stored values (1-D) as float64; CorruptArchiveError for a type that holds no numbers."""
+    try:
+        return values.reshape(-1).astype(np.float64)
+    except (TypeError, ValueError):
+        raise CorruptArchiveError(f"sparse values of type {values.dtype} are not numbers") from None

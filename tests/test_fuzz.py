@@ -50,13 +50,52 @@ def test_short_run(name: str, fuzz_workdir: Path) -> None:
     assert not failures, f"{len(failures)} failing cases, first: " + "; ".join(failures[:5])
 
 
+# Reproducers that hang inside a library's C code, where no Python-level guard can stop them: replayed
+# in a subprocess with a time limit, and expected to fail until the library is fixed (strict: a fix shows).
+HANGS_IN_C = {
+    "hdf5-b57db978633f.h5": "libhdf5 loops reading the damaged variable-length string attribute 'dtype' "
+    "(H5Aread under h5py's AttrID.read); sparsify cannot interrupt it in-process",
+}
+HANG_LIMIT_SECONDS = 12
+
+
 def _replays() -> list:
-    return [pytest.param(p, id=p.name) for p in fuzzing.saved_cases()]
+    return [
+        pytest.param(p, id=p.name, marks=pytest.mark.xfail(strict=True, reason=HANGS_IN_C[p.name]))
+        if p.name in HANGS_IN_C
+        else pytest.param(p, id=p.name)
+        for p in fuzzing.saved_cases()
+    ]
+
+
+def _replay_in_subprocess(path: Path) -> None:
+    """Replay ``path`` in a child process; fails if it runs past :data:`HANG_LIMIT_SECONDS`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fuzzing, pathlib, tempfile; case = fuzzing.load_case(pathlib.Path(sys.argv[1])); "
+        "d = pathlib.Path(tempfile.mkdtemp()); t = fuzzing.make_target(case.target, d / 'seeds'); "
+        "o = fuzzing.run_case(t, case, d / 'replay'); sys.exit(1 if o.failed else 0)"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(path)],
+            cwd=Path(fuzzing.__file__).parent,
+            timeout=HANG_LIMIT_SECONDS,
+            capture_output=True,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"replay ran over {HANG_LIMIT_SECONDS} s")
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-500:]
 
 
 @pytest.mark.parametrize("path", _replays())
 def test_replay(path: Path, fuzz_workdir: Path) -> None:
     """A committed reproducer no longer fails."""
+    if path.name in HANGS_IN_C:
+        _replay_in_subprocess(path)
+        return
     case = fuzzing.load_case(path)
     target = target_for(case.target, fuzz_workdir)
     with warnings.catch_warnings():

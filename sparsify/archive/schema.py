@@ -271,6 +271,8 @@ def _cross_check(manifest: Manifest, entries: Mapping[str, Any]) -> None:
             tensor.original_bytes == _nbytes(tensor.dtype, tensor.shape, where),
             f"{where}.original_bytes does not match its dtype and shape",
         )
+        numel = tensor.view.rows * tensor.view.cols
+        _check(numel <= MAX_ELEMENTS, f"{where}: {numel} elements, more than any archive holds ({MAX_ELEMENTS})")
         rows, cols = matrix_shape(tuple(tensor.shape), tensor.view.layout)
         _check((tensor.view.rows, tensor.view.cols) == (rows, cols), f"{where}.view: bad view for shape {tensor.shape}")
         _check(tensor.stored_bytes == sum(p.nbytes for p in tensor.parts), f"{where}.stored_bytes != its parts' sum")
@@ -338,6 +340,8 @@ def _check_stages(tensor: Tensor, where: str) -> None:
 
 
 _MAX_EXPANSION = 1 << 16
+MAX_ELEMENTS = 1 << 48
+"""Elements a tensor may declare (its float64 decode must be addressable; 2**48 is 2 PiB of it)."""
 
 
 def _known(cls, config: dict[str, Any]) -> dict[str, Any]:

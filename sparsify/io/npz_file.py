@@ -102,6 +102,8 @@ class _NpyHeader:
             raise ValueError(f"bad .npy header: {_one_line(exc)}") from exc
         if any(d < 0 for d in shape):
             raise ValueError(f".npy shape {tuple(shape)} has a negative dimension")
+        if dtype.itemsize == 0 and dtype.kind in "SU":  # numpy makes 'S0' arrays 'S1': they cannot round-trip
+            raise ValueError(f".npy element type {dtype.str} has no size")
         if math.prod(shape) * max(dtype.itemsize, 1) > _MAX_BYTES:
             raise ValueError(f".npy shape {tuple(shape)} of {dtype.str} overflows a 64-bit size")
         return cls(raw, dtype, tuple(shape), fortran_order)

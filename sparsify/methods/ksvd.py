@@ -305,7 +305,9 @@ class KSVD(Method):
             low=0.0,
             low_open=True,
         ),
-        Param("segment", int, "signals: consecutive pieces of this many values [default: the columns]", low=1),
+        Param(
+            "segment", int, "signals: consecutive pieces of this many values [default: the columns]", low=1, high=65536
+        ),
         VIEW,
     )
     example = "ksvd:atoms=128,nnz=4"

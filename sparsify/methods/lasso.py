@@ -61,6 +61,17 @@ def _dct(signals: np.ndarray, inverse: bool = False) -> np.ndarray:
     return transform(signals, type=2, norm="ortho", axis=0)
 
 
+def _inverse_dct(coefficients, length: int) -> np.ndarray:
+    """The (length, S) signals of sparse (S, length) orthonormal DCT-II coefficients, summed by
+    :func:`sparsify.reproducible.sparse_matmul` (the same on every machine). Only the DCT rows that
+    some coefficient uses are built (the columns renumbered in the same order, so no sum changes)."""
+    used, renumbered = np.unique(coefficients.indices, return_inverse=True)
+    rows = dct_matrix(length, used)
+    shape = (coefficients.shape[0], used.size)
+    compact = type(coefficients)((coefficients.data, renumbered, coefficients.indptr), shape=shape)
+    return sparse_matmul(compact, rows).T
+
+
 def _error_sq(target: np.ndarray, approximation: np.ndarray) -> float:
     """||target - approximation||_F² over the target's finite entries."""
     diff = (target - approximation)[np.isfinite(target)]
@@ -182,7 +193,7 @@ class Lasso(Method):
             "atoms of a learned dictionary [default: min(2 x signal length, signals / 4)]; at most the signals",
             low=1,
         ),
-        Param("segment", int, "code pieces of this many consecutive values instead of columns", low=1),
+        Param("segment", int, "code pieces of this many consecutive values instead of columns", low=1, high=1 << 16),
         Param("debias", bool, "refit the chosen codes by least squares on their support", default=True),
         VIEW,
     )
@@ -300,7 +311,7 @@ class Lasso(Method):
         coded = {k: v for k, v in parts.items() if k != "dictionary"}
         # products summed by sparsify.reproducible, not BLAS or FFT: the same decode on every machine
         if kind == "dct":
-            signals = sparse_matmul(sparse.unpack_csr(coded, (count, length)), dct_matrix(length)).T
+            signals = _inverse_dct(sparse.unpack_csr(coded, (count, length)), length)
         else:
             if "dictionary" not in parts:
                 raise CorruptArchiveError("lasso: dict=learned but no dictionary part is stored")
