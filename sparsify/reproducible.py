@@ -52,8 +52,9 @@ def inner(a: np.ndarray, b: np.ndarray) -> float:
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The float64 product of a dense (m, k) and a (k, n) matrix, without BLAS:
-    ``out[i] = ((a[i, 0] b[0] + a[i, 1] b[1]) + ...) + a[i, k-1] b[k-1]``, each product and sum
-    rounded once. Rows are done in blocks whose output stays in the CPU cache."""
+    ``out[i] = ((0 + a[i, 0] b[0]) + a[i, 1] b[1]) + ... + a[i, k-1] b[k-1]`` (from +0.0, so a -0.0
+    sum comes out +0.0), each product and sum rounded once. Rows are done in blocks whose output
+    stays in the CPU cache."""
     a64 = np.ascontiguousarray(a, dtype=np.float64)
     b64 = np.ascontiguousarray(b, dtype=np.float64)
     (m, k), (k2, n) = a64.shape, b64.shape
