@@ -1,137 +1,67 @@
-"""The Python API: compress, inspect, decompress and verify weight files.
+"""The Python API: compress, inspect, decompress and verify weight files and model folders.
 
 >>> import sparsify
 >>> report = sparsify.compress("model.safetensors", pipeline="threshold:max_error=0.05")  # doctest: +SKIP
 >>> report["totals"]["ratio"]  # doctest: +SKIP
 
-The CLI is a thin shell over these functions. Each streams tensors one at a time.
+The CLI is a thin shell over these functions. ``compress`` runs in phases: read (the model's weight
+files, their tensor lists and checksums) -> plan (every tensor's pipeline, for the whole model:
+:mod:`sparsify.planner`) -> encode (:func:`sparsify.work.encode`, one tensor per call, mapped over
+the executor: this process, a process pool or a Dask cluster) -> write (each archive, tensors in
+file order) -> report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
-import math
+import os
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsify import __version__, ratecontrol
+from sparsify import __version__, planner, work
 from sparsify.archive import Archive, ArchiveWriter
+from sparsify.archive.folder import (
+    INDEX_FORMAT,
+    INDEX_NAME,
+    INDEX_VERSION,
+    archive_name,
+    index_text,
+    is_folder_archive,
+    read_index,
+)
+from sparsify.archive.manifest import build_manifest, gate
 from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION
-from sparsify.archive.writer import archive_size
-from sparsify.atomic import atomic_output
-from sparsify.codec import encode_tensor, measure, sha256
+from sparsify.archive.writer import code_blob
+from sparsify.atomic import atomic_folder, atomic_output, check_destination, check_folder_destination
+from sparsify.codec import measure, sha256
+from sparsify.dtypes import nbytes_of
 from sparsify.errors import CorruptArchiveError, InputError, UsageError
-from sparsify.io import EXTENSIONS, FORMATS, open_weights, writer_class
-from sparsify.pipeline import Pipeline, parse_pipeline
-from sparsify.report.model import SCHEMA_VERSION, build_report, record_overhead
-from sparsify.rules import DEFAULT_MIN_SIZE, DEFAULT_PIPELINE, Choice, Rule, choose, load_rules_file, parse_rule
+from sparsify.executor import open_executor, ordered_map
+from sparsify.io import EXTENSIONS, FORMATS, open_weights, reader_class, writer_class
+from sparsify.model import Model, open_model
+from sparsify.options import Options, resolve_options
+from sparsify.report.model import SCHEMA_VERSION, build_folder_report, build_report
 
-Progress = Callable[[str, int, int], None]
-"""progress(tensor_name, index, count), called before each tensor."""
+Progress = Callable[[str, int, int, int, int], None]
+"""progress(label, tensors done, tensor count, bytes done, bytes in all), called as work completes."""
 
-
-AUTO = "auto"
-# What ``-p auto`` hands to the rules for the tensors it does not plan (their lossless coders), and
-# what marks the tensors it plans (any lossy pipeline would do).
-_AUTO_PLACEHOLDER = "quant:bits=8+zstd"
-
-
-@dataclass(frozen=True)
-class Options:
-    """Validated compress options (see :func:`compress`)."""
-
-    pipeline: Pipeline
-    rules: tuple[Rule, ...]
-    min_size: int
-    max_error: float | None
-    seed: int
-    auto: bool = False
-    target_ratio: float | None = None
-    target_size: int | None = None
-    target_error: float | None = None
-
-    @property
-    def target(self) -> dict[str, float] | None:
-        """The whole-model target, if any: ``{"ratio": R}``, ``{"size": B}`` or ``{"error": E}``."""
-        for key, value in (("ratio", self.target_ratio), ("size", self.target_size), ("error", self.target_error)):
-            if value is not None:
-                return {key: value}
-        return None
-
-    def as_manifest(self) -> dict[str, Any]:
-        return {
-            "pipeline": AUTO if self.auto else str(self.pipeline),
-            "rules": [{"match": r.pattern, "pipeline": str(r.pipeline), "origin": r.origin} for r in self.rules],
-            "min_size": self.min_size,
-            "max_error": self.max_error,
-            "seed": self.seed,
-            "target": self.target,
-        }
-
-
-def resolve_options(
-    pipeline: str | None = None,
-    rules: Iterable[str] = (),
-    rules_file: str | Path | None = None,
-    min_size: int | None = None,
-    max_error: float | None = None,
-    seed: int = 0,
-    target_ratio: float | None = None,
-    target_size: int | None = None,
-    target_error: float | None = None,
-) -> Options:
-    """Parse and validate compress options; UsageError before any file is touched."""
-    parsed_rules = tuple(parse_rule(r) for r in rules)
-    file = load_rules_file(Path(rules_file)) if rules_file is not None else None
-    if file is not None:
-        parsed_rules += file.rules
-    text = pipeline or (str(file.pipeline) if file and file.pipeline else DEFAULT_PIPELINE)
-    if min_size is None:
-        min_size = file.min_size if file and file.min_size is not None else DEFAULT_MIN_SIZE
-    if min_size < 0:
-        raise UsageError(f"min_size must be >= 0, not {min_size}")
-    if max_error is not None and not max_error >= 0:
-        raise UsageError(f"max_error must be >= 0, not {max_error}")
-    targets = [
-        n
-        for n, v in (("target_ratio", target_ratio), ("target_size", target_size), ("target_error", target_error))
-        if v is not None
-    ]
-    if len(targets) > 1:
-        raise UsageError(f"give one target, not {' and '.join(targets)}")
-    if target_ratio is not None and not (math.isfinite(target_ratio) and target_ratio > 0):
-        raise UsageError(f"target_ratio must be a number > 0, not {target_ratio}")
-    if target_size is not None and not target_size > 0:
-        raise UsageError(f"target_size must be > 0 bytes, not {target_size}")
-    if target_error is not None and not (math.isfinite(target_error) and target_error >= 0):
-        raise UsageError(f"target_error must be >= 0, not {target_error}")
-    auto = text.strip() == AUTO
-    if targets and not auto and pipeline is not None:
-        raise UsageError(f"a target chooses each tensor's pipeline itself: use -p auto (or no -p), not {pipeline!r}")
-    auto = auto or bool(targets)
-    if auto and not targets and max_error is None:
-        raise UsageError(
-            "-p auto needs a bound or a target: --max-error E, --target-ratio R, --target-size B or --target-error E"
-        )
-    return Options(
-        parse_pipeline(_AUTO_PLACEHOLDER if auto else text),
-        parsed_rules,
-        int(min_size),
-        max_error,
-        int(seed),
-        auto,
-        target_ratio,
-        None if target_size is None else int(target_size),
-        target_error,
-    )
+__all__ = ["compress", "decompress", "inspect", "verify", "rate_distortion", "resolve_options", "Verification"]
 
 
 def default_archive_path(source: Path) -> Path:
-    """``model.safetensors`` -> ``model.sparsify`` (beside the input)."""
-    return Path(source).with_suffix(".sparsify")
+    """``model.safetensors`` -> ``model.sparsify`` (beside the input); a folder ``DIR`` (or its
+    shard index) -> ``DIR.sparsify``."""
+    source = Path(source)
+    if source.is_dir():
+        return source.with_name(source.name + ".sparsify")
+    if source.name.endswith(".safetensors.index.json"):
+        root = source.resolve().parent
+        return root.with_name(root.name + ".sparsify")
+    return source.with_suffix(".sparsify")
 
 
 def compress(
@@ -149,179 +79,232 @@ def compress(
     target_ratio: float | None = None,
     target_size: int | None = None,
     target_error: float | None = None,
+    jobs: int | None = None,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
-    """Compress a weight file into an archive; returns the report (see :mod:`sparsify.report.model`).
+    """Compress a weight file or a model folder; returns the report (see :mod:`sparsify.report.model`).
 
+    source:     a weight file (safetensors, HDF5, npz) -> one archive; a folder, or its
+                ``*.safetensors.index.json`` -> a folder archive (one archive per weight file, the
+                other files carried, ``sparsify.index.json``; docs/FORMAT.md §12).
     pipeline:   default pipeline, e.g. ``"threshold:max_error=0.05"`` (default ``keep+zstd``), or
                 ``"auto"``: per tensor, the candidate with the fewest bytes within ``max_error``
                 (:mod:`sparsify.ratecontrol`).
     rules:      ``"GLOB=PIPELINE"`` strings, first match wins; then the rules of ``rules_file`` (TOML).
+                They match tensor names in every weight file.
     min_size:   tensors with fewer elements are stored losslessly unless a rule names them (1024).
     max_error:  gate: the report's ``gate.passed`` is False when any tensor's rel. error exceeds it
                 (the archive is written all the same and records the failure); with ``auto`` or a
                 target, also the bound every chosen candidate meets.
-    target_ratio, target_size, target_error: one whole-model target (source bytes / archive bytes,
-                archive bytes, or weighted rel. error); the tensors' pipelines are chosen for least
-                total error within the size (or fewest bytes within the error). The report's
-                ``plan`` says what was chosen, the slope, and whether the target was met.
+    target_ratio, target_size, target_error: one whole-model target (weight bytes / archive bytes,
+                archive bytes, or weighted rel. error) over every tensor of every weight file; the
+                tensors' pipelines are chosen for least total error within the size (or fewest bytes
+                within the error). The report's ``plan`` says what was chosen and whether it was met.
+    jobs:       worker processes (default: every core, or 1 -- all in this process -- for models
+                under 8 MB). The archive's bytes are the same for every value.
+    scheduler:  a dask.distributed scheduler address (or ``SPARSIFY_SCHEDULER``): the tensors are
+                encoded on that cluster, whose workers must see the input at the same path.
     """
     options = resolve_options(
         pipeline, rules, rules_file, min_size, max_error, seed, target_ratio, target_size, target_error
     )
-    source = Path(source)
-    output = Path(output) if output is not None else default_archive_path(source)
-    with open_weights(source) as reader:
+    model = open_model(source)
+    output = Path(output) if output is not None else default_archive_path(model.source)
+    if model.is_folder:
+        check_folder_destination(output, force, (model.root,), _replaceable_archive)
+    else:
+        check_destination(output, force, (model.source,))
+    weight_bytes = sum(w.path.stat().st_size for w in model.weights)
+    with open_executor(jobs, scheduler, weight_bytes) as (executor, workers), contextlib.ExitStack() as readers:
+        try:
+            read = _read_model(model, options, executor, workers, readers)
+            plan = planner.plan_model(read.items, read.heads, options, executor, read.window, progress)
+            if model.is_folder:
+                with atomic_folder(output, force, (model.root,), _replaceable_archive) as temp:
+                    _write_archives(read, plan, options, executor, progress, temp)
+                    files = _carry_files(model, temp)
+                    _write_index(model, read, plan, options, files, temp)
+            else:
+                with atomic_output(output, force, (model.source,)) as temp:
+                    _write_archives(read, plan, options, executor, progress, temp)
+        finally:
+            work.close_all()
+    return inspect(output, command="compress")
+
+
+@dataclass
+class _ReadModel:
+    """The read phase's outcome: each weight file's archive head and coded source blobs, and every
+    tensor of the model (in writing order) with its weight file."""
+
+    model: Model
+    heads: list[dict[str, Any]]
+    blobs: list[list[Any]]
+    items: list[planner.Item]
+    readers: list[Any]
+    window: int
+
+
+def _read_model(model: Model, options: Options, executor: Executor, workers: int, stack) -> _ReadModel:
+    """List every weight file's tensors and metadata; checksum the files (mapped over the executor)."""
+    readers = [stack.enter_context(reader_class(w.format)(w.path)) for w in model.weights]
+    digests = list(ordered_map(executor, work.file_sha256, [str(w.path) for w in model.weights], workers + 1))
+    heads, blobs, items = [], [], []
+    for index, (weight, reader, digest) in enumerate(zip(model.weights, readers, digests, strict=True)):
+        reader.check_unchanged()  # the checksum is of the file the reader opened
         meta = reader.source_meta()
-        infos = reader.tensors()
+        coded = [code_blob(name, data) for name, data in meta.blobs.items()]
         source_record = {
-            "name": source.name,
+            "name": weight.path.name,
             "format": reader.format,
-            "size": source.stat().st_size,
-            "sha256": _file_sha256(source),
+            "size": reader.stamp[0],
+            "sha256": digest,
             "summary": meta.summary,
             "rebuild": meta.rebuild,
+            "blobs": {name: record for name, (_, record) in zip(meta.blobs, coded, strict=True)},
         }
-        reader.check_unchanged()  # the checksum above is of the file the reader opened
-        with atomic_output(output, force, (source,)) as temp:
-            _write_archive(reader, infos, meta, source_record, temp, options, progress)
-    with Archive(output) as archive:
-        return build_report(archive, command="compress")
+        heads.append(
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "tool": {"name": "sparsify", "version": __version__},
+                "source": source_record,
+                "options": options.as_manifest(),
+            }
+        )
+        blobs.append([part for part, _ in coded])
+        source = work.Source(str(weight.path.resolve()), reader.format, (reader.stamp[0], reader.stamp[1]))
+        items += [planner.Item(index, source, info) for info in reader.tensors()]
+    return _ReadModel(model, heads, blobs, items, readers, 1 if workers == 1 else workers + 1)
 
 
-def _write_archive(reader, infos, meta, source_record, temp: Path, options: Options, progress) -> None:
-    """Plan, encode and write every tensor of ``reader`` into the archive at ``temp``."""
-    writer = ArchiveWriter(temp)
+def _write_archives(read: _ReadModel, plan: planner.Plan, options: Options, executor, progress, destination: Path):
+    """Encode every tensor (mapped over the executor, results in order) into its weight file's
+    archive: ``destination`` itself for one file, ``destination/NAME.sparsify`` in a folder."""
+    jobs = [work.EncodeJob(i.source, i.info, c, options.seed) for i, c in zip(read.items, plan.choices, strict=True)]
+    sizes = [nbytes_of(i.info.dtype, i.info.shape) for i in read.items]
+    total, done = sum(sizes), 0
+    writer, current, records = None, -1, []
+
+    def finish() -> None:
+        read.readers[current].check_unchanged()  # never an archive of a file that changed while read
+        writer.finish(build_manifest(read.heads[current], plan.summary, records, options.max_error))
+
+    def open_writer(index: int) -> ArchiveWriter:
+        if read.model.is_folder:
+            path = destination / archive_name(read.model.weights[index].name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            path = destination
+        new = ArchiveWriter(path)
+        for part in read.blobs[index]:
+            new.add_part(part)
+        return new
+
+    if progress:
+        progress("encoding", 0, len(jobs), 0, total)
     try:
-        blobs = {name: writer.add_blob(name, data) for name, data in meta.blobs.items()}
-        head = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "tool": {"name": "sparsify", "version": __version__},
-            "source": {**source_record, "blobs": blobs},
-            "options": options.as_manifest(),
-        }
-        plan = _plan(reader, infos, options, head, progress) if options.auto else None
-        records = []
-        for index, info in enumerate(infos):
-            if progress:
-                progress(info.name, index, len(infos))
-            array = reader.read(info.name)
-            choice = choose(info, options.rules, options.pipeline, options.min_size)
-            if plan is not None and info.name in plan.choices:
-                choice = plan.choices[info.name]
-            encoded = encode_tensor(array, info, choice, options.seed)
+        for position, (item, encoded) in enumerate(
+            zip(read.items, ordered_map(executor, work.encode, jobs, read.window), strict=True)
+        ):
+            while item.file != current:
+                if writer is not None:
+                    finish()
+                current, records = current + 1, []
+                writer = open_writer(current)
             writer.add_tensor(encoded)
             records.append(encoded.record)
-        reader.check_unchanged()  # never an archive of a file that changed while it was read
-        writer.finish(_manifest(head, plan.summary if plan else None, records, options.max_error))
+            done += sizes[position]
+            if progress:
+                progress(item.info.name, position + 1, len(jobs), done, total)
+        while current < len(read.heads):  # the last file, and any without tensors
+            if writer is not None:
+                finish()
+            current, records = current + 1, []
+            writer = open_writer(current) if current < len(read.heads) else None
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
 
-def _manifest(
-    head: dict[str, Any], plan: dict[str, Any] | None, records: list[dict[str, Any]], max_error: float | None
-) -> dict[str, Any]:
-    """The archive's manifest: the file-level ``head``, the plan, the tensors' records and the gate."""
-    gate = _gate(((r["name"], r["metrics"]["rel_error"]) for r in records), max_error)
-    return {**head, "plan": plan, "tensors": records, "gate": gate}
+def _carry_files(model: Model, destination: Path) -> list[dict[str, Any]]:
+    """Copy the model's other files into ``destination`` (same names), checksummed as copied."""
+    entries = []
+    for name in model.carried:
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        size, digest = _copy(model.carried_path(name), target)
+        entries.append({"name": name, "size": size, "sha256": digest})
+    return entries
 
 
-# Rounds of re-allocation that correct the byte budget by the exactly predicted archive size in both
-# directions; after them a fit ends the search and a miss tightens the budget (at most _MAX rounds).
-_PLAN_ROUNDS = 4
-_PLAN_ROUNDS_MAX = 64
-
-
-def _plan(reader, infos, options: Options, head: dict[str, Any], progress: Progress | None) -> ratecontrol.Plan:
-    """Pass 1 of ``auto`` and targets: measure every planned tensor's candidates, then choose.
-
-    The archive's size for a choice is computed exactly (:func:`sparsify.archive.writer.archive_size`)
-    from the candidates' records and the very manifest that will be written (plan figures included),
-    and the allocation is corrected by its difference from the allocator's running estimate. Of the
-    allocations tried, the one with the least error whose exact size fits is kept, so a byte budget
-    that can be met is met by construction, not by the luck of a manifest's last digits.
-    """
-    mode = "auto" if options.target is None else next(iter(options.target))
-    records, planned, fixed_bytes = _measure(reader, infos, options, mode, progress)
-    summary: dict[str, Any] = {"mode": mode, "max_error": options.max_error, "target": options.target}
-    summary["candidates"] = sum(t.measured for t in planned)
-    if mode == "auto":
-        for t in planned:
-            best = ratecontrol.fewest_bytes(t.points, options.max_error)
-            t.chosen = best if best is not None else min(range(len(t.points)), key=lambda i: t.points[i].sq_error)
-        summary["slope"] = None
-    else:
-        summary = _allocate_to_target(records, planned, fixed_bytes, summary, head, options)
-    choices = {}
-    for t in planned:
-        point = t.points[t.chosen]
-        choices[t.name] = Choice(parse_pipeline(point.pipeline), ratecontrol.plan_reason(summary))
-    return ratecontrol.Plan(choices, summary)
-
-
-def _allocate_to_target(records, planned, fixed_bytes: int, summary, head, options: Options) -> dict[str, Any]:
-    """Allocate ``planned`` to the options' target (sets each plan's ``chosen``); returns the plan's
-    summary exactly as the manifest records it."""
-    target = options.target
-    budget = head["source"]["size"] / target["ratio"] if "ratio" in target else target.get("size")
-    # The error target is over the planned tensors: lossless ones would hide the others' error.
-    planned_sq_norm = sum(t.sq_norm for t in planned)
-    overhead = fixed_bytes + len(json.dumps(head))
-    best = None  # (sq error, chosen indices, summary) of the best allocation whose exact size fits
-    for round_ in range(_PLAN_ROUNDS_MAX):
-        outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, target.get("error"))
-        estimate = outcome.pop("predicted_bytes")
-        # The manifest records whether the plan fits, not the size itself (which the archive has): a
-        # size inside the compressed manifest would change the size.
-        plan = {**summary, **outcome, "budget_bytes": budget}
-        if budget is None:
-            return plan
-        reason = ratecontrol.plan_reason(plan)
-        chosen = [r if isinstance(r, dict) else {**r.points[r.chosen].record, "reason": reason} for r in records]
-        exact = _predicted_size(head, plan, chosen, options.max_error)
-        if not outcome["met"]:
-            break  # not even the allocator's estimate fits: the cheapest allocation is the answer
-        if exact <= budget:
-            sq_error = sum(t.points[t.chosen].sq_error for t in planned)
-            if best is None or sq_error < best[0]:
-                best = (sq_error, [t.chosen for t in planned], plan)
-            if exact == estimate or round_ + 1 >= _PLAN_ROUNDS:
+def _copy(source: Path, target: Path) -> tuple[int, str]:
+    """Copy a file, fsynced; returns its size and SHA-256 (InputError where the source fails)."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        reader = open(source, "rb")
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    with reader, open(target, "wb") as out:
+        while True:
+            try:
+                block = reader.read(1 << 22)
+            except OSError as exc:
+                raise InputError(f"{source}: cannot read: {exc.strerror or exc}") from None
+            if not block:
                 break
-        # exact > budget >= estimate here, or a fit in an early round: the correction then loosens
-        # the budget, to land closer to the target; past the early rounds only misses get here, and
-        # the budget shrinks until the archive fits.
-        overhead += exact - estimate
-    if best is None:
-        return {**plan, "met": False}
-    for t, chosen_index in zip(planned, best[1], strict=True):
-        t.chosen = chosen_index
-    return best[2]
+            digest.update(block)
+            out.write(block)
+            size += len(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
 
 
-def _measure(reader, infos, options: Options, mode: str, progress: Progress | None):
-    """Encode every tensor the rules leave to the default with each of its candidates.
+def _write_index(model: Model, read: _ReadModel, plan: planner.Plan, options: Options, files, destination: Path):
+    """The folder archive's ``sparsify.index.json`` (docs/FORMAT.md §12)."""
+    weights, records = [], []
+    for weight, head in zip(model.weights, read.heads, strict=True):
+        path = destination / archive_name(weight.name)
+        with Archive(path) as archive:
+            records += archive.tensors
+            count = len(archive.tensors)
+        weights.append(
+            {
+                "name": weight.name,
+                "format": weight.format,
+                "size": head["source"]["size"],
+                "sha256": head["source"]["sha256"],
+                "tensors": count,
+                "archive": archive_name(weight.name),
+                "archive_bytes": path.stat().st_size,
+                "archive_sha256": work.file_sha256(str(path)),
+            }
+        )
+    index = {
+        "format": INDEX_FORMAT,
+        "format_version": INDEX_VERSION,
+        "tool": {"name": "sparsify", "version": __version__},
+        "source": {"name": model.root.resolve().name, "shard_index": model.index},
+        "options": options.as_manifest(),
+        "plan": plan.summary,
+        "weights": weights,
+        "files": files,
+        "gate": gate(((r["name"], r["metrics"]["rel_error"]) for r in records), options.max_error),
+    }
+    names = [w["archive"] for w in weights] + [f["name"] for f in files]
+    clash = next((n for n in names if n == INDEX_NAME or names.count(n) > 1), None)
+    if clash is not None:
+        raise InputError(f"{model.root}: holds {clash!r}, which is also the name of a file sparsify writes")
+    with open(destination / INDEX_NAME, "wb") as out:
+        out.write(index_text(index))
+        out.flush()
+        os.fsync(out.fileno())
 
-    Returns ``(records, planned, fixed_bytes)``: per tensor in file order either the record of its
-    fixed pipeline (rules, lossless defaults) or its :class:`ratecontrol.TensorPlan`; the plans; and
-    the fixed tensors' bytes with their manifest share.
-    """
-    planned: list[ratecontrol.TensorPlan] = []
-    records: list[dict[str, Any] | ratecontrol.TensorPlan] = []
-    fixed_bytes = 0
-    for index, info in enumerate(infos):
-        if progress:
-            progress(f"{info.name} (planning)", index, len(infos))
-        array = reader.read(info.name)
-        base = choose(info, options.rules, options.pipeline, options.min_size)
-        if base.reason != "default":
-            encoded = encode_tensor(array, info, base, options.seed)
-            fixed_bytes += encoded.record["stored_bytes"] + record_overhead(encoded.record)
-            records.append(encoded.record)
-            continue
-        candidates = ratecontrol.candidates_for(mode, array, options.max_error)
-        planned.append(ratecontrol.plan_tensor(array, info, candidates, options.seed, options.max_error))
-        records.append(planned[-1])
-    return records, planned, fixed_bytes
+
+def _replaceable_archive(path: Path) -> bool:
+    """--force may replace a folder that is a folder archive (or empty), nothing else."""
+    return is_folder_archive(path) or not any(path.iterdir())
 
 
 def rate_distortion(
@@ -333,6 +316,7 @@ def rate_distortion(
     max_error: float | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    jobs: int | None = None,
 ) -> list[dict[str, Any]]:
     """Rate-distortion curves of a model (for ``sparsify plot``), from the rate controller's
     candidates: the best pipeline per tensor at a sweep of budgets (the Lagrangian allocation), one
@@ -340,49 +324,57 @@ def rate_distortion(
     "rel_error"}`` (whole archive bits per weight as predicted; weighted rel. error over all
     tensors, as in the report). Nothing is written.
     """
+    from sparsify import ratecontrol
+    from sparsify.report.model import record_overhead
+    from sparsify.rules import choose
+
     options = resolve_options("auto", rules, rules_file, min_size, max_error, seed, target_ratio=1.0)
-    with open_weights(Path(source)) as reader:
-        infos = reader.tensors()
-        records, planned, fixed_bytes = _measure(reader, infos, options, "ratio", progress)
-        fixed = [r for r in records if isinstance(r, dict)]
-        numel = sum(i.numel for i in infos)
-        fixed_sq = sum(r["metrics"]["sq_error"] or 0.0 for r in fixed)
-        total_sq_norm = sum(r["metrics"]["sq_norm"] or 0.0 for r in fixed) + sum(t.sq_norm for t in planned)
-        overhead = fixed_bytes + len(json.dumps(reader.source_meta().summary))
+    model = open_model(source)
+    weight_bytes = sum(w.path.stat().st_size for w in model.weights)
+    with open_executor(jobs, None, weight_bytes) as (executor, workers), contextlib.ExitStack() as stack:
+        try:
+            read = _read_model(model, options, executor, workers, stack)
+            fixed = [choose(i.info, options.rules, options.pipeline, options.min_size) for i in read.items]
+            measured = planner.measure_model(read.items, fixed, options, "ratio", executor, read.window, progress)
+        finally:
+            work.close_all()
+    records = [m for m in measured if isinstance(m, dict)]
+    planned = [m for m in measured if isinstance(m, ratecontrol.TensorPlan)]
+    numel = sum(i.info.numel for i in read.items)
+    fixed_sq = sum(r["metrics"]["sq_error"] or 0.0 for r in records)
+    total_sq_norm = sum(r["metrics"]["sq_norm"] or 0.0 for r in records) + sum(t.sq_norm for t in planned)
+    import json
+
+    overhead = sum(r["stored_bytes"] + record_overhead(r) for r in records)
+    overhead += sum(len(json.dumps(h["source"]["summary"])) for h in read.heads)
     return ratecontrol.model_curves(planned, overhead, fixed_sq, total_sq_norm, numel)
 
 
-def _predicted_size(head, summary, records: list[dict[str, Any]], max_error: float | None) -> int:
-    """The exact archive size for these tensor records (the plan's own figures in the manifest are
-    taken from the allocation, so they have the final ones' length to within a few bytes)."""
-    parts = list(head["source"]["blobs"].values()) + [p for r in records for p in r["parts"]]
-    return archive_size(_manifest(head, summary, records, max_error), parts)
+def inspect(archive: str | Path, *, command: str = "inspect") -> dict[str, Any]:
+    """The report of an archive or a folder archive, from the manifests alone (nothing decoded)."""
+    archive = Path(archive)
+    if archive.is_dir():
+        index = read_index(archive)
+        reports = []
+        for weight in index["weights"]:
+            with _open_member(archive, weight) as opened:
+                reports.append((build_report(opened, command=command), opened.tensors))
+        return build_folder_report(archive, index, reports, command)
+    with Archive(archive) as opened:
+        return build_report(opened, command=command)
 
 
-def _gate(errors: Iterable[tuple[str, float | None]], max_error: float | None) -> dict[str, Any] | None:
-    """The ``--max-error`` gate over ``(tensor name, rel. error)`` pairs; None errors (not measured) pass."""
-    if max_error is None:
-        return None
-    failures = [name for name, error in errors if error is not None and not error <= max_error]
-    return {"max_error": max_error, "passed": not failures, "failures": failures}
-
-
-def _file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes; InputError if it cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return digest.hexdigest()
-
-
-def inspect(archive: str | Path) -> dict[str, Any]:
-    """The report of an archive, from its manifest alone (no part is read or decoded)."""
-    with Archive(Path(archive)) as opened:
-        return build_report(opened, command="inspect")
+def _open_member(folder: Path, weight: dict[str, Any]) -> Archive:
+    """One weight file's archive in a folder archive, checked against the index (its size, and the
+    checksum of the file it was made from)."""
+    path = folder / weight["archive"]
+    if not path.is_file():
+        raise CorruptArchiveError(f"{folder}: {weight['archive']} is missing")
+    opened = Archive(path)
+    if opened.size != weight["archive_bytes"] or opened.manifest["source"]["sha256"] != weight["sha256"]:
+        opened.close()
+        raise CorruptArchiveError(f"{path}: not the archive the index lists (size or source checksum differ)")
+    return opened
 
 
 def decompress(
@@ -393,12 +385,18 @@ def decompress(
     force: bool = False,
     progress: Progress | None = None,
 ) -> Path:
-    """Decode an archive back to a dense weight file; returns the path written.
+    """Decode an archive back to a dense weight file, or a folder archive back to the model folder;
+    returns the path written.
 
     format: ``safetensors``, ``hdf5`` or ``npz``; default the source's own format, rebuilt exactly
-    (same header/metadata, groups and attributes, key order).
+    (same header/metadata, groups and attributes, key order). A folder is always rebuilt in its own
+    formats: its shard index, config and the other files come back byte for byte.
     """
     archive = Path(archive)
+    if archive.is_dir():
+        if format is not None:
+            raise UsageError("a folder archive is rebuilt in its own formats; --format is for single archives")
+        return _decompress_folder(archive, output, force, progress)
     with Archive(archive) as opened:
         source = opened.manifest["source"]
         fmt = format or source["format"]
@@ -408,28 +406,79 @@ def decompress(
             name = Path(source["name"])
             output = archive.parent / (name.name if fmt == source["format"] else name.stem + EXTENSIONS[fmt])
         output = Path(output)
-        infos = opened.tensor_infos()
-        same_format = fmt == source["format"]
-        meta = opened.source_meta()
         with atomic_output(output, force, (archive,)) as temp:
-            try:
-                writer = writer_class(fmt)(temp, infos, meta, same_format)
-            except CorruptArchiveError as exc:
-                raise CorruptArchiveError(f"{archive}: {exc}") from None
-            with writer:
-                for index, (info, record) in enumerate(zip(infos, opened.tensors, strict=True)):
-                    if progress:
-                        progress(info.name, index, len(infos))
-                    writer.write(info.name, opened.decode(record))
-            if writer.rebuilds_bytes and all(t["metrics"]["exact"] for t in opened.tensors):
-                _check_rebuilt(temp, source, archive)
+            _decode_into(opened, archive, temp, fmt, _Counter(progress, len(opened.tensors), opened.tensors))
     return output
+
+
+class _Counter:
+    """Progress over several archives: tensors and bytes done so far of the whole."""
+
+    def __init__(self, progress: Progress | None, count: int, records: Iterable[dict[str, Any]]) -> None:
+        self.progress, self.count, self.done, self.done_bytes = progress, count, 0, 0
+        self.total = sum(r["original_bytes"] for r in records)
+        if progress:
+            progress("decoding", 0, count, 0, self.total)
+
+    def advance(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.done_bytes += record["original_bytes"]
+        if self.progress:
+            self.progress(record["name"], self.done, self.count, self.done_bytes, self.total)
+
+
+def _decode_into(opened: Archive, archive: Path, temp: Path, fmt: str, counter: _Counter) -> None:
+    """Decode every tensor of ``opened`` into the weight file ``temp`` (format ``fmt``); a lossless
+    archive rebuilding its source's bytes is checked against the source's checksum."""
+    source = opened.manifest["source"]
+    meta = opened.source_meta()
+    try:
+        writer = writer_class(fmt)(temp, opened.tensor_infos(), meta, fmt == source["format"])
+    except CorruptArchiveError as exc:
+        raise CorruptArchiveError(f"{archive}: {exc}") from None
+    with writer:
+        for info, record in zip(opened.tensor_infos(), opened.tensors, strict=True):
+            writer.write(info.name, opened.decode(record))
+            counter.advance(record)
+    if writer.rebuilds_bytes and all(t["metrics"]["exact"] for t in opened.tensors):
+        _check_rebuilt(temp, source, archive)
+
+
+def _decompress_folder(folder: Path, output: str | Path | None, force: bool, progress: Progress | None) -> Path:
+    index = read_index(folder)
+    output = Path(output) if output is not None else folder.parent / index["source"]["name"]
+    listed = {w["name"] for w in index["weights"]} | {f["name"] for f in index["files"]}
+
+    def replaceable(path: Path) -> bool:  # --force replaces an earlier rebuild of this model only
+        return all(p.relative_to(path).as_posix() in listed for p in path.rglob("*") if not p.is_dir())
+
+    with contextlib.ExitStack() as stack:
+        members = [stack.enter_context(_open_member(folder, w)) for w in index["weights"]]
+        counter = _Counter(progress, sum(len(m.tensors) for m in members), (t for m in members for t in m.tensors))
+        with atomic_folder(output, force, (folder,), replaceable) as temp:
+            for weight, opened in zip(index["weights"], members, strict=True):
+                target = temp / weight["name"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _decode_into(opened, folder / weight["archive"], target, weight["format"], counter)
+                _fsync_file(target)
+            for entry in index["files"]:
+                target = temp / entry["name"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                size, digest = _copy(folder / entry["name"], target)
+                if (size, digest) != (entry["size"], entry["sha256"]):
+                    raise CorruptArchiveError(f"{folder / entry['name']}: differs from the file the index lists")
+    return output
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def _check_rebuilt(rebuilt: Path, source: dict[str, Any], archive: Path) -> None:
     """A lossless archive rebuilds its source file exactly: CorruptArchiveError (and no output) if
     the rebuilt bytes differ from the source checksum the manifest records."""
-    if rebuilt.stat().st_size != source["size"] or _file_sha256(rebuilt) != source["sha256"]:
+    if rebuilt.stat().st_size != source["size"] or work.file_sha256(str(rebuilt)) != source["sha256"]:
         raise CorruptArchiveError(
             f"{archive}: the rebuilt {source['name']} differs from the file that was compressed "
             "(its size or checksum; damaged manifest?); nothing written"
@@ -444,6 +493,7 @@ class Verification:
     problems: list[str] = field(default_factory=list)
     tensors: list[dict[str, Any]] = field(default_factory=list)
     gate: dict[str, Any] | None = None
+    files: int = 0
 
     @property
     def ok(self) -> bool:
@@ -455,6 +505,7 @@ class Verification:
             "command": "verify",
             "ok": self.ok,
             "checked": self.checked,
+            "files": self.files,
             "problems": self.problems,
             "tensors": self.tensors,
             "gate": self.gate,
@@ -470,32 +521,70 @@ def verify(
 ) -> Verification:
     """Decode every tensor (every part's checksum checked); lossless tensors must match their
     recorded checksum. With ``against``, measure each tensor's error against that original file
-    (its tensors must match by name, shape and dtype); ``max_error`` gates the rel. errors."""
+    (its tensors must match by name, shape and dtype); ``max_error`` gates the rel. errors.
+
+    A folder archive: also every archive's and every carried file's checksum against the index;
+    ``against`` is then the original folder.
+    """
     result = Verification()
-    with Archive(Path(archive)) as opened:
-        original = open_weights(Path(against)) if against is not None else None
-        try:
-            by_name = {i.name: i for i in original.tensors()} if original else {}
-            for index, record in enumerate(opened.tensors):
-                if progress:
-                    progress(record["name"], index, len(opened.tensors))
-                decoded = opened.decode(record)
-                # decode checked the bytes against the record's checksum: exact where it promises so
-                entry = {"name": record["name"], "exact": bool(record["metrics"]["exact"])}
-                if original is not None:
-                    entry.update(_compare(record, decoded, original, by_name, result.problems))
-                else:
-                    entry["rel_error"] = record["metrics"]["rel_error"]
-                result.tensors.append(entry)
-                result.checked += 1
-            if original is not None:
-                missing = sorted(set(by_name) - {r["name"] for r in opened.tensors})
-                result.problems += [f"{name}: in {against} but not in the archive" for name in missing]
-        finally:
-            if original is not None:
-                original.close()
-    result.gate = _gate(((t["name"], t.get("rel_error")) for t in result.tensors), max_error)
+    archive = Path(archive)
+    if archive.is_dir():
+        _verify_folder(archive, None if against is None else Path(against), result, progress)
+    else:
+        with Archive(archive) as opened:
+            counter = _Counter(progress, len(opened.tensors), opened.tensors)
+            _verify_archive(opened, None if against is None else Path(against), result, counter)
+    result.gate = gate(((t["name"], t.get("rel_error")) for t in result.tensors), max_error)
     return result
+
+
+def _verify_folder(folder: Path, against: Path | None, result: Verification, progress: Progress | None) -> None:
+    index = read_index(folder)
+    with contextlib.ExitStack() as stack:
+        members = [stack.enter_context(_open_member(folder, w)) for w in index["weights"]]
+        counter = _Counter(progress, sum(len(m.tensors) for m in members), (t for m in members for t in m.tensors))
+        for weight, opened in zip(index["weights"], members, strict=True):
+            if work.file_sha256(str(folder / weight["archive"])) != weight["archive_sha256"]:
+                result.problems.append(f"{weight['archive']}: differs from the archive the index lists (checksum)")
+            original = None if against is None else against / weight["name"]
+            if original is not None and not original.is_file():
+                result.problems.append(f"{weight['name']}: not in {against}")
+                original = None
+            _verify_archive(opened, original, result, counter)
+    for entry in index["files"]:
+        path = folder / entry["name"]
+        try:
+            same = path.stat().st_size == entry["size"] and work.file_sha256(str(path)) == entry["sha256"]
+        except OSError:
+            same = False
+        if not same:
+            result.problems.append(f"{entry['name']}: missing or differs from the file the index lists")
+        result.files += 1
+
+
+def _verify_archive(opened: Archive, against: Path | None, result: Verification, counter: _Counter) -> None:
+    original = open_weights(against) if against is not None else None
+    try:
+        by_name = {i.name: i for i in original.tensors()} if original else {}
+        for record in opened.tensors:
+            decoded = opened.decode(record)
+            # decode checked the bytes against the record's checksum: exact where it promises so
+            entry = {"name": record["name"], "exact": bool(record["metrics"]["exact"])}
+            if original is not None:
+                entry.update(_compare(record, decoded, original, by_name, result.problems))
+            else:
+                entry["rel_error"] = record["metrics"]["rel_error"]
+            del decoded
+            result.tensors.append(entry)
+            result.checked += 1
+            counter.advance(record)
+        if original is not None:
+            missing = sorted(set(by_name) - {r["name"] for r in opened.tensors})
+            result.problems += [f"{name}: in {against} but not in the archive" for name in missing]
+    finally:
+        if original is not None:
+            original.close()
+        result.files += 1
 
 
 def _compare(record, decoded, original, by_name, problems: list[str]) -> dict[str, Any]:

@@ -19,7 +19,8 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sparsify.errors import InputError, OutputError, SparsifyError
@@ -83,6 +84,75 @@ def atomic_output(path: Path, force: bool, inputs: tuple[Path, ...] = ()) -> Ite
         raise
 
 
+def check_folder_destination(
+    path: Path, force: bool, inputs: tuple[Path, ...] = (), replaceable: Callable[[Path], bool] | None = None
+) -> None:
+    """Fail early (OutputError) if the folder ``path`` exists without ``force`` (or, with it, is a
+    folder that ``replaceable`` refuses: --force never deletes a folder of other files), is (or is
+    inside, or holds) one of the inputs, or its parent does not exist."""
+    path = Path(path)
+    target = Path(os.path.abspath(path))
+    for source in inputs:
+        source = Path(os.path.abspath(source))
+        if target == source or source in target.parents or target in source.parents:
+            raise OutputError(f"{path}: is, holds or lies inside the input {source}; sparsify never modifies its input")
+    if path.exists() and not force:
+        raise OutputError(f"{path}: already exists (use --force to overwrite)")
+    if path.is_dir() and not path.is_symlink() and any(path.iterdir()):
+        if replaceable is None or not replaceable(path):
+            raise OutputError(f"{path}: a folder of other files; --force replaces only what sparsify wrote there")
+    if not path.parent.exists():
+        raise OutputError(f"{path.parent}: no such directory")
+
+
+@contextlib.contextmanager
+def atomic_folder(
+    path: Path, force: bool, inputs: tuple[Path, ...] = (), replaceable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it takes ``path``'s place at once (a
+    rename; with ``force`` an existing ``path`` is moved aside first and deleted after), else it is
+    deleted. The files written inside are the caller's to fsync; the folders are fsynced here.
+    """
+    path = Path(path)
+    check_folder_destination(path, force, inputs, replaceable)
+    remove_stale_temps(path)
+    try:
+        temp = _create_temp(path, folder=True)
+    except OSError as exc:
+        raise _output_error(path, exc) from None
+    try:
+        yield temp
+        for folder, _, _ in os.walk(temp):
+            _fsync_dir(Path(folder))
+        check_folder_destination(path, force, inputs, replaceable)
+        old = None
+        if path.exists() or path.is_symlink():
+            old = _create_temp(path, folder=True)
+            os.rmdir(old)
+            os.rename(path, old)
+        os.rename(temp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            _discard_tree(old)
+    except OSError as exc:
+        _discard_tree(temp)
+        raise _block_error(path, exc, inputs) from None
+    except OutputError as exc:
+        _discard_tree(temp)
+        raise _restated(exc, temp, path) from exc.__cause__
+    except BaseException:
+        _discard_tree(temp)
+        raise
+
+
+def _discard_tree(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def temp_prefix(path: Path) -> str:
     """How the names of ``path``'s temporary files begin."""
     return f".{Path(path).name}{TEMP_MARK}"
@@ -107,7 +177,10 @@ def remove_stale_temps(path: Path) -> list[Path]:
             continue
         stale = path.parent / name
         try:
-            stale.unlink()
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)  # a folder archive's temporary folder
+            else:
+                stale.unlink()
         except FileNotFoundError:
             continue  # another run removed it first
         except OSError as exc:
@@ -131,12 +204,16 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _create_temp(path: Path) -> Path:
-    """Create an empty temporary file for ``path`` in its folder (permissions 0666 less the umask)."""
+def _create_temp(path: Path, folder: bool = False) -> Path:
+    """Create an empty temporary file (or folder) for ``path`` beside it (permissions 0666/0777 less
+    the umask)."""
     for _ in range(100):
         temp = path.with_name(f"{temp_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}")
         try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            if folder:
+                os.mkdir(temp, 0o777)
+            else:
+                os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             continue
         return temp

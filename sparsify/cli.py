@@ -164,12 +164,38 @@ def _pipeline_options(command):
     return command
 
 
+_JOBS_OPTIONS = (
+    click.option(
+        "-j",
+        "--jobs",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Worker processes [default: every core]; the archive is the same for every N.",
+    ),
+    click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Run the tensors on a Dask cluster, e.g. tcp://host:8786 (or $SPARSIFY_SCHEDULER; needs sparsify[dask]).",
+    ),
+)
+
+
+def _jobs_options(command):
+    for option in reversed(_JOBS_OPTIONS):
+        command = option(command)
+    return command
+
+
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path), help="Archive to write [default: INPUT with .sparsify]."
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Archive to write [default: INPUT with .sparsify; a folder DIR: DIR.sparsify/].",
 )
 @_pipeline_options
+@_jobs_options
 @click.option("--json", "json_flag", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown on stdout.")
 @click.option(
@@ -181,8 +207,12 @@ def _pipeline_options(command):
 )
 @click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT (and the plot) if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
-def compress(input_path, output, json_flag, markdown_flag, plot_path, force, quiet, **choice):
+def compress(input_path, output, json_flag, markdown_flag, plot_path, force, quiet, jobs, scheduler, **choice):
     """Compress INPUT (safetensors, HDF5 or npz) into an archive and print the size/error report.
+
+    INPUT may be a model folder (or its model.safetensors.index.json): every weight file is
+    compressed into DIR.sparsify/NAME.sparsify, with one plan for the whole model; the other files
+    (config, tokenizer...) are carried byte for byte, all listed in DIR.sparsify/sparsify.index.json.
 
     \b
     Pipelines: stages joined by '+', each 'method:key=value,...' (see `sparsify methods`):
@@ -200,7 +230,9 @@ def compress(input_path, output, json_flag, markdown_flag, plot_path, force, qui
     if plot_path is not None:
         _check_plot_path(plot_path, force)
     with progress_bar("compress", enabled=not quiet) as progress:
-        report = api.compress(input_path, output, force=force, progress=progress, **choice)
+        report = api.compress(
+            input_path, output, force=force, progress=progress, jobs=jobs, scheduler=scheduler, **choice
+        )
         if plot_path is not None:
             _plot(input_path, report, plot_path, choice, progress)
     _emit(report, fmt)

@@ -246,12 +246,12 @@ def test_help_documents_exit_codes():
 
 
 def test_internal_error_is_one_line_unless_debug(model, monkeypatch):
-    import sparsify.api
+    import sparsify.work
 
     def boom(*a, **k):
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(sparsify.api, "encode_tensor", boom)
+    monkeypatch.setattr(sparsify.work, "encode_tensor", boom)
     r = invoke("compress", str(model))
     assert (
         r.rc == 70

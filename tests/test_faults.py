@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 import sparsify
-from sparsify import api, cli
+import sparsify.work
+from sparsify import cli
 from sparsify.archive import writer as archive_writer
 from sparsify.atomic import atomic_output
 from sparsify.errors import InputError, OutputError
@@ -505,7 +506,7 @@ def test_input_read_error_inside_the_output_block_is_an_input_error(model, monke
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(model))
 
     before = folder_state(model.parent)
-    monkeypatch.setattr(api, "encode_tensor", unreadable)  # a raw read error of the input, mid-archive
+    monkeypatch.setattr(sparsify.work, "encode_tensor", unreadable)  # a raw read error of the input, mid-archive
     with pytest.raises(InputError) as caught:
         sparsify.compress(model)
     assert str(caught.value) == f"{model}: cannot read: Permission denied"

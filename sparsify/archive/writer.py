@@ -36,13 +36,14 @@ class ArchiveWriter:
         self._container = SpooledContainer(self._spool)
 
     def add_blob(self, name: str, data: bytes) -> dict[str, Any]:
-        """Store a source blob (zstd-coded where smaller); returns its part record, with the checksum
-        of the blob itself (``content_sha256``, format 2.1) beside that of its stored bytes."""
-        part = code_part(
-            name, np.frombuffer(data, dtype=np.uint8), SOURCE_BLOB_PREFIX.rstrip("/"), (Zstd(level=9, bytegroup=False),)
-        )
+        """Store a source blob (:func:`code_blob`); returns its part record."""
+        part, record = code_blob(name, data)
+        self.add_part(part)
+        return record
+
+    def add_part(self, part: CodedPart) -> None:
+        """Append one coded part (a source blob from :func:`code_blob`)."""
         self._add(part)
-        return {**part.record, "content_sha256": hashlib.sha256(data).hexdigest()}
 
     def add_tensor(self, encoded: EncodedTensor) -> None:
         """Append one tensor's coded parts."""
@@ -67,6 +68,16 @@ class ArchiveWriter:
 
     def close(self) -> None:
         self._spool.close()
+
+
+def code_blob(name: str, data: bytes) -> tuple[CodedPart, dict[str, Any]]:
+    """A source blob coded for storing (zstd where smaller) and its part record for the manifest,
+    with the checksum of the blob itself (``content_sha256``, format 2.1) beside that of its stored
+    bytes."""
+    part = code_part(
+        name, np.frombuffer(data, dtype=np.uint8), SOURCE_BLOB_PREFIX.rstrip("/"), (Zstd(level=9, bytegroup=False),)
+    )
+    return part, {**part.record, "content_sha256": hashlib.sha256(data).hexdigest()}
 
 
 def container_entry(record: dict[str, Any]) -> tuple[str, str, tuple[int, ...]]:

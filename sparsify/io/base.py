@@ -68,6 +68,11 @@ class WeightReader(ABC):
         self.path = Path(path)
         self._stamp = _stamp(self.path)
 
+    @property
+    def stamp(self) -> tuple[int, int, int, int] | None:
+        """``(size, mtime_ns, inode, device)`` of the file when the reader was made (None: no such file)."""
+        return self._stamp
+
     def check_unchanged(self) -> None:
         """Raise InputError if the file is no longer the one opened (its size, mtime, inode or device differ).
 

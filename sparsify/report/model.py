@@ -157,3 +157,56 @@ def _tensor_row(t: dict[str, Any], share: float) -> dict[str, Any]:
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def build_folder_report(folder, index: dict[str, Any], reports: list[tuple[dict[str, Any], list]], command: str):
+    """The report of a folder archive: each weight file's report (with its manifest's tensor records)
+    summed into one, every row naming its ``file``; ``totals`` over the weight files (the carried
+    files and the index are counted apart, in ``files``)."""
+    rows, records = [], []
+    for (report, tensors), weight in zip(reports, index["weights"], strict=True):
+        rows += [{**row, "file": weight["name"]} for row in report["tensors"]]
+        records += tensors
+    parts = [r["totals"] for r, _ in reports]
+    numel = sum(p["numel"] for p in parts)
+    stored = sum(p["stored_bytes"] for p in parts)
+    source_bytes = sum(p["source_bytes"] for p in parts)
+    worst = max(rows, key=lambda r: r["rel_error"] if r["rel_error"] is not None else math.inf, default=None)
+    by_kind = {kind: sum(p["bytes_by_kind"][kind] for p in parts) for kind in PART_KINDS}
+    totals = {
+        "tensors": len(rows),
+        "numel": numel,
+        "original_bytes": sum(p["original_bytes"] for p in parts),
+        "source_bytes": source_bytes,
+        "parts_bytes": sum(p["parts_bytes"] for p in parts),
+        "manifest_bytes": sum(p["manifest_bytes"] for p in parts),
+        "source_blob_bytes": sum(p["source_blob_bytes"] for p in parts),
+        "stored_bytes": stored,
+        "ratio": source_bytes / stored,
+        "bits_per_weight": 8 * stored / numel if numel else None,
+        "weighted_rel_error": _finite(weighted_rel_error(t["metrics"] for t in records)),
+        "worst": {"name": worst["name"], "rel_error": worst["rel_error"]} if worst else None,
+        "lossless_tensors": sum(1 for r in rows if r["exact"]),
+        "bytes_by_kind": by_kind,
+        "bits_by_kind": {kind: 8 * n / numel if numel else None for kind, n in by_kind.items()},
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "tool_version": __version__,
+        "archive": {"path": str(folder), "format_version": index["format_version"], "bytes": stored, "folder": True},
+        "source": {"name": index["source"]["name"], "format": "folder", "size": source_bytes, "sha256": None},
+        "options": index["options"],
+        "files": {
+            "weights": [
+                {k: w[k] for k in ("name", "format", "size", "archive", "archive_bytes", "tensors")}
+                for w in index["weights"]
+            ],
+            "carried": len(index["files"]),
+            "carried_bytes": sum(f["size"] for f in index["files"]),
+        },
+        "tensors": rows,
+        "totals": totals,
+        "gate": index["gate"],
+        "plan": _plan(index.get("plan"), stored),
+    }

@@ -1,4 +1,9 @@
-"""Progress on stderr, and only when stderr is a terminal (never in pipes, files or CI logs)."""
+"""Progress on stderr, and only when stderr is a terminal (never in pipes, files or CI logs).
+
+One bar per command: the phase or the tensor last finished, tensors done of all, bytes of weights
+done of all, throughput (MB/s of weights) and the time left -- while rate control measures as well
+as while the archive is written.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,57 @@ import sys
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 
 @contextlib.contextmanager
 def progress_bar(label: str, enabled: bool = True) -> Iterator:
-    """Yield a ``progress(name, index, count)`` callback, or None when there is no terminal."""
+    """Yield a ``progress(name, done, count, done_bytes, total_bytes)`` callback, or None when
+    stderr is not a terminal (or ``enabled`` is False)."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
     console = Console(file=sys.stderr)
     columns = (
         TextColumn(f"{label} [bold]{{task.description}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+        BarColumn(bar_width=24),
+        TextColumn("{task.fields[tensors]} tensors"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("", total=None)
+        task = bar.add_task("", total=None, tensors="0/?")
+        phase = [None]
 
-        def update(name: str, index: int, count: int) -> None:
-            bar.update(task, description=name[-40:], completed=index, total=count)
+        def update(name: str, done: int, count: int, done_bytes: int = 0, total_bytes: int = 0) -> None:
+            if done == 0 and phase[0] != name:  # a new phase (planning, encoding): speed and eta afresh
+                phase[0] = name
+                bar.reset(task, total=total_bytes or None, tensors=f"0/{count}")
+            bar.update(
+                task,
+                description=_short(name, 32),
+                completed=done_bytes,
+                total=total_bytes or None,
+                tensors=f"{done}/{count}",
+            )
 
         yield update
+
+
+def _short(name: str, width: int) -> str:
+    """``name`` in at most ``width`` characters, shortened in the middle."""
+    if len(name) <= width:
+        return name.ljust(width)
+    keep = width - 1
+    return name[: keep // 2] + "…" + name[len(name) - (keep - keep // 2) :]

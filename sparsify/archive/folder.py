@@ -1,0 +1,128 @@
+"""The folder archive of a model folder: one archive per weight file, the carried files, and an index.
+
+``DIR.sparsify/`` mirrors the model folder ``DIR``: each weight file ``NAME`` (``model-00001-of-00004
+.safetensors``, ``text_encoder/model.safetensors``) becomes the archive ``NAME.sparsify`` -- a
+complete archive of its own -- and every other file is copied as it is. ``sparsify.index.json``
+lists them all with sizes and SHA-256 checksums, the options and the plan chosen for the whole model,
+and the gate; its own checksum covers everything else in it (docs/FORMAT.md §12).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from sparsify.errors import CorruptArchiveError, InputError
+
+INDEX_NAME = "sparsify.index.json"
+INDEX_FORMAT = "sparsify-model"
+INDEX_VERSION = "1.0"
+ARCHIVE_SUFFIX = ".sparsify"
+MAX_INDEX_BYTES = 256 << 20
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def archive_name(weight_name: str) -> str:
+    """Where a weight file's archive sits in the folder archive."""
+    return weight_name + ARCHIVE_SUFFIX
+
+
+def is_folder_archive(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / INDEX_NAME).is_file()
+
+
+def index_checksum(index: dict[str, Any]) -> str:
+    """SHA-256 of the index without its ``checksum``, as canonical JSON (sorted keys, compact, UTF-8)."""
+    body = {k: v for k, v in index.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def index_text(index: dict[str, Any]) -> bytes:
+    """The index file's bytes, its checksum added (readable JSON, keys in the order given)."""
+    index = {**index, "checksum": index_checksum(index)}
+    return (json.dumps(index, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    """The validated index of the folder archive ``folder``; CorruptArchiveError on any defect."""
+    path = Path(folder) / INDEX_NAME
+    what = str(path)
+    try:
+        if path.stat().st_size > MAX_INDEX_BYTES:
+            raise CorruptArchiveError(f"{what}: larger than {MAX_INDEX_BYTES} bytes")
+        index = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{folder}: a folder without {INDEX_NAME}; not a sparsify folder archive") from None
+    except OSError as exc:
+        raise InputError(f"{what}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise CorruptArchiveError(f"{what}: not valid JSON ({exc})") from None
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        raise CorruptArchiveError(f"{what}: does not declare format {INDEX_FORMAT!r}")
+    version = index.get("format_version")
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9]+\.[0-9]+", version):
+        raise CorruptArchiveError(f"{what}: invalid format_version {version!r}")
+    if int(version.split(".")[0]) > int(INDEX_VERSION.split(".")[0]):
+        raise CorruptArchiveError(
+            f"{what}: folder archive format {version} is newer than this sparsify reads "
+            f"({INDEX_VERSION}); upgrade sparsify"
+        )
+    if index.get("checksum") != index_checksum(index):
+        raise CorruptArchiveError(f"{what}: checksum mismatch (the index was changed or damaged)")
+    _check_index(index, what)
+    return index
+
+
+def _check_index(index: dict[str, Any], what: str) -> None:
+    weights, files = index.get("weights"), index.get("files")
+    if not isinstance(weights, list) or not weights or not isinstance(files, list):
+        raise CorruptArchiveError(f"{what}: 'weights' (a non-empty list) and 'files' (a list) are required")
+    seen: set[str] = {INDEX_NAME}
+    for entry in weights:
+        _check_entry(entry, ("name", "format", "size", "sha256", "archive", "archive_bytes", "archive_sha256"), what)
+        if entry["format"] not in ("safetensors", "hdf5", "npz"):
+            raise CorruptArchiveError(f"{what}: weight file {entry['name']!r} has unknown format {entry['format']!r}")
+        if entry["archive"] != archive_name(entry["name"]):
+            raise CorruptArchiveError(f"{what}: weight file {entry['name']!r} has archive {entry['archive']!r}")
+        for key in ("name", "archive"):
+            _check_name(entry[key], seen, what)
+    for entry in files:
+        _check_entry(entry, ("name", "size", "sha256"), what)
+        _check_name(entry["name"], seen, what)
+
+
+def _check_entry(entry: Any, keys: tuple[str, ...], what: str) -> None:
+    if not isinstance(entry, dict) or any(k not in entry for k in keys):
+        raise CorruptArchiveError(f"{what}: an entry lacks one of {', '.join(keys)}")
+    for key in keys:
+        value = entry[key]
+        if key in ("size", "archive_bytes"):
+            if type(value) is not int or value < 0:
+                raise CorruptArchiveError(f"{what}: {key} of {entry.get('name')!r} is not a size")
+        elif key in ("sha256", "archive_sha256"):
+            if not isinstance(value, str) or not _HEX64.fullmatch(value):
+                raise CorruptArchiveError(f"{what}: {key} of {entry.get('name')!r} is not a SHA-256")
+        elif not isinstance(value, str):
+            raise CorruptArchiveError(f"{what}: {key} of an entry is not a string")
+
+
+def _check_name(name: str, seen: set[str], what: str) -> None:
+    """A relative ``/``-separated path that stays inside the folder, and not listed twice."""
+    parts = name.split("/")
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or any(p in ("", ".", "..") for p in parts)
+        or re.match(r"^[A-Za-z]:", name)
+    ):
+        raise CorruptArchiveError(f"{what}: file name {name!r} does not stay inside the folder")
+    if name in seen:
+        raise CorruptArchiveError(f"{what}: file name {name!r} listed twice")
+    seen.add(name)

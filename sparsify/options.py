@@ -1,0 +1,108 @@
+"""Compress options, validated before any file is touched."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparsify.errors import UsageError
+from sparsify.pipeline import Pipeline, parse_pipeline
+from sparsify.rules import DEFAULT_MIN_SIZE, DEFAULT_PIPELINE, Rule, load_rules_file, parse_rule
+
+AUTO = "auto"
+# What ``-p auto`` hands to the rules for the tensors it does not plan (their lossless coders), and
+# what marks the tensors it plans (any lossy pipeline would do).
+_AUTO_PLACEHOLDER = "quant:bits=8+zstd"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated compress options (see :func:`compress`)."""
+
+    pipeline: Pipeline
+    rules: tuple[Rule, ...]
+    min_size: int
+    max_error: float | None
+    seed: int
+    auto: bool = False
+    target_ratio: float | None = None
+    target_size: int | None = None
+    target_error: float | None = None
+
+    @property
+    def target(self) -> dict[str, float] | None:
+        """The whole-model target, if any: ``{"ratio": R}``, ``{"size": B}`` or ``{"error": E}``."""
+        for key, value in (("ratio", self.target_ratio), ("size", self.target_size), ("error", self.target_error)):
+            if value is not None:
+                return {key: value}
+        return None
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {
+            "pipeline": AUTO if self.auto else str(self.pipeline),
+            "rules": [{"match": r.pattern, "pipeline": str(r.pipeline), "origin": r.origin} for r in self.rules],
+            "min_size": self.min_size,
+            "max_error": self.max_error,
+            "seed": self.seed,
+            "target": self.target,
+        }
+
+
+def resolve_options(
+    pipeline: str | None = None,
+    rules: Iterable[str] = (),
+    rules_file: str | Path | None = None,
+    min_size: int | None = None,
+    max_error: float | None = None,
+    seed: int = 0,
+    target_ratio: float | None = None,
+    target_size: int | None = None,
+    target_error: float | None = None,
+) -> Options:
+    """Parse and validate compress options; UsageError before any file is touched."""
+    parsed_rules = tuple(parse_rule(r) for r in rules)
+    file = load_rules_file(Path(rules_file)) if rules_file is not None else None
+    if file is not None:
+        parsed_rules += file.rules
+    text = pipeline or (str(file.pipeline) if file and file.pipeline else DEFAULT_PIPELINE)
+    if min_size is None:
+        min_size = file.min_size if file and file.min_size is not None else DEFAULT_MIN_SIZE
+    if min_size < 0:
+        raise UsageError(f"min_size must be >= 0, not {min_size}")
+    if max_error is not None and not max_error >= 0:
+        raise UsageError(f"max_error must be >= 0, not {max_error}")
+    targets = [
+        n
+        for n, v in (("target_ratio", target_ratio), ("target_size", target_size), ("target_error", target_error))
+        if v is not None
+    ]
+    if len(targets) > 1:
+        raise UsageError(f"give one target, not {' and '.join(targets)}")
+    if target_ratio is not None and not (math.isfinite(target_ratio) and target_ratio > 0):
+        raise UsageError(f"target_ratio must be a number > 0, not {target_ratio}")
+    if target_size is not None and not target_size > 0:
+        raise UsageError(f"target_size must be > 0 bytes, not {target_size}")
+    if target_error is not None and not (math.isfinite(target_error) and target_error >= 0):
+        raise UsageError(f"target_error must be >= 0, not {target_error}")
+    auto = text.strip() == AUTO
+    if targets and not auto and pipeline is not None:
+        raise UsageError(f"a target chooses each tensor's pipeline itself: use -p auto (or no -p), not {pipeline!r}")
+    auto = auto or bool(targets)
+    if auto and not targets and max_error is None:
+        raise UsageError(
+            "-p auto needs a bound or a target: --max-error E, --target-ratio R, --target-size B or --target-error E"
+        )
+    return Options(
+        parse_pipeline(_AUTO_PLACEHOLDER if auto else text),
+        parsed_rules,
+        int(min_size),
+        max_error,
+        int(seed),
+        auto,
+        target_ratio,
+        None if target_size is None else int(target_size),
+        target_error,
+    )

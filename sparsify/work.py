@@ -1,0 +1,110 @@
+"""The per-tensor work of ``compress``, as pure functions of small picklable jobs.
+
+Each job names its weight file by path (and the size and modification time the file had when the
+model was listed), so a worker process -- local or on a Dask cluster -- reopens it itself; no open
+file crosses a process. A worker keeps the last few files it opened (:data:`_OPEN_LIMIT`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparsify.codec import EncodedTensor, encode_tensor
+from sparsify.errors import InputError
+from sparsify.io import reader_class
+from sparsify.io.base import TensorInfo, WeightReader
+from sparsify.rules import Choice
+
+
+@dataclass(frozen=True)
+class Source:
+    """A weight file as the jobs see it: path, format, and ``(size, mtime_ns)`` when listed."""
+
+    path: str
+    format: str
+    stamp: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """Encode one tensor with its chosen pipeline."""
+
+    source: Source
+    info: TensorInfo
+    choice: Choice
+    seed: int
+
+
+@dataclass(frozen=True)
+class MeasureJob:
+    """Measure one tensor for the planner: its fixed pipeline (``choice``), or, with ``mode`` set
+    (``auto`` or a target), every candidate of that mode."""
+
+    source: Source
+    info: TensorInfo
+    choice: Choice
+    seed: int
+    mode: str | None = None
+    max_error: float | None = None
+
+
+def encode(job: EncodeJob) -> EncodedTensor:
+    """The tensor's coded parts and record (:func:`sparsify.codec.encode_tensor`)."""
+    array = read(job.source, job.info.name)
+    return encode_tensor(array, job.info, job.choice, job.seed)
+
+
+def measure(job: MeasureJob) -> Any:
+    """A fixed tensor's manifest record (parts dropped), or a planned one's
+    :class:`sparsify.ratecontrol.TensorPlan` with every candidate measured."""
+    from sparsify import ratecontrol
+
+    array = read(job.source, job.info.name)
+    if job.mode is None:
+        return encode_tensor(array, job.info, job.choice, job.seed).record
+    candidates = ratecontrol.candidates_for(job.mode, array, job.max_error)
+    return ratecontrol.plan_tensor(array, job.info, candidates, job.seed, job.max_error)
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes; InputError if it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+_OPEN_LIMIT = 4
+_open: OrderedDict[Source, WeightReader] = OrderedDict()
+
+
+def read(source: Source, name: str):
+    """One tensor of ``source``, through this process's reader of that file; InputError if the file
+    is no longer the one listed (size or modification time)."""
+    reader = _open.get(source)
+    if reader is None:
+        reader = reader_class(source.format)(Path(source.path))
+        stamp = reader.stamp  # what was opened, as the reader saw it before opening
+        if stamp is None or tuple(stamp[:2]) != tuple(source.stamp):
+            reader.close()
+            raise InputError(f"{source.path}: changed while it was being read")
+        _open[source] = reader
+        while len(_open) > _OPEN_LIMIT:
+            _open.popitem(last=False)[1].close()
+    else:
+        _open.move_to_end(source)
+    return reader.read(name)
+
+
+def close_all() -> None:
+    """Close every file this process keeps open for jobs."""
+    while _open:
+        _open.popitem()[1].close()
