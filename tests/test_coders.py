@@ -166,7 +166,7 @@ def test_deterministic():
 
 def planes_part(n: int = 2000, itemsize: int = 4) -> tuple[bytes, np.ndarray]:
     data = np.resize(weights(), n).astype(f"<f{itemsize}").view(np.uint8)
-    coded = dict(CODER.encode(data, itemsize))[Z.PLANES]
+    coded = bytes(dict(CODER.encode(data, itemsize))[Z.PLANES])
     return coded, data
 
 

@@ -27,14 +27,14 @@ of indices into the palette, ``8 / b`` per byte, element ``i`` in bits ``b * (i 
 Every decoded plane holds ``n = size / k`` bytes. Everything is vectorised numpy and deterministic.
 
 >>> coded = encode_planes(np.arange(8, dtype=np.uint8), 2, rotate=False, methods=[RAW, RAW])
->>> coded[:2], decode_planes(memoryview(coded), 8, 2) == bytes(range(8))
+>>> bytes(coded[:2]), decode_planes(memoryview(coded), 8, 2) == bytes(range(8))
 (b'\\x00\\x02', True)
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import zstandard
@@ -95,6 +95,21 @@ def to_planes(data: np.ndarray, itemsize: int, rotate: bool) -> np.ndarray:
     return planes
 
 
+def plane_of(data: np.ndarray, itemsize: int, rotate: bool, j: int) -> np.ndarray:
+    """Plane ``j`` of :func:`to_planes` alone (``n`` bytes), block by block: coding one plane at a
+    time holds one plane, not all ``k``."""
+    n = data.size // itemsize
+    plane = np.empty(n, dtype=np.uint8)
+    grid = data.reshape(-1, itemsize)
+    for start in range(0, n, _BLOCK):
+        if rotate:
+            block = rotate_left(data[start * itemsize : (start + _BLOCK) * itemsize], itemsize)
+            plane[start : start + _BLOCK] = block.reshape(-1, itemsize)[:, j]
+        else:
+            plane[start : start + _BLOCK] = grid[start : start + _BLOCK, j]
+    return plane
+
+
 def encode_planes(
     data: np.ndarray,
     itemsize: int,
@@ -102,23 +117,39 @@ def encode_planes(
     methods: Sequence[int],
     compressors: Sequence[zstandard.ZstdCompressor] = (),
     max_palette: int = MAX_PALETTE,
-) -> bytes:
-    """``data`` coded as planes; ``methods[j]`` is ``RAW``, ``PACKED`` or the index + 1 of the compressor
-    (a :class:`Choice`'s ``method``) for plane j.
+) -> memoryview:
+    """``data`` coded as planes; ``methods[j]`` is ``RAW``, ``PACKED`` or the index + 1 of
+    the compressor (a :class:`Choice`'s ``method``) for plane j.
 
     A plane whose coding is not smaller than the plane itself is stored raw instead; a plane that was
     to be packed but holds more values than the sample did is compressed with ``compressors[0]``.
+    Planes are made and coded one at a time: memory holds the coded planes and one raw plane.
     """
-    planes = to_planes(data, itemsize, rotate)
-    coded = [code_plane(plane, method, compressors, max_palette) for plane, method in zip(planes, methods, strict=True)]
+    coded = [
+        code_plane(plane_of(data, itemsize, rotate, j), method, compressors, max_palette)
+        for j, method in enumerate(methods)
+    ]
     return assemble(rotate, coded)
 
 
-def assemble(rotate: bool, coded: Sequence[tuple[int, bytes | memoryview]]) -> bytes:
-    """The planes header and payloads for ``coded`` = per plane (kind, stored bytes)."""
+def assemble(rotate: bool, coded: list[tuple[int, bytes | memoryview] | None]) -> memoryview:
+    """The planes header and payloads for ``coded`` = per plane (kind, stored bytes).
+
+    ``coded`` is emptied as it is copied, so each plane's bytes are freed once they are in place
+    (the output's pages are touched only as they are written)."""
     head = bytes((ROTATED if rotate else 0, len(coded)))
-    entries = [_ENTRY.pack(kind, len(stored)) for kind, stored in coded]
-    return b"".join([head, *entries, *(stored for _, stored in coded)])
+    entries = b"".join(_ENTRY.pack(kind, len(stored)) for kind, stored in coded)
+    out = np.empty(len(head) + len(entries) + sum(len(stored) for _, stored in coded), dtype=np.uint8)
+    out[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+    position = len(head) + len(entries)
+    out[len(head) : position] = np.frombuffer(entries, dtype=np.uint8)
+    for j in range(len(coded)):
+        stored = np.frombuffer(coded[j][1], dtype=np.uint8)
+        coded[j] = None
+        out[position : position + stored.size] = stored
+        position += stored.size
+        del stored
+    return out.data
 
 
 def code_plane(
@@ -146,6 +177,29 @@ def code_plane(
     return RAW, memoryview(plane)
 
 
+# Bytes of a plane compared (or bit-packed) at a time: a multiple of 8, so that packing block by
+# block gives the bytes of packing the whole plane, and no temporary is the size of the plane.
+_PACK_BLOCK = 1 << 22
+
+
+def _other_value(plane: np.ndarray, first) -> np.uint8 | None:
+    """The first byte of ``plane`` that is not ``first`` (None: there is none)."""
+    for i in range(0, plane.size, _PACK_BLOCK):
+        differs = np.flatnonzero(plane[i : i + _PACK_BLOCK] != first)
+        if differs.size:
+            return plane[i + differs[0]]
+    return None
+
+
+def _only(plane: np.ndarray, first, second) -> bool:
+    """Whether every byte of ``plane`` is ``first`` or ``second``."""
+    for i in range(0, plane.size, _PACK_BLOCK):
+        block = plane[i : i + _PACK_BLOCK]
+        if not np.all((block == first) | (block == second)):
+            return False
+    return True
+
+
 def pack(plane: np.ndarray, max_palette: int = MAX_PALETTE) -> tuple[bytes, np.ndarray] | None:
     """(b, d, palette header; packed index bytes) of ``plane`` if it has at most ``max_palette`` values.
 
@@ -154,17 +208,19 @@ def pack(plane: np.ndarray, max_palette: int = MAX_PALETTE) -> tuple[bytes, np.n
     if plane.size == 0:
         return None
     first = plane[0]
-    other = plane != first
-    if not other.any():
+    second = _other_value(plane, first)
+    if second is None:
         palette = np.array([first], dtype=np.uint8)
         indices = np.zeros(plane.size, dtype=np.uint8)
     else:
-        second = plane[np.argmax(other)]
-        if np.all((plane == first) | (plane == second)):
+        if _only(plane, first, second):
             palette = np.array(sorted((first, second)), dtype=np.uint8)
-            bits = plane == palette[1]
             header = bytes((1, 2)) + palette.tobytes()
-            return header, np.packbits(bits, bitorder="little")
+            bits = [
+                np.packbits(plane[i : i + _PACK_BLOCK] == palette[1], bitorder="little")
+                for i in range(0, plane.size, _PACK_BLOCK)
+            ]
+            return header, np.concatenate(bits)
         if max_palette <= 2:
             return None
         counts = np.bincount(plane, minlength=256)
@@ -246,6 +302,79 @@ def coded_size(coded: Sequence[tuple[int, bytes | memoryview]]) -> int:
 def decode_planes(data: memoryview, size: int, itemsize: int) -> bytearray:
     """The ``size`` raw bytes of a planes-coded part (a bytearray: no final copy); CorruptArchiveError on
     anything malformed."""
+    flags, segments, n = _parse(data, size, itemsize)
+    decompressor = zstandard.ZstdDecompressor()
+    planes = []  # raw planes are read in place
+    for kind, stored in segments:
+        if kind == RAW:
+            planes.append(np.frombuffer(stored, dtype=np.uint8))
+        elif kind == ZSTD:
+            planes.append(np.frombuffer(decompress_exact(decompressor, stored, n), dtype=np.uint8))
+        else:
+            planes.append(unpack(stored, kind, n, decompressor))
+    result = bytearray(size)
+    _interleave(planes, np.frombuffer(result, dtype=np.uint8), bool(flags & ROTATED))
+    return result
+
+
+def iter_planes(data: memoryview, size: int, itemsize: int, block: int = 1 << 20) -> Iterator[np.ndarray]:
+    """The raw bytes of a planes-coded part in order, ``block`` elements at a time (1-D uint8 arrays
+    of ``block * itemsize`` bytes, the last one shorter): zstd planes are decompressed as a stream, so
+    memory holds a block of each plane, not the part (packed planes, which are small, are unpacked
+    whole). The same bytes as :func:`decode_planes`, and the same checks."""
+    flags, segments, n = _parse(data, size, itemsize)
+    decompressor = zstandard.ZstdDecompressor()
+    sources = []
+    for kind, stored in segments:
+        if kind == RAW:
+            sources.append(np.frombuffer(stored, dtype=np.uint8))
+        elif kind == ZSTD:
+            sources.append(FrameStream(decompressor, stored, n))
+        else:
+            sources.append(unpack(stored, kind, n, decompressor))
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        planes = [s.read(stop - start) if isinstance(s, FrameStream) else s[start:stop] for s in sources]
+        out = np.empty((stop - start) * itemsize, dtype=np.uint8)
+        _interleave(planes, out, bool(flags & ROTATED))
+        yield out
+    for source in sources:
+        if isinstance(source, FrameStream):
+            source.close()
+
+
+class FrameStream:
+    """One zstd frame that must hold exactly ``size`` bytes, read in pieces (CorruptArchiveError if it
+    declares or holds another size, or fails its checksum)."""
+
+    def __init__(self, decompressor: zstandard.ZstdDecompressor, frame: memoryview, size: int) -> None:
+        _check_frame(frame, size)
+        self._reader = decompressor.stream_reader(frame, read_across_frames=False)
+        self._left = size
+
+    def read(self, count: int) -> np.ndarray:
+        buffer = np.empty(count, dtype=np.uint8)
+        filled = 0
+        try:
+            while filled < count:
+                got = self._reader.readinto(memoryview(buffer)[filled:])
+                if not got:
+                    raise CorruptArchiveError("zstd frame ends before the bytes it declares")
+                filled += got
+            self._left -= count
+            if self._left == 0 and self._reader.read(1):
+                raise CorruptArchiveError("zstd frame holds more bytes than it declares")
+        except zstandard.ZstdError as exc:
+            raise CorruptArchiveError(f"zstd part cannot be decoded: {exc}") from None
+        return buffer
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def _parse(data: memoryview, size: int, itemsize: int) -> tuple[int, list[tuple[int, memoryview]], int]:
+    """A planes part's flags, its planes' (method, stored bytes) and elements, every plane checked
+    before anything is allocated; CorruptArchiveError on anything malformed."""
     if len(data) < 2:
         raise CorruptArchiveError("planes part is too short for its header")
     flags, k = data[0], data[1]
@@ -265,7 +394,7 @@ def decode_planes(data: memoryview, size: int, itemsize: int) -> bytearray:
     if sum(length for _, length in entries) != len(data) - head:
         raise CorruptArchiveError("planes part: plane lengths do not add up to the stored size")
     segments, offset = [], head
-    for j, (kind, length) in enumerate(entries):  # check every plane before allocating the output
+    for j, (kind, length) in enumerate(entries):
         stored = data[offset : offset + length]
         offset += length
         if kind == RAW and length != n:
@@ -277,18 +406,7 @@ def decode_planes(data: memoryview, size: int, itemsize: int) -> bytearray:
         if kind not in (RAW, ZSTD, PACKED, PACKED_ZSTD):
             raise CorruptArchiveError(f"planes part: plane {j} has unknown method {kind}")
         segments.append((kind, stored))
-    decompressor = zstandard.ZstdDecompressor()
-    planes = []  # raw planes are read in place
-    for kind, stored in segments:
-        if kind == RAW:
-            planes.append(np.frombuffer(stored, dtype=np.uint8))
-        elif kind == ZSTD:
-            planes.append(np.frombuffer(decompress_exact(decompressor, stored, n), dtype=np.uint8))
-        else:
-            planes.append(unpack(stored, kind, n, decompressor))
-    result = bytearray(size)
-    _interleave(planes, np.frombuffer(result, dtype=np.uint8), bool(flags & ROTATED))
-    return result
+    return flags, segments, n
 
 
 def _interleave(planes: list[np.ndarray], out: np.ndarray, rotated: bool) -> None:
@@ -326,15 +444,23 @@ def max_frame_output(length: int) -> int:
 
 def decompress_exact(decompressor: zstandard.ZstdDecompressor, frame: memoryview, size: int) -> bytes:
     """One zstd frame that must declare and hold exactly ``size`` bytes; CorruptArchiveError otherwise."""
-    if size > max_frame_output(len(frame)):
-        raise CorruptArchiveError(f"zstd frame of {len(frame)} bytes cannot hold {size} bytes")
+    _check_frame(frame, size)
     try:
-        params = zstandard.get_frame_parameters(frame)
-        if params.content_size != size:
-            raise CorruptArchiveError(f"zstd frame holds {params.content_size} bytes, the part needs {size}")
         out = decompressor.decompress(frame, max_output_size=size)
     except zstandard.ZstdError as exc:
         raise CorruptArchiveError(f"zstd part cannot be decoded: {exc}") from None
     if len(out) != size:
         raise CorruptArchiveError(f"zstd part decoded to {len(out)} bytes, expected {size}")
     return out
+
+
+def _check_frame(frame: memoryview, size: int) -> None:
+    """CorruptArchiveError unless the zstd frame can hold and declares exactly ``size`` bytes."""
+    if size > max_frame_output(len(frame)):
+        raise CorruptArchiveError(f"zstd frame of {len(frame)} bytes cannot hold {size} bytes")
+    try:
+        params = zstandard.get_frame_parameters(frame)
+    except zstandard.ZstdError as exc:
+        raise CorruptArchiveError(f"zstd part cannot be decoded: {exc}") from None
+    if params.content_size != size:
+        raise CorruptArchiveError(f"zstd frame holds {params.content_size} bytes, the part needs {size}")

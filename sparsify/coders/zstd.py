@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import zstandard
 
 from sparsify.coders.bytegroup import ungroup_bytes
 from sparsify.coders.planes import (
     RAW,
+    FrameStream,
     assemble,
     choose_methods,
     coded_size,
@@ -15,6 +18,7 @@ from sparsify.coders.planes import (
     decompress_exact,
     encode_planes,
     entropy_bits,
+    iter_planes,
     to_planes,
 )
 from sparsify.errors import CorruptArchiveError
@@ -29,6 +33,8 @@ PLANES = "zstd+planes"
 # planned on a sample: SAMPLE_CHUNKS runs of SAMPLE_RUN elements spread evenly over the part.
 SAMPLE_CHUNKS = 16
 SAMPLE_RUN = 1024
+# Bytes per piece when a plain frame is decoded as a stream.
+STREAM_BLOCK = 4 << 20
 # On the sample, zstd must beat raw by this factor for a plane to be compressed at all.
 KEEP = 0.98
 
@@ -95,6 +101,19 @@ class Zstd(Coder):
         if all(m == RAW for m in methods) or len(plain.compress(memoryview(sample))) < coded_size(coded):
             return [(PLAIN, plain.compress(memoryview(data)))]
         return [(PLANES, encode_planes(data, itemsize, rotate, methods, compressors, max_palette=2))]
+
+    def decode_blocks(self, codec: str, data: memoryview, size: int, itemsize: int) -> Iterator[np.ndarray]:
+        """:meth:`decode` streamed: planes and plain frames a block at a time (see
+        :func:`sparsify.coders.planes.iter_planes`); the old byte-grouped variant whole."""
+        if codec == PLANES:
+            yield from iter_planes(data, size, itemsize)
+        elif codec == PLAIN:
+            stream = FrameStream(zstandard.ZstdDecompressor(), data, size)
+            for start in range(0, size, STREAM_BLOCK):
+                yield stream.read(min(STREAM_BLOCK, size - start))
+            stream.close()
+        else:
+            yield np.frombuffer(self.decode(codec, data, size, itemsize), dtype=np.uint8)
 
     def decode(self, codec: str, data: memoryview, size: int, itemsize: int) -> bytes | bytearray:
         if codec == PLANES:

@@ -13,7 +13,7 @@ pipeline parser validates and ``sparsify methods`` prints.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -143,3 +143,8 @@ class Coder(Stage):
     @abstractmethod
     def decode(self, codec: str, data: memoryview, size: int, itemsize: int) -> bytes:
         """The ``size`` original bytes of ``data`` coded as ``codec`` (CorruptArchiveError when they do not fit)."""
+
+    def decode_blocks(self, codec: str, data: memoryview, size: int, itemsize: int) -> Iterator[np.ndarray]:
+        """The same bytes as :meth:`decode`, in consecutive pieces (1-D uint8), for checks that need
+        not hold the whole part; by default one piece."""
+        yield np.frombuffer(self.decode(codec, data, size, itemsize), dtype=np.uint8)
