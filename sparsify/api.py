@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,18 +28,26 @@ from sparsify.archive.folder import (
     INDEX_NAME,
     INDEX_VERSION,
     archive_name,
+    check_names,
     index_text,
     is_folder_archive,
+    open_member,
     read_index,
 )
 from sparsify.archive.manifest import build_manifest, gate
 from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION
 from sparsify.archive.writer import code_blob
-from sparsify.atomic import atomic_folder, atomic_output, check_destination, check_folder_destination
+from sparsify.atomic import (
+    atomic_folder,
+    atomic_output,
+    check_destination,
+    check_folder_destination,
+    scratch_folder,
+)
 from sparsify.codec import measure, sha256
 from sparsify.dtypes import nbytes_of
 from sparsify.errors import CorruptArchiveError, InputError, UsageError
-from sparsify.executor import open_executor, ordered_map
+from sparsify.executor import Workers, open_executor, ordered_map
 from sparsify.io import EXTENSIONS, FORMATS, open_weights, reader_class, writer_class
 from sparsify.model import Model, open_model
 from sparsify.options import Options, resolve_options
@@ -86,7 +93,7 @@ def compress(
 
     source:     a weight file (safetensors, HDF5, npz) -> one archive; a folder, or its
                 ``*.safetensors.index.json`` -> a folder archive (one archive per weight file, the
-                other files carried, ``sparsify.index.json``; docs/FORMAT.md §12).
+                other files carried, ``sparsify.index.json``; docs/FORMAT.md §13).
     pipeline:   default pipeline, e.g. ``"threshold:max_error=0.05"`` (default ``keep+zstd``), or
                 ``"auto"``: per tensor, the candidate with the fewest bytes within ``max_error``
                 (:mod:`sparsify.ratecontrol`).
@@ -112,21 +119,27 @@ def compress(
     output = Path(output) if output is not None else default_archive_path(model.source)
     if model.is_folder:
         check_folder_destination(output, force, (model.root,), _replaceable_archive)
+        for names in ([archive_name(w.name) for w in model.weights], [w.name for w in model.weights]):
+            check_names(names + list(model.carried), InputError, f"{model.root} (as a folder archive)")
     else:
         check_destination(output, force, (model.source,))
     weight_bytes = sum(w.path.stat().st_size for w in model.weights)
-    with open_executor(jobs, scheduler, weight_bytes) as (executor, workers), contextlib.ExitStack() as readers:
+    with open_executor(jobs, scheduler, weight_bytes) as workers, contextlib.ExitStack() as stack:
         try:
-            read = _read_model(model, options, executor, workers, readers)
-            plan = planner.plan_model(read.items, read.heads, options, executor, read.window, progress)
+            read = _read_model(model, options, workers, stack)
+            plan = planner.plan_model(
+                read.items, read.heads, options, workers.executor, read.window, progress, workers.count
+            )
+            # local workers hand their coded parts over in spool files, not through pipes
+            spool = stack.enter_context(scratch_folder(output)) if workers.local_processes else None
             if model.is_folder:
                 with atomic_folder(output, force, (model.root,), _replaceable_archive) as temp:
-                    _write_archives(read, plan, options, executor, progress, temp)
+                    _write_archives(read, plan, options, workers.executor, progress, temp, spool)
                     files = _carry_files(model, temp)
                     _write_index(model, read, plan, options, files, temp)
             else:
                 with atomic_output(output, force, (model.source,)) as temp:
-                    _write_archives(read, plan, options, executor, progress, temp)
+                    _write_archives(read, plan, options, workers.executor, progress, temp, spool)
         finally:
             work.close_all()
     return inspect(output, command="compress")
@@ -145,10 +158,11 @@ class _ReadModel:
     window: int
 
 
-def _read_model(model: Model, options: Options, executor: Executor, workers: int, stack) -> _ReadModel:
+def _read_model(model: Model, options: Options, workers: Workers, stack) -> _ReadModel:
     """List every weight file's tensors and metadata; checksum the files (mapped over the executor)."""
     readers = [stack.enter_context(reader_class(w.format)(w.path)) for w in model.weights]
-    digests = list(ordered_map(executor, work.file_sha256, [str(w.path) for w in model.weights], workers + 1))
+    paths = [str(w.path) for w in model.weights]
+    digests = list(ordered_map(workers.executor, work.file_sha256, paths, workers.count + 1))
     heads, blobs, items = [], [], []
     for index, (weight, reader, digest) in enumerate(zip(model.weights, readers, digests, strict=True)):
         reader.check_unchanged()  # the checksum is of the file the reader opened
@@ -175,13 +189,19 @@ def _read_model(model: Model, options: Options, executor: Executor, workers: int
         blobs.append([part for part, _ in coded])
         source = work.Source(str(weight.path.resolve()), reader.format, (reader.stamp[0], reader.stamp[1]))
         items += [planner.Item(index, source, info) for info in reader.tensors()]
-    return _ReadModel(model, heads, blobs, items, readers, 1 if workers == 1 else workers + 1)
+    return _ReadModel(model, heads, blobs, items, readers, 1 if workers.count == 1 else workers.count + 1)
 
 
-def _write_archives(read: _ReadModel, plan: planner.Plan, options: Options, executor, progress, destination: Path):
+def _write_archives(
+    read: _ReadModel, plan: planner.Plan, options: Options, executor, progress, destination: Path, spool: Path | None
+):
     """Encode every tensor (mapped over the executor, results in order) into its weight file's
-    archive: ``destination`` itself for one file, ``destination/NAME.sparsify`` in a folder."""
-    jobs = [work.EncodeJob(i.source, i.info, c, options.seed) for i, c in zip(read.items, plan.choices, strict=True)]
+    archive: ``destination`` itself for one file, ``destination/NAME.sparsify`` in a folder.
+    ``spool``: a folder where local workers leave the coded parts for the archives to copy."""
+    where = None if spool is None else str(spool)
+    jobs = [
+        work.EncodeJob(i.source, i.info, c, options.seed, where) for i, c in zip(read.items, plan.choices, strict=True)
+    ]
     sizes = [nbytes_of(i.info.dtype, i.info.shape) for i in read.items]
     total, done = sum(sizes), 0
     writer, current, records = None, -1, []
@@ -262,12 +282,12 @@ def _copy(source: Path, target: Path) -> tuple[int, str]:
 
 
 def _write_index(model: Model, read: _ReadModel, plan: planner.Plan, options: Options, files, destination: Path):
-    """The folder archive's ``sparsify.index.json`` (docs/FORMAT.md §12)."""
+    """The folder archive's ``sparsify.index.json`` (docs/FORMAT.md §13)."""
     weights, records = [], []
     for weight, head in zip(model.weights, read.heads, strict=True):
         path = destination / archive_name(weight.name)
         with Archive(path) as archive:
-            records += archive.tensors
+            records += [(weight.name, r) for r in archive.tensors]
             count = len(archive.tensors)
         weights.append(
             {
@@ -290,12 +310,8 @@ def _write_index(model: Model, read: _ReadModel, plan: planner.Plan, options: Op
         "plan": plan.summary,
         "weights": weights,
         "files": files,
-        "gate": gate(((r["name"], r["metrics"]["rel_error"]) for r in records), options.max_error),
+        "gate": gate(((f"{file}: {r['name']}", r["metrics"]["rel_error"]) for file, r in records), options.max_error),
     }
-    names = [w["archive"] for w in weights] + [f["name"] for f in files]
-    clash = next((n for n in names if n == INDEX_NAME or names.count(n) > 1), None)
-    if clash is not None:
-        raise InputError(f"{model.root}: holds {clash!r}, which is also the name of a file sparsify writes")
     with open(destination / INDEX_NAME, "wb") as out:
         out.write(index_text(index))
         out.flush()
@@ -331,11 +347,13 @@ def rate_distortion(
     options = resolve_options("auto", rules, rules_file, min_size, max_error, seed, target_ratio=1.0)
     model = open_model(source)
     weight_bytes = sum(w.path.stat().st_size for w in model.weights)
-    with open_executor(jobs, None, weight_bytes) as (executor, workers), contextlib.ExitStack() as stack:
+    with open_executor(jobs, None, weight_bytes) as workers, contextlib.ExitStack() as stack:
         try:
-            read = _read_model(model, options, executor, workers, stack)
+            read = _read_model(model, options, workers, stack)
             fixed = [choose(i.info, options.rules, options.pipeline, options.min_size) for i in read.items]
-            measured = planner.measure_model(read.items, fixed, options, "ratio", executor, read.window, progress)
+            measured = planner.measure_model(
+                read.items, fixed, options, "ratio", workers.executor, read.window, progress, workers.count
+            )
         finally:
             work.close_all()
     records = [m for m in measured if isinstance(m, dict)]
@@ -357,24 +375,11 @@ def inspect(archive: str | Path, *, command: str = "inspect") -> dict[str, Any]:
         index = read_index(archive)
         reports = []
         for weight in index["weights"]:
-            with _open_member(archive, weight) as opened:
+            with open_member(archive, weight) as opened:
                 reports.append((build_report(opened, command=command), opened.tensors))
         return build_folder_report(archive, index, reports, command)
     with Archive(archive) as opened:
         return build_report(opened, command=command)
-
-
-def _open_member(folder: Path, weight: dict[str, Any]) -> Archive:
-    """One weight file's archive in a folder archive, checked against the index (its size, and the
-    checksum of the file it was made from)."""
-    path = folder / weight["archive"]
-    if not path.is_file():
-        raise CorruptArchiveError(f"{folder}: {weight['archive']} is missing")
-    opened = Archive(path)
-    if opened.size != weight["archive_bytes"] or opened.manifest["source"]["sha256"] != weight["sha256"]:
-        opened.close()
-        raise CorruptArchiveError(f"{path}: not the archive the index lists (size or source checksum differ)")
-    return opened
 
 
 def decompress(
@@ -453,7 +458,7 @@ def _decompress_folder(folder: Path, output: str | Path | None, force: bool, pro
         return all(p.relative_to(path).as_posix() in listed for p in path.rglob("*") if not p.is_dir())
 
     with contextlib.ExitStack() as stack:
-        members = [stack.enter_context(_open_member(folder, w)) for w in index["weights"]]
+        members = [stack.enter_context(open_member(folder, w)) for w in index["weights"]]
         counter = _Counter(progress, sum(len(m.tensors) for m in members), (t for m in members for t in m.tensors))
         with atomic_folder(output, force, (folder,), replaceable) as temp:
             for weight, opened in zip(index["weights"], members, strict=True):
@@ -541,7 +546,7 @@ def verify(
 def _verify_folder(folder: Path, against: Path | None, result: Verification, progress: Progress | None) -> None:
     index = read_index(folder)
     with contextlib.ExitStack() as stack:
-        members = [stack.enter_context(_open_member(folder, w)) for w in index["weights"]]
+        members = [stack.enter_context(open_member(folder, w)) for w in index["weights"]]
         counter = _Counter(progress, sum(len(m.tensors) for m in members), (t for m in members for t in m.tensors))
         for weight, opened in zip(index["weights"], members, strict=True):
             if work.file_sha256(str(folder / weight["archive"])) != weight["archive_sha256"]:

@@ -145,6 +145,24 @@ def atomic_folder(
         raise
 
 
+@contextlib.contextmanager
+def scratch_folder(path: Path, suffix: str = "spool") -> Iterator[Path]:
+    """A temporary folder beside ``path`` for the files a run writes on the way (workers' spools),
+    named like ``path``'s temporary files (so a killed run's is removed by the next one), deleted
+    afterwards."""
+    path = Path(path)
+    try:
+        folder = _create_temp(path, folder=True)
+        named = folder.with_name(f"{folder.name}.{suffix}")
+        os.rename(folder, named)
+    except OSError as exc:
+        raise _output_error(path, exc) from None
+    try:
+        yield named
+    finally:
+        _discard_tree(named)
+
+
 def _discard_tree(path: Path) -> None:
     with contextlib.suppress(OSError):
         if path.is_dir() and not path.is_symlink():

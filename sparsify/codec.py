@@ -42,6 +42,16 @@ class CodedPart:
 
 
 @dataclass
+class SpooledPart:
+    """A coded part that a worker process wrote to its spool file: its record, and where its
+    ``record["nbytes"]`` bytes are (``path``, byte ``offset``)."""
+
+    record: dict[str, Any]
+    path: str
+    offset: int
+
+
+@dataclass
 class EncodedTensor:
     """A tensor's manifest record (metrics not yet filled) and its coded parts."""
 

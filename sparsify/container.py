@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -204,7 +203,9 @@ def _copy_in_kernel(source: BinaryIO, out: BinaryIO, size: int) -> bool:
 class SpooledContainer:
     """Appends arrays to a spool file and writes the finished container (header first) at the end.
 
-    Memory holds one array at a time; the spool is a temporary file the caller owns.
+    Memory holds one array at a time; the spool is a temporary file the caller owns. An array may
+    also stay where another process spooled it (:meth:`add_external`): its bytes are copied from
+    that file, in the kernel where the system can, when the container is written.
     """
 
     def __init__(self, spool: BinaryIO) -> None:
@@ -212,31 +213,65 @@ class SpooledContainer:
         self._entries: list[Entry] = []
         self._names: set[str] = set()
         self._position = 0
+        self._spooled = 0  # bytes in our own spool
+        self._segments: list[tuple[BinaryIO, int, int]] = []  # (file, offset, size) in container order
 
     def add(self, name: str, dtype: str, shape: tuple[int, ...], data: bytes | memoryview) -> Entry:
         """Append one array's little-endian bytes under ``name``."""
+        size = len(memoryview(data).cast("B"))
+        entry = self._entry(name, dtype, shape, size)
+        self._spool.write(data)
+        self._segment(self._spool, self._spooled, size)
+        self._spooled += size
+        return entry
+
+    def add_external(self, name: str, dtype: str, shape: tuple[int, ...], source: BinaryIO, offset: int, size: int):
+        """Append ``size`` bytes that ``source`` (an open file) holds at ``offset``, under ``name``."""
+        entry = self._entry(name, dtype, shape, size)
+        self._segment(source, offset, size)
+        return entry
+
+    def _entry(self, name: str, dtype: str, shape: tuple[int, ...], size: int) -> Entry:
         if name in self._names:
             raise ValueError(f"duplicate container key {name!r}")
-        size = len(memoryview(data).cast("B"))
         if size != dtypes.nbytes_of(dtype, tuple(shape)):
             raise ValueError(f"{name!r}: {size} bytes do not match {dtype}{list(shape)}")
-        self._spool.write(data)
         entry = Entry(name, dtype, tuple(shape), self._position, self._position + size)
         self._position += size
         self._entries.append(entry)
         self._names.add(name)
         return entry
 
+    def _segment(self, source: BinaryIO, offset: int, size: int) -> None:
+        if self._segments and self._segments[-1][0] is source:
+            last, start, length = self._segments[-1]
+            if start + length == offset:  # contiguous in the same file: one copy
+                self._segments[-1] = (last, start, length + size)
+                return
+        self._segments.append((source, offset, size))
+
     def write_to(self, out: BinaryIO, metadata: dict[str, str]) -> int:
-        """Write header then the spooled buffer to ``out``; returns the total bytes written."""
+        """Write header then the spooled bytes to ``out``; returns the total bytes written."""
         header = encode_header(self._entries, metadata)
         if len(header) > MAX_HEADER_BYTES:
             raise ValueError(f"header of {len(header)} bytes exceeds the safetensors limit")
         out.write(_LENGTH.pack(len(header)))
         out.write(header)
         self._spool.flush()
-        self._spool.seek(0)
         out.flush()
-        if not _copy_in_kernel(self._spool, out, self._position):
-            shutil.copyfileobj(self._spool, out, 16 * 1024 * 1024)
+        for source, offset, size in self._segments:
+            source.seek(offset)
+            if not _copy_in_kernel(source, out, size):
+                _copy_range(source, out, size)
         return 8 + len(header) + self._position
+
+
+def _copy_range(source: BinaryIO, out: BinaryIO, size: int) -> None:
+    """Copy ``size`` bytes from ``source``'s position to ``out`` through user space."""
+    left = size
+    while left:
+        block = source.read(min(left, 16 * 1024 * 1024))
+        if not block:
+            raise OSError(f"spool ended {left} bytes short")
+        out.write(block)
+        left -= len(block)

@@ -20,6 +20,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sparsify.errors import UsageError
@@ -57,24 +58,34 @@ def default_jobs() -> int:
 SMALL_MODEL_BYTES = 8 << 20
 
 
+@dataclass(frozen=True)
+class Workers:
+    """An open executor: ``executor``, how many calls it runs at once, and whether they run in local
+    processes (which can hand results over through files on this machine)."""
+
+    executor: Executor
+    count: int
+    local_processes: bool = False
+
+
 @contextlib.contextmanager
 def open_executor(
     jobs: int | None = None, scheduler: str | None = None, work_bytes: int | None = None
-) -> Iterator[tuple[Executor, int]]:
-    """Yield ``(executor, workers)`` for ``jobs`` local processes or, with a ``scheduler`` address
-    (or ``SPARSIFY_SCHEDULER``), a Dask cluster; shut down afterwards. The default ``jobs`` is every
+) -> Iterator[Workers]:
+    """Yield the :class:`Workers` of ``jobs`` local processes or, with a ``scheduler`` address (or
+    ``SPARSIFY_SCHEDULER``), of a Dask cluster; shut down afterwards. The default ``jobs`` is every
     core, or 1 when the ``work_bytes`` to process are below :data:`SMALL_MODEL_BYTES`."""
     scheduler = scheduler or os.environ.get(SCHEDULER_ENV) or None
     if jobs is not None and jobs < 1:
         raise UsageError(f"jobs must be >= 1, not {jobs}")
     if scheduler is not None:
         with _dask_executor(scheduler) as (executor, workers):
-            yield executor, workers
+            yield Workers(executor, workers)
         return
     if jobs is None:
         jobs = 1 if work_bytes is not None and work_bytes < SMALL_MODEL_BYTES else default_jobs()
     if jobs == 1:
-        yield InlineExecutor(), 1
+        yield Workers(InlineExecutor(), 1)
         return
     context = multiprocessing.get_context(
         "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -83,7 +94,7 @@ def open_executor(
         context.set_forkserver_preload(["sparsify.work"])
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
     try:
-        yield pool, jobs
+        yield Workers(pool, jobs, local_processes=True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -63,13 +63,15 @@ def plan_model(
     executor: Executor,
     window: int,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> Plan:
-    """The pipeline of every item; ``heads``: each archive's manifest head (for exact sizes)."""
+    """The pipeline of every item; ``heads``: each archive's manifest head (for exact sizes);
+    ``workers``: how many calls ``executor`` runs at once."""
     fixed = [choose(item.info, options.rules, options.pipeline, options.min_size) for item in items]
     if not options.auto:
         return Plan(fixed)
     mode = "auto" if options.target is None else next(iter(options.target))
-    measured = measure_model(items, fixed, options, mode, executor, window, progress)
+    measured = measure_model(items, fixed, options, mode, executor, window, progress, workers)
     planned = [m for m in measured if isinstance(m, ratecontrol.TensorPlan)]
     summary: dict[str, Any] = {"mode": mode, "max_error": options.max_error, "target": options.target}
     summary["candidates"] = sum(t.measured for t in planned)
@@ -88,6 +90,11 @@ def plan_model(
     return Plan(choices, summary, measured)
 
 
+# A planned tensor of at least this many bytes has its candidates measured in as many shares as there
+# are workers (so that one big tensor does not leave the other workers idle).
+SHARE_BYTES = 16 << 20
+
+
 def measure_model(
     items: list[Item],
     fixed: list[Choice],
@@ -96,32 +103,47 @@ def measure_model(
     executor: Executor,
     window: int,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> list[Any]:
     """Per item: the manifest record of its fixed pipeline (rules, lossless defaults), or its
-    :class:`ratecontrol.TensorPlan` with every candidate of ``mode`` measured."""
-    jobs = [
-        work.MeasureJob(
-            item.source,
-            item.info,
-            choice,
-            options.seed,
-            mode if choice.reason == "default" else None,
-            options.max_error,
-        )
-        for item, choice in zip(items, fixed, strict=True)
-    ]
+    :class:`ratecontrol.TensorPlan` with every candidate of ``mode`` measured (a big tensor's
+    candidates in ``workers`` shares, joined in candidate order: the same plan as in one)."""
     sizes = [_nbytes(item.info) for item in items]
-    total, done, count = sum(sizes), [0, 0], len(items)
+    jobs, owner = [], []
+    for index, (item, choice) in enumerate(zip(items, fixed, strict=True)):
+        planned = choice.reason == "default"
+        shares = workers if planned and workers > 1 and sizes[index] >= SHARE_BYTES else 1
+        for share in range(shares):
+            mode_ = mode if planned else None
+            jobs.append(
+                work.MeasureJob(item.source, item.info, choice, options.seed, mode_, options.max_error, (share, shares))
+            )
+            owner.append(index)
+    total, done, count = sum(sizes), [0, 0], len(jobs)
 
     def advance(index: int, _result) -> None:
         done[0] += 1
-        done[1] += sizes[index]
+        done[1] += sizes[owner[index]] // jobs[index].share[1]
         if progress:
-            progress(f"planning {items[index].info.name}", done[0], count, done[1], total)
+            progress(f"planning {items[owner[index]].info.name}", done[0], count, done[1], total)
 
     if progress:
         progress("planning", 0, count, 0, total)
-    return run_all(executor, work.measure, jobs, window, advance)
+    results = run_all(executor, work.measure, jobs, window, advance)
+    measured: list[Any] = [None] * len(items)
+    split = set()
+    for index, result in zip(owner, results, strict=True):
+        if measured[index] is None:
+            measured[index] = result
+        else:  # the next share of a big tensor's candidates
+            measured[index].points += result.points
+            measured[index].measured += result.measured
+            split.add(index)
+    for index in sorted(split):
+        if options.max_error is not None:  # the bound of ratecontrol.plan_tensor, on the joined shares
+            plan = measured[index]
+            plan.points = [p for p in plan.points if p.rel_error <= options.max_error] or plan.points
+    return measured
 
 
 def _nbytes(info: TensorInfo) -> int:

@@ -8,12 +8,13 @@ file crosses a process. A worker keeps the last few files it opened (:data:`_OPE
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparsify.codec import EncodedTensor, encode_tensor
+from sparsify.codec import EncodedTensor, SpooledPart, encode_tensor
 from sparsify.errors import InputError
 from sparsify.io import reader_class
 from sparsify.io.base import TensorInfo, WeightReader
@@ -31,12 +32,14 @@ class Source:
 
 @dataclass(frozen=True)
 class EncodeJob:
-    """Encode one tensor with its chosen pipeline."""
+    """Encode one tensor with its chosen pipeline; with ``spool`` (a folder on this machine), write
+    the coded parts to this process's spool file there and return where they are, not the bytes."""
 
     source: Source
     info: TensorInfo
     choice: Choice
     seed: int
+    spool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,33 @@ class MeasureJob:
     seed: int
     mode: str | None = None
     max_error: float | None = None
+    share: tuple[int, int] = (0, 1)  # (i, n): measure the i-th of n consecutive slices of the candidates
 
 
 def encode(job: EncodeJob) -> EncodedTensor:
-    """The tensor's coded parts and record (:func:`sparsify.codec.encode_tensor`)."""
-    array = read(job.source, job.info.name)
-    return encode_tensor(array, job.info, job.choice, job.seed)
+    """The tensor's coded parts and record (:func:`sparsify.codec.encode_tensor`); with a spool,
+    the parts as :class:`~sparsify.codec.SpooledPart` (the bytes cross no pipe)."""
+    encoded = encode_tensor(read(job.source, job.info.name), job.info, job.choice, job.seed)
+    if job.spool is None:
+        return encoded
+    spool = _spool_file(job.spool)
+    parts = []
+    for part in encoded.parts:
+        parts.append(SpooledPart(part.record, spool.name, spool.tell()))
+        spool.write(memoryview(part.stored))
+    spool.flush()  # in the page cache, where the writing process reads it
+    return EncodedTensor(encoded.record, parts)
+
+
+_spools: dict[str, Any] = {}
+
+
+def _spool_file(folder: str):
+    """This process's spool file in ``folder`` (created on first use, appended to)."""
+    spool = _spools.get(folder)
+    if spool is None or spool.closed:
+        spool = _spools[folder] = open(Path(folder) / f"spool-{os.getpid()}", "ab")
+    return spool
 
 
 def measure(job: MeasureJob) -> Any:
@@ -67,7 +91,10 @@ def measure(job: MeasureJob) -> Any:
     if job.mode is None:
         return encode_tensor(array, job.info, job.choice, job.seed).record
     candidates = ratecontrol.candidates_for(job.mode, array, job.max_error)
-    return ratecontrol.plan_tensor(array, job.info, candidates, job.seed, job.max_error)
+    i, n = job.share
+    mine = candidates[i * len(candidates) // n : (i + 1) * len(candidates) // n]
+    # a share keeps every point: the bound is applied once the shares are joined
+    return ratecontrol.plan_tensor(array, job.info, mine, job.seed, job.max_error if n == 1 else None)
 
 
 def file_sha256(path: str) -> str:
@@ -105,6 +132,8 @@ def read(source: Source, name: str):
 
 
 def close_all() -> None:
-    """Close every file this process keeps open for jobs."""
+    """Close every file this process keeps open for jobs (inputs and spools)."""
     while _open:
         _open.popitem()[1].close()
+    while _spools:
+        _spools.popitem()[1].close()

@@ -18,9 +18,9 @@ from sparsify.executor import InlineExecutor, open_executor, ordered_map
 
 
 def test_ordered_map_keeps_order_and_window():
-    with open_executor(jobs=2) as (pool, workers):
-        assert workers == 2
-        assert list(ordered_map(pool, abs, range(-20, 0), 3)) == [abs(i) for i in range(-20, 0)]
+    with open_executor(jobs=2) as workers:
+        assert workers.count == 2 and workers.local_processes
+        assert list(ordered_map(workers.executor, abs, range(-20, 0), 3)) == [abs(i) for i in range(-20, 0)]
     assert list(ordered_map(InlineExecutor(), abs, [-1, -2], 1)) == [1, 2]
     with pytest.raises(UsageError):
         with open_executor(jobs=0):

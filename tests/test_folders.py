@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from model_folders import folder_files, load_like_from_pretrained, make_hf_folder
 
 import sparsify
+import sparsify.api
+import sparsify.executor
 from sparsify.archive import Archive
 from sparsify.archive.folder import INDEX_NAME, index_text, read_index
 from sparsify.cli import cli, run
@@ -197,3 +199,53 @@ def test_the_cli_takes_folders(hf, tmp_path):
     assert run(["decompress", str(out), "-o", str(tmp_path / "back"), "--format", "npz", "-q"]) == 2
     assert run(["decompress", str(out), "-o", str(tmp_path / "back"), "-q"]) == 0
     assert folder_files(tmp_path / "back") == folder_files(hf)
+
+
+def test_names_a_folder_archive_cannot_hold_are_refused_up_front(tmp_path):
+    odd = make_hf_folder(tmp_path / "odd", shards=1)
+    (odd / "a\\b.txt").write_text("a Windows path on Linux")
+    with pytest.raises(InputError, match="does not stay inside the folder"):
+        sparsify.compress(odd, tmp_path / "odd.sparsify")
+    clash = make_hf_folder(tmp_path / "clash", shards=1)
+    (clash / "model-00001-of-00001.safetensors.sparsify").write_text("an old archive")
+    with pytest.raises(InputError, match="listed twice"):
+        sparsify.compress(clash, tmp_path / "clash.sparsify")
+    assert not (tmp_path / "odd.sparsify").exists() and not (tmp_path / "clash.sparsify").exists()
+
+
+def test_the_index_source_name_cannot_send_a_rebuild_elsewhere(lossless, tmp_path):
+    out, _ = lossless
+    copy = tmp_path / "deep" / "copy.sparsify"
+    shutil.copytree(out, copy)
+    index = json.loads((copy / INDEX_NAME).read_text())
+    index.pop("checksum")
+    index["source"]["name"] = "../escaped"
+    (copy / INDEX_NAME).write_bytes(index_text(index))
+    with pytest.raises(CorruptArchiveError, match="not one plain file name"):
+        sparsify.decompress(copy)
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_a_big_tensor_s_candidates_measured_in_shares_give_the_same_plan(tmp_path, monkeypatch):
+    """Candidates measured in shares (one per worker, for big tensors) and joined give the plan and
+    the bytes of measuring them in one go."""
+    import contextlib
+    import dataclasses
+
+    import sparsify.api
+    import sparsify.planner as planner
+    from sparsify.executor import open_executor
+
+    model = make_hf_folder(tmp_path / "m", shards=2)
+    one = sparsify.compress(model, tmp_path / "one.sparsify", jobs=1, target_ratio=6, max_error=0.5)
+    monkeypatch.setattr(planner, "SHARE_BYTES", 1)  # every planned tensor in shares
+    measured = []
+    real = planner.run_all
+    monkeypatch.setattr(planner, "run_all", lambda ex, fn, jobs, *a: measured.extend(jobs) or real(ex, fn, jobs, *a))
+    with open_executor(jobs=1) as inline:
+        three = dataclasses.replace(inline, count=3)  # as if three workers: three shares, run inline
+    monkeypatch.setattr(sparsify.api, "open_executor", lambda *a: contextlib.nullcontext(three))
+    report = sparsify.compress(model, tmp_path / "three.sparsify", target_ratio=6, max_error=0.5)
+    assert {job.share for job in measured} >= {(0, 3), (1, 3), (2, 3)}
+    assert folder_files(tmp_path / "one.sparsify") == folder_files(tmp_path / "three.sparsify")
+    assert one["plan"] == report["plan"]

@@ -4,7 +4,7 @@
 .safetensors``, ``text_encoder/model.safetensors``) becomes the archive ``NAME.sparsify`` -- a
 complete archive of its own -- and every other file is copied as it is. ``sparsify.index.json``
 lists them all with sizes and SHA-256 checksums, the options and the plan chosen for the whole model,
-and the gate; its own checksum covers everything else in it (docs/FORMAT.md §12).
+and the gate; its own checksum covers everything else in it (docs/FORMAT.md §13).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sparsify.archive.reader import Archive
 from sparsify.errors import CorruptArchiveError, InputError
 
 INDEX_NAME = "sparsify.index.json"
@@ -55,7 +56,7 @@ def read_index(folder: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_INDEX_BYTES:
             raise CorruptArchiveError(f"{what}: larger than {MAX_INDEX_BYTES} bytes")
-        index = json.loads(path.read_bytes())
+        index = json.loads(path.read_bytes(), object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise InputError(f"{folder}: a folder without {INDEX_NAME}; not a sparsify folder archive") from None
     except OSError as exc:
@@ -78,13 +79,33 @@ def read_index(folder: Path) -> dict[str, Any]:
     return index
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (a repeated key could hide one value behind another)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a key is repeated in an object")
+    return result
+
+
 def _check_index(index: dict[str, Any], what: str) -> None:
+    source = index.get("source")
+    name = source.get("name") if isinstance(source, dict) else None
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+        raise CorruptArchiveError(f"{what}: source name {name!r} is not one plain file name")
+    for key in ("options", "plan", "gate"):
+        if index.get(key) is not None and not isinstance(index[key], dict):
+            raise CorruptArchiveError(f"{what}: {key!r} must be an object or null")
     weights, files = index.get("weights"), index.get("files")
     if not isinstance(weights, list) or not weights or not isinstance(files, list):
         raise CorruptArchiveError(f"{what}: 'weights' (a non-empty list) and 'files' (a list) are required")
+    carried = [f.get("name") if isinstance(f, dict) else None for f in files]
+    for key in ("archive", "name"):  # the folder archive's files, and the rebuilt folder's
+        check_names([w.get(key) if isinstance(w, dict) else None for w in weights] + carried, CorruptArchiveError, what)
     seen: set[str] = {INDEX_NAME}
     for entry in weights:
-        _check_entry(entry, ("name", "format", "size", "sha256", "archive", "archive_bytes", "archive_sha256"), what)
+        _check_entry(
+            entry, ("name", "format", "size", "sha256", "tensors", "archive", "archive_bytes", "archive_sha256"), what
+        )
         if entry["format"] not in ("safetensors", "hdf5", "npz"):
             raise CorruptArchiveError(f"{what}: weight file {entry['name']!r} has unknown format {entry['format']!r}")
         if entry["archive"] != archive_name(entry["name"]):
@@ -101,7 +122,7 @@ def _check_entry(entry: Any, keys: tuple[str, ...], what: str) -> None:
         raise CorruptArchiveError(f"{what}: an entry lacks one of {', '.join(keys)}")
     for key in keys:
         value = entry[key]
-        if key in ("size", "archive_bytes"):
+        if key in ("size", "archive_bytes", "tensors"):
             if type(value) is not int or value < 0:
                 raise CorruptArchiveError(f"{what}: {key} of {entry.get('name')!r} is not a size")
         elif key in ("sha256", "archive_sha256"):
@@ -109,6 +130,24 @@ def _check_entry(entry: Any, keys: tuple[str, ...], what: str) -> None:
                 raise CorruptArchiveError(f"{what}: {key} of {entry.get('name')!r} is not a SHA-256")
         elif not isinstance(value, str):
             raise CorruptArchiveError(f"{what}: {key} of an entry is not a string")
+
+
+def check_names(names: list[Any], error: type[Exception], what: str) -> None:
+    """The names a folder archive writes (its members and carried files) must each be a path that
+    stays inside it, be unique, not be the index, and not be a folder of another: ``error`` otherwise."""
+    seen: set[str] = {INDEX_NAME}
+    for name in names:
+        if not isinstance(name, str):
+            raise error(f"{what}: a file name is not a string")
+        try:
+            _check_name(name, seen, what)
+        except CorruptArchiveError as exc:
+            raise error(str(exc)) from None
+    for name in seen:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in seen:
+                raise error(f"{what}: {'/'.join(parts[:depth])!r} is a file and a folder of {name!r}")
 
 
 def _check_name(name: str, seen: set[str], what: str) -> None:
@@ -126,3 +165,18 @@ def _check_name(name: str, seen: set[str], what: str) -> None:
     if name in seen:
         raise CorruptArchiveError(f"{what}: file name {name!r} listed twice")
     seen.add(name)
+
+
+def open_member(folder: Path, weight: dict[str, Any]) -> Archive:
+    """One weight file's archive in a folder archive, checked against the index (its size, and the
+    checksum of the file it was made from)."""
+    path = folder / weight["archive"]
+    if not path.is_file():
+        raise CorruptArchiveError(f"{folder}: {weight['archive']} is missing")
+    opened = Archive(path)
+    source = opened.manifest["source"]
+    listed = (weight["archive_bytes"], weight["sha256"], weight["format"])
+    if (opened.size, source["sha256"], source["format"]) != listed:
+        opened.close()
+        raise CorruptArchiveError(f"{path}: not the archive the index lists (size, source checksum or format differ)")
+    return opened

@@ -16,7 +16,7 @@ import zstandard
 
 from sparsify import dtypes
 from sparsify.archive.version import MANIFEST_CODEC, METADATA_KEY, SOURCE_BLOB_PREFIX
-from sparsify.codec import CodedPart, EncodedTensor, code_part
+from sparsify.codec import CodedPart, EncodedTensor, SpooledPart, code_part
 from sparsify.coders.zstd import Zstd
 from sparsify.container import Entry, SpooledContainer, encode_header
 from sparsify.errors import InputError
@@ -34,6 +34,7 @@ class ArchiveWriter:
         # kill -9 leaves in that moment is known as the temporary file's own (see sparsify.atomic).
         self._spool = tempfile.TemporaryFile(dir=self.path.parent, prefix=f"{self.path.name}.spool-")
         self._container = SpooledContainer(self._spool)
+        self._sources: dict[str, Any] = {}  # workers' spool files, open for reading
 
     def add_blob(self, name: str, data: bytes) -> dict[str, Any]:
         """Store a source blob (:func:`code_blob`); returns its part record."""
@@ -46,9 +47,22 @@ class ArchiveWriter:
         self._add(part)
 
     def add_tensor(self, encoded: EncodedTensor) -> None:
-        """Append one tensor's coded parts."""
+        """Append one tensor's coded parts (in memory, or spooled by a worker: copied at the end)."""
         for part in encoded.parts:
-            self._add(part)
+            if isinstance(part, SpooledPart):
+                self._add_spooled(part)
+            else:
+                self._add(part)
+
+    def _add_spooled(self, part: SpooledPart) -> None:
+        source = self._sources.get(part.path)
+        if source is None:
+            source = self._sources[part.path] = open(part.path, "rb")
+        key, dtype, shape = container_entry(part.record)
+        try:
+            self._container.add_external(key, dtype, shape, source, part.offset, part.record["nbytes"])
+        except ValueError as exc:
+            raise InputError(f"cannot store part {part.record['key']!r}: {exc} (tensor names collide?)") from None
 
     def _add(self, part: CodedPart) -> None:
         key, dtype, shape = container_entry(part.record)
@@ -68,6 +82,9 @@ class ArchiveWriter:
 
     def close(self) -> None:
         self._spool.close()
+        for source in self._sources.values():
+            source.close()
+        self._sources.clear()
 
 
 def code_blob(name: str, data: bytes) -> tuple[CodedPart, dict[str, Any]]:
