@@ -37,6 +37,7 @@ bench: install $(VENV)/.bench-installed
 	$(PY) bench/methods.py
 	$(PY) bench/lossless.py
 	$(PY) bench/lossy.py
+	$(PY) bench/scale.py
 
 # ZipNN (the lossless yardstick) without its torch dependency, which its byte API does not use
 # (bench/zipnn_check.py stands in for torch); its sdist needs a C compiler.

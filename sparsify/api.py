@@ -47,7 +47,7 @@ from sparsify.atomic import (
 from sparsify.codec import measure, sha256
 from sparsify.dtypes import nbytes_of
 from sparsify.errors import CorruptArchiveError, InputError, UsageError
-from sparsify.executor import Workers, open_executor, ordered_map
+from sparsify.executor import InlineExecutor, Workers, open_executor, ordered_map
 from sparsify.io import EXTENSIONS, FORMATS, open_weights, reader_class, writer_class
 from sparsify.model import Model, open_model
 from sparsify.options import Options, resolve_options
@@ -136,7 +136,7 @@ def compress(
                 with atomic_folder(output, force, (model.root,), _replaceable_archive) as temp:
                     _write_archives(read, plan, options, workers.executor, progress, temp, spool)
                     files = _carry_files(model, temp)
-                    _write_index(model, read, plan, options, files, temp)
+                    _write_index(model, read, plan, options, files, temp, workers)
             else:
                 with atomic_output(output, force, (model.source,)) as temp:
                     _write_archives(read, plan, options, workers.executor, progress, temp, spool)
@@ -281,10 +281,16 @@ def _copy(source: Path, target: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _write_index(model: Model, read: _ReadModel, plan: planner.Plan, options: Options, files, destination: Path):
-    """The folder archive's ``sparsify.index.json`` (docs/FORMAT.md §13)."""
+def _write_index(
+    model: Model, read: _ReadModel, plan: planner.Plan, options: Options, files, destination: Path, workers: Workers
+):
+    """The folder archive's ``sparsify.index.json`` (docs/FORMAT.md §13); the archives' checksums
+    are taken by local workers where there are some (a cluster's may not see this folder)."""
     weights, records = [], []
-    for weight, head in zip(model.weights, read.heads, strict=True):
+    paths = [str(destination / archive_name(w.name)) for w in model.weights]
+    hasher = workers.executor if workers.local_processes else InlineExecutor()
+    digests = ordered_map(hasher, work.file_sha256, paths, workers.count + 1)
+    for weight, head, digest in zip(model.weights, read.heads, digests, strict=True):
         path = destination / archive_name(weight.name)
         with Archive(path) as archive:
             records += [(weight.name, r) for r in archive.tensors]
@@ -298,7 +304,7 @@ def _write_index(model: Model, read: _ReadModel, plan: planner.Plan, options: Op
                 "tensors": count,
                 "archive": archive_name(weight.name),
                 "archive_bytes": path.stat().st_size,
-                "archive_sha256": work.file_sha256(str(path)),
+                "archive_sha256": digest,
             }
         )
     index = {

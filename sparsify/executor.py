@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -87,16 +88,32 @@ def open_executor(
     if jobs == 1:
         yield Workers(InlineExecutor(), 1)
         return
-    context = multiprocessing.get_context(
-        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    )
-    if context.get_start_method() == "forkserver":
-        context.set_forkserver_preload(["sparsify.work"])
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_start_method(), initializer=_worker_started)
     try:
         yield Workers(pool, jobs, local_processes=True)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_method():
+    """``fork`` where this process runs no other thread (workers start at once, with everything
+    imported; the pool forks them all before its own thread starts), else a fork server (a clean
+    process: a lock another thread held cannot be inherited), else ``spawn``."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(["sparsify.work"])
+    return context
+
+
+def _worker_started() -> None:
+    """In a new worker: forget the files a forked parent had open for its own jobs (the same open
+    file would be shared, offsets and all)."""
+    from sparsify import work
+
+    work.forget_inherited()
 
 
 @contextlib.contextmanager

@@ -131,6 +131,12 @@ def read(source: Source, name: str):
     return reader.read(name)
 
 
+def forget_inherited() -> None:
+    """Drop (without closing) the files a forked parent process had open for jobs."""
+    _open.clear()
+    _spools.clear()
+
+
 def close_all() -> None:
     """Close every file this process keeps open for jobs (inputs and spools)."""
     while _open:

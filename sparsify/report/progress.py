@@ -41,7 +41,9 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator:
         TimeRemainingColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as bar:
+    # no refresh thread (auto_refresh off; every update redraws): with no other thread running, the
+    # worker pool can fork its processes
+    with Progress(*columns, console=console, transient=True, auto_refresh=False) as bar:
         task = bar.add_task("", total=None, tensors="0/?")
         phase = [None]
 
@@ -55,6 +57,7 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator:
                 completed=done_bytes,
                 total=total_bytes or None,
                 tensors=f"{done}/{count}",
+                refresh=True,
             )
 
         yield update
