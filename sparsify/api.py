@@ -156,12 +156,13 @@ class _ReadModel:
     items: list[planner.Item]
     readers: list[Any]
     window: int
+    counts: list[int]  # tensors per weight file
 
 
 def _read_model(model: Model, options: Options, workers: Workers, stack) -> _ReadModel:
     """List every weight file's tensors and metadata; checksum the files (mapped over the executor)."""
     readers = [stack.enter_context(reader_class(w.format)(w.path)) for w in model.weights]
-    paths = [str(w.path) for w in model.weights]
+    paths = [str(w.path.resolve()) for w in model.weights]  # as workers elsewhere see them
     digests = list(ordered_map(workers.executor, work.file_sha256, paths, workers.count + 1))
     heads, blobs, items = [], [], []
     for index, (weight, reader, digest) in enumerate(zip(model.weights, readers, digests, strict=True)):
@@ -189,7 +190,9 @@ def _read_model(model: Model, options: Options, workers: Workers, stack) -> _Rea
         blobs.append([part for part, _ in coded])
         source = work.Source(str(weight.path.resolve()), reader.format, (reader.stamp[0], reader.stamp[1]))
         items += [planner.Item(index, source, info) for info in reader.tensors()]
-    return _ReadModel(model, heads, blobs, items, readers, 1 if workers.count == 1 else workers.count + 1)
+    counts = [sum(1 for item in items if item.file == index) for index in range(len(heads))]
+    window = 1 if workers.count == 1 else workers.count + 1
+    return _ReadModel(model, heads, blobs, items, readers, window, counts)
 
 
 def _write_archives(
@@ -203,47 +206,31 @@ def _write_archives(
         work.EncodeJob(i.source, i.info, c, options.seed, where) for i, c in zip(read.items, plan.choices, strict=True)
     ]
     sizes = [nbytes_of(i.info.dtype, i.info.shape) for i in read.items]
-    total, done = sum(sizes), 0
-    writer, current, records = None, -1, []
-
-    def finish() -> None:
-        read.readers[current].check_unchanged()  # never an archive of a file that changed while read
-        writer.finish(build_manifest(read.heads[current], plan.summary, records, options.max_error))
-
-    def open_writer(index: int) -> ArchiveWriter:
+    total, done, finished = sum(sizes), 0, 0
+    if progress:
+        progress("encoding", 0, len(jobs), 0, total)
+    results = iter(zip(read.items, sizes, ordered_map(executor, work.encode, jobs, read.window), strict=True))
+    for index, head in enumerate(read.heads):
         if read.model.is_folder:
             path = destination / archive_name(read.model.weights[index].name)
             path.parent.mkdir(parents=True, exist_ok=True)
         else:
             path = destination
-        new = ArchiveWriter(path)
-        for part in read.blobs[index]:
-            new.add_part(part)
-        return new
-
-    if progress:
-        progress("encoding", 0, len(jobs), 0, total)
-    try:
-        for position, (item, encoded) in enumerate(
-            zip(read.items, ordered_map(executor, work.encode, jobs, read.window), strict=True)
-        ):
-            while item.file != current:
-                if writer is not None:
-                    finish()
-                current, records = current + 1, []
-                writer = open_writer(current)
-            writer.add_tensor(encoded)
-            records.append(encoded.record)
-            done += sizes[position]
-            if progress:
-                progress(item.info.name, position + 1, len(jobs), done, total)
-        while current < len(read.heads):  # the last file, and any without tensors
-            if writer is not None:
-                finish()
-            current, records = current + 1, []
-            writer = open_writer(current) if current < len(read.heads) else None
-    finally:
-        if writer is not None:
+        writer = ArchiveWriter(path)
+        try:
+            for part in read.blobs[index]:
+                writer.add_part(part)
+            records = []
+            for _ in range(read.counts[index]):
+                item, size, encoded = next(results)
+                writer.add_tensor(encoded)
+                records.append(encoded.record)
+                done, finished = done + size, finished + 1
+                if progress:
+                    progress(item.info.name, finished, len(jobs), done, total)
+            read.readers[index].check_unchanged()  # never an archive of a file that changed while read
+            writer.finish(build_manifest(head, plan.summary, records, options.max_error))
+        finally:
             writer.close()
 
 
