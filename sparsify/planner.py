@@ -20,6 +20,7 @@ from typing import Any
 
 from sparsify import ratecontrol, work
 from sparsify.archive.manifest import predicted_size
+from sparsify.dtypes import nbytes_of
 from sparsify.executor import run_all
 from sparsify.io.base import TensorInfo
 from sparsify.options import Options
@@ -108,16 +109,16 @@ def measure_model(
     """Per item: the manifest record of its fixed pipeline (rules, lossless defaults), or its
     :class:`ratecontrol.TensorPlan` with every candidate of ``mode`` measured (a big tensor's
     candidates in ``workers`` shares, joined in candidate order: the same plan as in one)."""
-    sizes = [_nbytes(item.info) for item in items]
+    sizes = [nbytes_of(item.info.dtype, item.info.shape) for item in items]
     jobs, owner = [], []
     for index, (item, choice) in enumerate(zip(items, fixed, strict=True)):
-        planned = choice.reason == "default"
+        planned = mode if choice.reason == "default" else None  # the rules fixed the others
         shares = workers if planned and workers > 1 and sizes[index] >= SHARE_BYTES else 1
         for share in range(shares):
-            mode_ = mode if planned else None
-            jobs.append(
-                work.MeasureJob(item.source, item.info, choice, options.seed, mode_, options.max_error, (share, shares))
+            job = work.MeasureJob(
+                item.source, item.info, choice, options.seed, planned, options.max_error, (share, shares)
             )
+            jobs.append(job)
             owner.append(index)
     total, done, count = sum(sizes), [0, 0], len(jobs)
 
@@ -144,12 +145,6 @@ def measure_model(
             plan = measured[index]
             plan.points = [p for p in plan.points if p.rel_error <= options.max_error] or plan.points
     return measured
-
-
-def _nbytes(info: TensorInfo) -> int:
-    from sparsify.dtypes import nbytes_of
-
-    return nbytes_of(info.dtype, info.shape)
 
 
 def _allocate_to_target(
