@@ -68,20 +68,11 @@ def atomic_output(path: Path, force: bool, inputs: tuple[Path, ...] = ()) -> Ite
         temp = _create_temp(path)
     except OSError as exc:
         raise _output_error(path, exc) from None
-    try:
+    with _discarded_on_failure(temp, path, inputs, _discard):
         yield temp
         _fsync(temp)
         _move_into_place(temp, path, force, inputs)
         _fsync_dir(path.parent)
-    except OSError as exc:
-        _discard(temp)
-        raise _block_error(path, exc, inputs) from None
-    except OutputError as exc:
-        _discard(temp)
-        raise _restated(exc, temp, path) from exc.__cause__
-    except BaseException:
-        _discard(temp)
-        raise
 
 
 def check_folder_destination(
@@ -120,7 +111,7 @@ def atomic_folder(
         temp = _create_temp(path, folder=True)
     except OSError as exc:
         raise _output_error(path, exc) from None
-    try:
+    with _discarded_on_failure(temp, path, inputs, _discard_tree):
         yield temp
         for folder, _, _ in os.walk(temp):
             _fsync_dir(Path(folder))
@@ -130,18 +121,31 @@ def atomic_folder(
             old = _create_temp(path, folder=True)
             os.rmdir(old)
             os.rename(path, old)
-        os.rename(temp, path)
+        try:
+            os.rename(temp, path)
+        except OSError:
+            if old is not None:  # put back what was there: a failed run replaces nothing
+                os.rename(old, path)
+            raise
         _fsync_dir(path.parent)
         if old is not None:
             _discard_tree(old)
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(temp: Path, path: Path, inputs: tuple[Path, ...], discard: Callable[[Path], None]):
+    """Run the block; on any failure ``discard(temp)`` and restate an OSError or a writer's
+    OutputError for the destination ``path`` (an input's read error as an InputError)."""
+    try:
+        yield
     except OSError as exc:
-        _discard_tree(temp)
+        discard(temp)
         raise _block_error(path, exc, inputs) from None
     except OutputError as exc:
-        _discard_tree(temp)
+        discard(temp)
         raise _restated(exc, temp, path) from exc.__cause__
     except BaseException:
-        _discard_tree(temp)
+        discard(temp)
         raise
 
 
