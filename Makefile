@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Compress a sample model losslessly, inspect it, decompress it and compare bytes with the original;
-# then a lossy run with an error gate, and one with a size target (and its rate-distortion plot).
+# then a lossy run with an error gate, one with a size target (and its rate-distortion plot), and a whole
+# model folder (weights, licence, README) compressed with two workers, verified and rebuilt.
 demo: install
 	@rm -rf demo-out && mkdir -p demo-out
 	$(VENV)/bin/sparsify compress sample_models/digits_mlp.safetensors -o demo-out/digits_mlp.sparsify
@@ -27,6 +28,11 @@ demo: install
 	$(VENV)/bin/sparsify verify demo-out/crepe-tiny.sparsify --against sample_models/crepe-tiny/weights.h5 --max-error 0.05
 	$(VENV)/bin/sparsify compress sample_models/crepe-tiny/weights.h5 -o demo-out/crepe-tiny-8x.sparsify --target-ratio 8 \
 		--plot demo-out/crepe-tiny-8x.png
+	$(VENV)/bin/sparsify compress sample_models/crepe-tiny -o demo-out/crepe-tiny-folder.sparsify --jobs 2 > /dev/null
+	$(VENV)/bin/sparsify verify demo-out/crepe-tiny-folder.sparsify --against sample_models/crepe-tiny
+	$(VENV)/bin/sparsify decompress demo-out/crepe-tiny-folder.sparsify -o demo-out/crepe-tiny-restored
+	cmp demo-out/crepe-tiny-restored/LICENSE sample_models/crepe-tiny/LICENSE && cmp demo-out/crepe-tiny-restored/README.md \
+		sample_models/crepe-tiny/README.md && echo "demo: the model folder came back with its other files byte-identical"
 
 test: install
 	$(VENV)/bin/ruff check sparsify tests bench sample_models
