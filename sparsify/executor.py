@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 from sparsify.errors import UsageError
 
 SCHEDULER_ENV = "SPARSIFY_SCHEDULER"
+TIMEOUT_ENV = "SPARSIFY_SCHEDULER_TIMEOUT"
+"""Seconds to wait for the scheduler to answer (default 30)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -123,7 +125,11 @@ def _dask_executor(address: str) -> Iterator[tuple[Executor, int]]:
     except ImportError:
         raise UsageError("--scheduler needs dask.distributed: pip install 'sparsify[dask]'") from None
     try:
-        client = Client(address, timeout="30s")
+        seconds = float(os.environ.get(TIMEOUT_ENV) or 30)
+    except ValueError:
+        raise UsageError(f"{TIMEOUT_ENV} must be a number of seconds, not {os.environ[TIMEOUT_ENV]!r}") from None
+    try:
+        client = Client(address, timeout=f"{seconds}s")
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
     try:

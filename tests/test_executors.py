@@ -44,8 +44,9 @@ def test_a_dask_cluster_gives_the_bytes_of_a_local_run(tmp_path):
     assert report["plan"]["met"]
 
 
-def test_an_unreachable_scheduler_is_a_usage_error(tmp_path, sample_file=None):
+def test_an_unreachable_scheduler_is_a_usage_error(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
+    monkeypatch.setenv("SPARSIFY_SCHEDULER_TIMEOUT", "2")
     model = make_hf_folder(tmp_path / "model", shards=1)
     with pytest.raises(UsageError, match="cannot reach the Dask scheduler"):
         sparsify.compress(model, tmp_path / "x.sparsify", scheduler="tcp://127.0.0.1:9")
