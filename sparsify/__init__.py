@@ -10,11 +10,13 @@ The Python API (the CLI is a thin shell over it)::
     with sparsify.open("model.sparsify") as f:   # like safetensors' safe_open: one tensor at a time
         weight = f.get_tensor("fc1.weight")
     tensors = sparsify.load("model.sparsify")    # name -> numpy array
+
+Importing sparsify is cheap: the functions load their modules (numpy, ml_dtypes, the methods) on
+first use.
 """
 
 __version__ = "0.1.0"
 
-from sparsify.api import compress, decompress, inspect, verify  # noqa: E402
 from sparsify.errors import (  # noqa: E402
     CorruptArchiveError,
     ExitCode,
@@ -24,7 +26,31 @@ from sparsify.errors import (  # noqa: E402
     SparsifyError,
     UsageError,
 )
-from sparsify.lazy import load, open  # noqa: E402
+
+# public name -> the module that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "compress": "sparsify.api",
+    "decompress": "sparsify.api",
+    "inspect": "sparsify.inspection",
+    "verify": "sparsify.api",
+    "open": "sparsify.lazy",
+    "load": "sparsify.lazy",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sparsify' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "compress",

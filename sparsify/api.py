@@ -48,10 +48,11 @@ from sparsify.codec import measure, sha256
 from sparsify.dtypes import nbytes_of
 from sparsify.errors import CorruptArchiveError, InputError, UsageError
 from sparsify.executor import InlineExecutor, Workers, open_executor, ordered_map
+from sparsify.inspection import inspect
 from sparsify.io import EXTENSIONS, FORMATS, open_weights, reader_class, writer_class
 from sparsify.model import Model, open_model
 from sparsify.options import Options, resolve_options
-from sparsify.report.model import SCHEMA_VERSION, build_folder_report, build_report
+from sparsify.report.model import SCHEMA_VERSION
 
 Progress = Callable[[str, int, int, int, int], None]
 """progress(label, tensors done, tensor count, bytes done, bytes in all), called as work completes."""
@@ -359,20 +360,6 @@ def rate_distortion(
     overhead = sum(r["stored_bytes"] + record_overhead(r) for r in records)
     overhead += sum(len(json.dumps(h["source"]["summary"])) for h in read.heads)
     return ratecontrol.model_curves(planned, overhead, fixed_sq, total_sq_norm, numel)
-
-
-def inspect(archive: str | Path, *, command: str = "inspect") -> dict[str, Any]:
-    """The report of an archive or a folder archive, from the manifests alone (nothing decoded)."""
-    archive = Path(archive)
-    if archive.is_dir():
-        index = read_index(archive)
-        reports = []
-        for weight in index["weights"]:
-            with open_member(archive, weight) as opened:
-                reports.append((build_report(opened, command=command), opened.tensors))
-        return build_folder_report(archive, index, reports, command)
-    with Archive(archive) as opened:
-        return build_report(opened, command=command)
 
 
 def decompress(

@@ -18,12 +18,24 @@ from pathlib import Path
 
 import click
 
-from sparsify import __version__, api
+from sparsify import __version__
 from sparsify.errors import ExitCode, OutputError, SparsifyError
-from sparsify.methods import CODERS, METHODS, VALUE_CODERS
-from sparsify.pipeline import describe_param, value_text
-from sparsify.report.progress import progress_bar
-from sparsify.report.render import render_json, render_markdown, render_table
+
+# The library, rich and the methods are imported by the commands that use them, so that --version
+# and --help answer at once.
+
+
+def _api():
+    from sparsify import api
+
+    return api
+
+
+def progress_bar(label: str, enabled: bool = True):
+    """:func:`sparsify.report.progress.progress_bar`, imported when a command runs."""
+    from sparsify.report.progress import progress_bar as bar
+
+    return bar(label, enabled)
 
 INTERNAL_ERROR = 70
 
@@ -75,6 +87,8 @@ def _report_format(json_flag: bool, markdown_flag: bool) -> str:
 
 
 def _emit(report: dict, fmt: str) -> None:
+    from sparsify.report.render import render_json, render_markdown, render_table
+
     out = sys.stdout
     if fmt == "json":
         render_json(report, out)
@@ -230,7 +244,7 @@ def compress(input_path, output, json_flag, markdown_flag, plot_path, force, qui
     if plot_path is not None:
         _check_plot_path(plot_path, force)
     with progress_bar("compress", enabled=not quiet) as progress:
-        report = api.compress(
+        report = _api().compress(
             input_path, output, force=force, progress=progress, jobs=jobs, scheduler=scheduler, **choice
         )
         if plot_path is not None:
@@ -269,7 +283,7 @@ def _plot(input_path, report, plot_path, choice, progress) -> None:
     from sparsify.report.plot import render_plot
 
     keys = ("rules", "rules_file", "min_size", "seed")
-    curves = api.rate_distortion(input_path, progress=progress, **{k: choice[k] for k in keys})
+    curves = _api().rate_distortion(input_path, progress=progress, **{k: choice[k] for k in keys})
     render_plot(report, curves, plot_path)
 
 
@@ -294,7 +308,7 @@ def plot(input_path, output, force, quiet, **choice):
     if all(choice[k] is None for k in targets):
         choice["target_ratio"] = 8.0
     with progress_bar("plot", enabled=not quiet) as progress, tempfile.TemporaryDirectory() as tmp:
-        report = api.compress(input_path, Path(tmp) / "plot.sparsify", progress=progress, **choice)
+        report = _api().compress(input_path, Path(tmp) / "plot.sparsify", progress=progress, **choice)
         report["archive"]["path"] = "(not kept)"
         _plot(input_path, report, output, choice, progress)
     _note(f"wrote {output}", quiet)
@@ -307,7 +321,9 @@ def plot(input_path, output, force, quiet, **choice):
 @click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown.")
 def inspect(archive, json_flag, markdown_flag):
     """Show what is inside ARCHIVE, per tensor, from its manifest (nothing is decoded)."""
-    _emit(api.inspect(archive), _report_format(json_flag, markdown_flag))
+    from sparsify.inspection import inspect as inspect_archive
+
+    _emit(inspect_archive(archive), _report_format(json_flag, markdown_flag))
     return ExitCode.OK
 
 
@@ -332,7 +348,7 @@ def decompress(archive, output, fmt, force, quiet):
     """
     _route_warnings(quiet)
     with progress_bar("decompress", enabled=not quiet) as progress:
-        written = api.decompress(archive, output, format=fmt, force=force, progress=progress)
+        written = _api().decompress(archive, output, format=fmt, force=force, progress=progress)
     _note(f"wrote {written}", quiet)
     return ExitCode.OK
 
@@ -351,8 +367,10 @@ def decompress(archive, output, fmt, force, quiet):
 def verify(archive, against, max_error, json_flag, quiet):
     """Decode every tensor of ARCHIVE, checking every checksum; exit 1 on any mismatch."""
     with progress_bar("verify", enabled=not quiet) as progress:
-        result = api.verify(archive, against=against, max_error=max_error, progress=progress)
+        result = _api().verify(archive, against=against, max_error=max_error, progress=progress)
     if json_flag:
+        from sparsify.report.render import render_json
+
         render_json(result.as_dict(), sys.stdout)
     elif not quiet:
         for problem in result.problems:
@@ -367,6 +385,9 @@ def verify(archive, against, max_error, json_flag, quiet):
 @click.option("--json", "json_flag", is_flag=True, help="Print the methods as JSON.")
 def methods(json_flag):
     """List the pipeline stages, their parameters, ranges, defaults, budgets and an example."""
+    from sparsify.methods import CODERS, METHODS, VALUE_CODERS
+    from sparsify.pipeline import describe_param, value_text
+
     stages = (
         [("method", cls) for cls in METHODS.values()]
         + [("value coder", cls) for cls in VALUE_CODERS.values()]

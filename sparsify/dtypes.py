@@ -12,9 +12,9 @@ Sub-byte types (``F4``, ``F6_*``) are packed in files; sparsify carries them as 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from sparsify.errors import InputError
@@ -22,11 +22,25 @@ from sparsify.errors import InputError
 
 @dataclass(frozen=True)
 class SafetensorsType:
-    """One safetensors dtype: its bit width and, when numpy can hold it, the numpy dtype."""
+    """One safetensors dtype: its bit width and, when numpy can hold it, the numpy dtype (``numpy``;
+    ml_dtypes' types by their name in ``ml_name``, imported only when one is first needed: importing
+    ml_dtypes takes most of a second)."""
 
     name: str
     bits: int
-    numpy: np.dtype | None
+    plain: np.dtype | None = None
+    ml_name: str | None = None
+
+    @property
+    def numpy(self) -> np.dtype | None:
+        return _ml_dtype(self.ml_name) if self.ml_name is not None else self.plain
+
+
+@functools.cache
+def _ml_dtype(name: str) -> np.dtype:
+    import ml_dtypes
+
+    return np.dtype(getattr(ml_dtypes, name))
 
 
 def _np(dtype) -> np.dtype:
@@ -39,15 +53,15 @@ SAFETENSORS_TYPES: dict[str, SafetensorsType] = {
         SafetensorsType("BOOL", 8, np.dtype(np.bool_)),
         SafetensorsType("U8", 8, np.dtype(np.uint8)),
         SafetensorsType("I8", 8, np.dtype(np.int8)),
-        SafetensorsType("F8_E5M2", 8, np.dtype(ml_dtypes.float8_e5m2)),
-        SafetensorsType("F8_E4M3", 8, np.dtype(ml_dtypes.float8_e4m3fn)),
-        SafetensorsType("F8_E4M3FNUZ", 8, np.dtype(ml_dtypes.float8_e4m3fnuz)),
-        SafetensorsType("F8_E5M2FNUZ", 8, np.dtype(ml_dtypes.float8_e5m2fnuz)),
-        SafetensorsType("F8_E8M0", 8, np.dtype(ml_dtypes.float8_e8m0fnu)),
+        SafetensorsType("F8_E5M2", 8, ml_name="float8_e5m2"),
+        SafetensorsType("F8_E4M3", 8, ml_name="float8_e4m3fn"),
+        SafetensorsType("F8_E4M3FNUZ", 8, ml_name="float8_e4m3fnuz"),
+        SafetensorsType("F8_E5M2FNUZ", 8, ml_name="float8_e5m2fnuz"),
+        SafetensorsType("F8_E8M0", 8, ml_name="float8_e8m0fnu"),
         SafetensorsType("I16", 16, _np(np.int16)),
         SafetensorsType("U16", 16, _np(np.uint16)),
         SafetensorsType("F16", 16, _np(np.float16)),
-        SafetensorsType("BF16", 16, np.dtype(ml_dtypes.bfloat16)),
+        SafetensorsType("BF16", 16, ml_name="bfloat16"),
         SafetensorsType("I32", 32, _np(np.int32)),
         SafetensorsType("U32", 32, _np(np.uint32)),
         SafetensorsType("F32", 32, _np(np.float32)),
@@ -55,18 +69,22 @@ SAFETENSORS_TYPES: dict[str, SafetensorsType] = {
         SafetensorsType("U64", 64, _np(np.uint64)),
         SafetensorsType("F64", 64, _np(np.float64)),
         SafetensorsType("C64", 64, _np(np.complex64)),
-        SafetensorsType("F4", 4, None),
-        SafetensorsType("F6_E2M3", 6, None),
-        SafetensorsType("F6_E3M2", 6, None),
+        SafetensorsType("F4", 4),
+        SafetensorsType("F6_E2M3", 6),
+        SafetensorsType("F6_E3M2", 6),
     ]
 }
 
-_NAME_OF_NUMPY = {t.numpy: t.name for t in SAFETENSORS_TYPES.values() if t.numpy is not None}
+_NAME_OF_NUMPY = {t.plain: t.name for t in SAFETENSORS_TYPES.values() if t.plain is not None}
+# ml_dtypes' types are known by their dtype name (so telling them needs no import of ml_dtypes)
+_NAME_OF_ML = {t.ml_name: t.name for t in SAFETENSORS_TYPES.values() if t.ml_name is not None}
 
 
 def name_of(dtype: np.dtype) -> str:
     """The sparsify name of a numpy dtype (safetensors name where one exists, else ``dtype.str``)."""
     dtype = np.dtype(dtype)
+    if dtype.name in _NAME_OF_ML and dtype == _ml_dtype(dtype.name):
+        return _NAME_OF_ML[dtype.name]
     if dtype.byteorder == "=" and dtype.itemsize > 1:
         dtype = dtype.newbyteorder("<") if np.little_endian else dtype.newbyteorder(">")
     return _NAME_OF_NUMPY.get(dtype, dtype.str)
@@ -118,6 +136,10 @@ def is_float(name: str) -> bool:
 
 
 def _is_ml_float(dtype: np.dtype) -> bool:
+    if dtype.names is not None or dtype.kind not in "Vf":
+        return False  # not one of ml_dtypes' types (unstructured, kind V or f): no need to import it
+    import ml_dtypes
+
     try:
         ml_dtypes.finfo(dtype)
     except (ValueError, TypeError):

@@ -16,7 +16,6 @@ left to right.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse
 
 BLOCK = 1 << 16
 """Elements per block of the reductions: a block's temporaries stay in the CPU cache."""
@@ -72,10 +71,12 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def sparse_matmul(left: scipy.sparse.csr_matrix, atoms: np.ndarray) -> np.ndarray:
+def sparse_matmul(left, atoms: np.ndarray) -> np.ndarray:
     """The float64 product of a sparse (s, k) CSR matrix and a dense (k, l) one, without a compiled
     kernel: row i of the result is Σ_j left[i, j] atoms[j] over the row's entries, added in increasing
     j, each product and sum rounded once. Vectorised over the rows: one pass per entry position."""
+    import scipy.sparse
+
     left = scipy.sparse.csr_matrix(left)
     left.sort_indices()
     atoms64 = np.ascontiguousarray(atoms, dtype=np.float64)

@@ -20,9 +20,12 @@ index out of bounds.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse
+
+if TYPE_CHECKING:
+    import scipy.sparse
 
 from sparsify.errors import CorruptArchiveError
 
@@ -95,6 +98,8 @@ def unpack(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> np.ndarra
 
 def unpack_csr(parts: Mapping[str, np.ndarray], shape: tuple[int, int]) -> scipy.sparse.csr_matrix:
     """The (m, n) matrix the parts of :func:`pack` describe, as a validated float64 scipy CSR matrix."""
+    import scipy.sparse
+
     m, n = shape
     if "mask" in parts:
         return scipy.sparse.csr_matrix(unpack(parts, shape))

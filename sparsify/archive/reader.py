@@ -26,7 +26,6 @@ from sparsify.archive.version import (
     METADATA_KEY,
     major,
 )
-from sparsify.codec import check_decoded, decode_part, decode_tensor, sha256
 from sparsify.errors import CorruptArchiveError, InputError
 from sparsify.io.base import SourceMeta, TensorInfo
 
@@ -75,6 +74,8 @@ class Archive:
 
     def stored_bytes(self, part: Mapping[str, Any]) -> np.ndarray:
         """A part's bytes as stored, after checking its checksum."""
+        from sparsify.codec import sha256
+
         entry = self._entries[part["key"]]
         try:
             raw = container.read_bytes(self._file, self.layout, entry)
@@ -87,6 +88,8 @@ class Archive:
     def decode(self, tensor: Mapping[str, Any]) -> np.ndarray:
         """One tensor, decoded, in its original type and shape, checked against the checksum its
         record gives (:func:`sparsify.codec.check_decoded`)."""
+        from sparsify.codec import check_decoded, decode_tensor  # the decoders: not needed to inspect
+
         try:
             decoded = decode_tensor(tensor, self.stored_bytes)
             check_decoded(tensor, decoded)
@@ -102,6 +105,8 @@ class Archive:
 
     def source_meta(self) -> SourceMeta:
         """The source file's metadata and rebuild blobs, as its reader gave them."""
+        from sparsify.codec import decode_part, sha256
+
         source = self.manifest["source"]
         blobs = {}
         for name, part in source["blobs"].items():

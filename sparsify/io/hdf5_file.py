@@ -32,9 +32,7 @@ from sparsify.errors import CorruptArchiveError, InputError, OutputError
 from sparsify.io.base import SourceMeta, TensorInfo, WeightReader, WeightWriter
 
 # numpy name of an ml_dtypes float ("bfloat16", "float8_e4m3fn", ...) -> sparsify dtype name.
-_ML_FLOATS: dict[str, str] = {
-    t.numpy.name: t.name for t in SAFETENSORS_TYPES.values() if t.numpy is not None and t.numpy.kind == "V"
-}
+_ML_FLOATS: dict[str, str] = {t.ml_name: t.name for t in SAFETENSORS_TYPES.values() if t.ml_name is not None}
 
 # The oldest library version able to write a superblock version: a skeleton then uses object
 # formats as new as the source's (large attributes, for one, need the 1.8 format).

@@ -52,7 +52,6 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
-import scipy.sparse
 
 from sparsify import sparse
 from sparsify.errors import CorruptArchiveError, UsageError
@@ -165,6 +164,8 @@ def learn_dictionary(
 
 def reconstruct_signals(dictionary: np.ndarray, support: np.ndarray, coefs: np.ndarray) -> np.ndarray:
     """Signal-major D X: shape (S, L) from compact codes (``support``/``coefs`` of shape (S, nnz))."""
+    import scipy.sparse
+
     count, width = support.shape
     used = support >= 0
     counts = np.count_nonzero(used, axis=1)

@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
 from sparsify import sparse
 from sparsify.errors import CorruptArchiveError, UsageError
@@ -55,6 +54,8 @@ _SUM_MARGIN = 1e-9
 
 
 def _dct(signals: np.ndarray, inverse: bool = False) -> np.ndarray:
+    import scipy.fft
+
     if signals.size == 0:
         return np.array(signals, dtype=np.float64)
     transform = scipy.fft.idct if inverse else scipy.fft.dct

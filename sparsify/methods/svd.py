@@ -57,9 +57,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import ml_dtypes
 import numpy as np
-import scipy.linalg
 
 from sparsify.errors import CorruptArchiveError
 from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
@@ -93,6 +91,8 @@ def exact_svd(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Very rectangular matrices are first reduced by QR to their p x p triangular factor (R-SVD).
     """
+    import scipy.linalg
+
     m, n = b.shape
     if min(m, n) == 0:
         return np.zeros((m, 0)), np.zeros(0), np.zeros((0, n))
@@ -108,6 +108,8 @@ def exact_svd(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _lapack_svd(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import scipy.linalg
+
     try:
         return scipy.linalg.svd(b, full_matrices=False, check_finite=False, lapack_driver="gesdd")
     except np.linalg.LinAlgError:  # gesdd can fail to converge where the slower gesvd does not
@@ -122,6 +124,8 @@ def randomized_svd(
     Halko, Martinsson & Tropp (2011): Q = qr(b Omega), Omega (n, k) Gaussian, refined by ``power_iters``
     rounds of Q = qr(b qr(b^T Q)); then the exact SVD of Q^T b (k, n). Returns u (m, k), s (k,), vt (k, n).
     """
+    import scipy.linalg
+
     m, n = b.shape
 
     def orthonormal(y: np.ndarray) -> np.ndarray:
@@ -430,6 +434,8 @@ def _sq_norm(a: np.ndarray) -> float:
 
 def _factor_dtype(dtype: np.dtype, largest: float) -> np.dtype:
     """``dtype``, unless the largest factor entry would overflow it: then float32 (or float64)."""
+    import ml_dtypes
+
     for candidate in (np.dtype(dtype), np.dtype(np.float32)):
         if largest < float(ml_dtypes.finfo(candidate).max):
             return candidate
