@@ -43,6 +43,7 @@ bench: install $(VENV)/.bench-installed
 	$(PY) bench/methods.py
 	$(PY) bench/lossless.py
 	$(PY) bench/lossy.py
+	$(PY) bench/startup.py
 	$(PY) bench/scale.py
 
 # ZipNN (the lossless yardstick) without its torch dependency, which its byte API does not use
