@@ -35,12 +35,12 @@ def transformer_tensors(seed: int = 0, hidden: int = HIDDEN, layers: int = LAYER
     return tensors
 
 
-def make_hf_folder(root: Path, shards: int = 3, seed: int = 0, bf16_last: bool = True) -> Path:
+def make_hf_folder(root: Path, shards: int = 3, seed: int = 0, bf16_last: bool = True, hidden: int = HIDDEN) -> Path:
     """A sharded Hugging Face-style checkpoint folder: ``model-0000i-of-0000n.safetensors`` with
     ``model.safetensors.index.json``, config, tokenizer, README and a sub-folder; the last shard in
     bfloat16 (mixed-precision checkpoints exist). Returns ``root``."""
     root.mkdir(parents=True, exist_ok=True)
-    tensors = transformer_tensors(seed)
+    tensors = transformer_tensors(seed, hidden=hidden)
     names = list(tensors)
     groups = [names[i::shards] for i in range(shards)]
     weight_map, total = {}, 0

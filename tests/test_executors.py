@@ -8,6 +8,7 @@ import pty
 import select
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from model_folders import folder_files, make_hf_folder
@@ -91,3 +92,34 @@ def test_progress_shows_on_a_terminal_and_not_on_a_pipe(tmp_path):
         text=True,
     )
     assert piped.returncode == 0 and piped.stderr == f"wrote {tmp_path / 'b.sparsify'}\n"
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_nothing(tmp_path):
+    """SIGINT to the process group (what a terminal's Ctrl-C sends) mid rate control with two
+    workers: exit 130 at once, no process left, no temporary file or spool left."""
+    import signal
+    import time
+
+    model = make_hf_folder(tmp_path / "model", hidden=256)  # rate control takes many seconds on it
+    out = tmp_path / "out"
+    out.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sparsify", "compress", str(model), "-o", str(out / "m.sparsify")]
+        + ["--jobs", "2", "--target-ratio", "6", "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline and len(children.read_text().split()) < 2:
+        time.sleep(0.05)  # until the workers are forked
+    time.sleep(0.5)  # planning under way
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.decode().strip().splitlines()[-1] in ("sparsify: aborted", "sparsify: interrupted")
+    assert list(out.iterdir()) == []
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # no worker of the group is left
