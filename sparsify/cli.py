@@ -320,7 +320,8 @@ def plot(input_path, output, force, quiet, **choice):
 @click.option("--json", "json_flag", is_flag=True, help="Print the report as JSON.")
 @click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown.")
 def inspect(archive, json_flag, markdown_flag):
-    """Show what is inside ARCHIVE, per tensor, from its manifest (nothing is decoded)."""
+    """Show what is inside ARCHIVE (an archive or a folder archive), per tensor, from its manifests
+    (nothing is decoded)."""
     from sparsify.inspection import inspect as inspect_archive
 
     _emit(inspect_archive(archive), _report_format(json_flag, markdown_flag))
@@ -344,7 +345,8 @@ def decompress(archive, output, fmt, force, quiet):
     """Decode ARCHIVE back to dense weights, in the original format (or --format).
 
     The original file comes back byte-identical (safetensors, numpy-written npz) or tree-identical
-    (HDF5: groups, attributes, dataset settings) wherever the pipeline was lossless.
+    (HDF5: groups, attributes, dataset settings) wherever the pipeline was lossless. A folder
+    archive comes back as the model folder (shards, shard index, config...), in its own formats.
     """
     _route_warnings(quiet)
     with progress_bar("decompress", enabled=not quiet) as progress:
@@ -365,7 +367,10 @@ def decompress(archive, output, fmt, force, quiet):
 @click.option("--json", "json_flag", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; the exit code tells.")
 def verify(archive, against, max_error, json_flag, quiet):
-    """Decode every tensor of ARCHIVE, checking every checksum; exit 1 on any mismatch."""
+    """Decode every tensor of ARCHIVE, checking every checksum; exit 1 on any mismatch.
+
+    A folder archive: also every member archive and carried file against its index; --against is
+    then the original folder."""
     with progress_bar("verify", enabled=not quiet) as progress:
         result = _api().verify(archive, against=against, max_error=max_error, progress=progress)
     if json_flag:
