@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -355,8 +356,6 @@ def rate_distortion(
     numel = sum(i.info.numel for i in read.items)
     fixed_sq = sum(r["metrics"]["sq_error"] or 0.0 for r in records)
     total_sq_norm = sum(r["metrics"]["sq_norm"] or 0.0 for r in records) + sum(t.sq_norm for t in planned)
-    import json
-
     overhead = sum(r["stored_bytes"] + record_overhead(r) for r in records)
     overhead += sum(len(json.dumps(h["source"]["summary"])) for h in read.heads)
     return ratecontrol.model_curves(planned, overhead, fixed_sq, total_sq_norm, numel)

@@ -37,6 +37,7 @@ def progress_bar(label: str, enabled: bool = True):
 
     return bar(label, enabled)
 
+
 INTERNAL_ERROR = 70
 
 EXIT_CODES_HELP = """\b
@@ -171,11 +172,19 @@ _PIPELINE_OPTIONS = (
 )
 
 
-def _pipeline_options(command):
-    """The options that choose the pipelines (shared by compress and plot), passed on as ``**choice``."""
-    for option in reversed(_PIPELINE_OPTIONS):
-        command = option(command)
-    return command
+def _with(options):
+    """A decorator that adds ``options`` to a command, in the order listed."""
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+_pipeline_options = _with(_PIPELINE_OPTIONS)
+"""The options that choose the pipelines (shared by compress and plot), passed on as ``**choice``."""
 
 
 _JOBS_OPTIONS = (
@@ -184,7 +193,7 @@ _JOBS_OPTIONS = (
         "--jobs",
         type=click.IntRange(min=1),
         metavar="N",
-        help="Worker processes [default: every core]; the archive is the same for every N.",
+        help="Worker processes [default: every core; 1 for models under 8 MB]; the archive is the same for every N.",
     ),
     click.option(
         "--scheduler",
@@ -193,11 +202,7 @@ _JOBS_OPTIONS = (
     ),
 )
 
-
-def _jobs_options(command):
-    for option in reversed(_JOBS_OPTIONS):
-        command = option(command)
-    return command
+_jobs_options = _with(_JOBS_OPTIONS)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sparsify import ratecontrol, work
@@ -48,7 +48,6 @@ class Plan:
 
     choices: list[Choice]
     summary: dict[str, Any] | None = None
-    measured: list[Any] = field(default_factory=list, repr=False)
 
 
 # Rounds of re-allocation that correct the byte budget by the exactly predicted archive size in both
@@ -88,7 +87,7 @@ def plan_model(
         Choice(parse_pipeline(m.points[m.chosen].pipeline), reason) if isinstance(m, ratecontrol.TensorPlan) else c
         for m, c in zip(measured, fixed, strict=True)
     ]
-    return Plan(choices, summary, measured)
+    return Plan(choices, summary)
 
 
 # A planned tensor of at least this many bytes has its candidates measured in as many shares as there
