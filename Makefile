@@ -44,10 +44,12 @@ bench: install $(VENV)/.bench-installed
 	$(PY) bench/lossless.py
 	$(PY) bench/lossy.py
 	$(PY) bench/startup.py
+	$(PY) bench/ratecontrol.py
 	$(PY) bench/scale.py
 
-# ZipNN (the lossless yardstick) without its torch dependency, which its byte API does not use
-# (bench/zipnn_check.py stands in for torch); its sdist needs a C compiler.
+# ZipNN (the lossless yardstick), --no-deps: its byte API needs no torch (bench/zipnn_check.py stands in
+# for it where torch is missing); its sdist needs a C compiler. torch, the CPU build, comes with the bench
+# extra for bench/antiberty.py (a real transformer checkpoint, converted in the benchmark).
 $(VENV)/.bench-installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench,plot]'
 	$(PY) -m pip install --quiet --no-deps zipnn==0.5.4 \

@@ -108,13 +108,19 @@ def load_zipnn() -> tuple[Any | None, str]:
     return ZipNN, f"zipnn {version('zipnn')} ({zipnn.__name__}), {torch_note}"
 
 
+def codec(zipnn_class: Any, dtype: str) -> Any:
+    """A ZipNN object of the byte API for ``dtype``, one thread (its ``compress``/``decompress`` return
+    ``bytes`` or ``bytearray``)."""
+    return zipnn_class(input_format="byte", bytearray_dtype=dtype, threads=1)
+
+
 def compress(zipnn_class: Any, buffer: bytearray, dtype: str) -> bytes:
     """Compress ``buffer`` (ZipNN scrambles it in place for float32/bfloat16: pass a fresh copy)."""
-    return bytes(zipnn_class(input_format="byte", bytearray_dtype=dtype, threads=1).compress(buffer))
+    return bytes(codec(zipnn_class, dtype).compress(buffer))
 
 
 def decompress(zipnn_class: Any, blob: bytes, dtype: str) -> bytes:
-    return bytes(zipnn_class(input_format="byte", bytearray_dtype=dtype, threads=1).decompress(blob))
+    return bytes(codec(zipnn_class, dtype).decompress(blob))
 
 
 def _probe_here(path: Path, dtype: str) -> dict[str, Any]:

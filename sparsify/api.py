@@ -14,7 +14,6 @@ file order) -> report.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsify import __version__, planner, work
+from sparsify import __version__, dtypes, planner, work
 from sparsify.archive import Archive, ArchiveWriter
 from sparsify.archive.folder import (
     INDEX_FORMAT,
@@ -37,7 +36,7 @@ from sparsify.archive.folder import (
 )
 from sparsify.archive.manifest import build_manifest, gate
 from sparsify.archive.version import FORMAT_NAME, FORMAT_VERSION
-from sparsify.archive.writer import code_blob
+from sparsify.archive.writer import code_blob, inline_text
 from sparsify.atomic import (
     atomic_folder,
     atomic_output,
@@ -45,7 +44,8 @@ from sparsify.atomic import (
     check_folder_destination,
     scratch_folder,
 )
-from sparsify.codec import measure, sha256
+from sparsify.checksum import Hasher, algorithm_of, file_checksum, matches
+from sparsify.codec import measure
 from sparsify.dtypes import nbytes_of
 from sparsify.errors import CorruptArchiveError, InputError, UsageError
 from sparsify.executor import InlineExecutor, Workers, open_executor, ordered_map
@@ -164,21 +164,26 @@ class _ReadModel:
 def _read_model(model: Model, options: Options, workers: Workers, stack) -> _ReadModel:
     """List every weight file's tensors and metadata; checksum the files (mapped over the executor)."""
     readers = [stack.enter_context(reader_class(w.format)(w.path)) for w in model.weights]
+    infos = [list(reader.tensors()) for reader in readers]
+    if workers.local_processes:  # before the first job forks them
+        dtypes.preload({info.dtype for listed in infos for info in listed})
     paths = [str(w.path.resolve()) for w in model.weights]  # as workers elsewhere see them
-    digests = list(ordered_map(workers.executor, work.file_sha256, paths, workers.count + 1))
+    digests = list(ordered_map(workers.executor, work.file_checksum, paths, workers.count + 1))
     heads, blobs, items = [], [], []
     for index, (weight, reader, digest) in enumerate(zip(model.weights, readers, digests, strict=True)):
         reader.check_unchanged()  # the checksum is of the file the reader opened
         meta = reader.source_meta()
-        coded = [code_blob(name, data) for name, data in meta.blobs.items()]
+        inline = {name: text for name, data in meta.blobs.items() if (text := inline_text(data)) is not None}
+        coded = {name: code_blob(name, data) for name, data in meta.blobs.items() if name not in inline}
         source_record = {
             "name": weight.path.name,
             "format": reader.format,
             "size": reader.stamp[0],
-            "sha256": digest,
+            "checksum": digest,
             "summary": meta.summary,
             "rebuild": meta.rebuild,
-            "blobs": {name: record for name, (_, record) in zip(meta.blobs, coded, strict=True)},
+            "blobs": {name: record for name, (_, record) in coded.items()},
+            "inline": inline,
         }
         heads.append(
             {
@@ -189,9 +194,9 @@ def _read_model(model: Model, options: Options, workers: Workers, stack) -> _Rea
                 "options": options.as_manifest(),
             }
         )
-        blobs.append([part for part, _ in coded])
+        blobs.append([part for part, _ in coded.values()])
         source = work.Source(str(weight.path.resolve()), reader.format, (reader.stamp[0], reader.stamp[1]))
-        items += [planner.Item(index, source, info) for info in reader.tensors()]
+        items += [planner.Item(index, source, info) for info in infos[index]]
     counts = [sum(1 for item in items if item.file == index) for index in range(len(heads))]
     window = 1 if workers.count == 1 else workers.count + 1
     return _ReadModel(model, heads, blobs, items, readers, window, counts)
@@ -218,7 +223,7 @@ def _write_archives(
             path.parent.mkdir(parents=True, exist_ok=True)
         else:
             path = destination
-        writer = ArchiveWriter(path)
+        writer = ArchiveWriter(path, head["source"]["size"], read.counts[index])
         try:
             for part in read.blobs[index]:
                 writer.add_part(part)
@@ -243,13 +248,13 @@ def _carry_files(model: Model, destination: Path) -> list[dict[str, Any]]:
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         size, digest = _copy(model.carried_path(name), target)
-        entries.append({"name": name, "size": size, "sha256": digest})
+        entries.append({"name": name, "size": size, "checksum": digest})
     return entries
 
 
-def _copy(source: Path, target: Path) -> tuple[int, str]:
-    """Copy a file, fsynced; returns its size and SHA-256 (InputError where the source fails)."""
-    digest, size = hashlib.sha256(), 0
+def _copy(source: Path, target: Path, algorithm: str = "xxh3") -> tuple[int, str]:
+    """Copy a file, fsynced; returns its size and checksum (InputError where the source fails)."""
+    digest, size = Hasher(algorithm), 0
     try:
         reader = open(source, "rb")
     except OSError as exc:
@@ -267,7 +272,7 @@ def _copy(source: Path, target: Path) -> tuple[int, str]:
             size += len(block)
         out.flush()
         os.fsync(out.fileno())
-    return size, digest.hexdigest()
+    return size, digest.value
 
 
 def _write_index(
@@ -278,7 +283,7 @@ def _write_index(
     weights, records = [], []
     paths = [str(destination / archive_name(w.name)) for w in model.weights]
     hasher = workers.executor if workers.local_processes else InlineExecutor()
-    digests = ordered_map(hasher, work.file_sha256, paths, workers.count + 1)
+    digests = ordered_map(hasher, work.file_checksum, paths, workers.count + 1)
     for weight, head, digest in zip(model.weights, read.heads, digests, strict=True):
         path = destination / archive_name(weight.name)
         with Archive(path) as archive:
@@ -289,11 +294,11 @@ def _write_index(
                 "name": weight.name,
                 "format": weight.format,
                 "size": head["source"]["size"],
-                "sha256": head["source"]["sha256"],
+                "checksum": head["source"]["checksum"],
                 "tensors": count,
                 "archive": archive_name(weight.name),
                 "archive_bytes": path.stat().st_size,
-                "archive_sha256": digest,
+                "archive_checksum": digest,
             }
         )
     index = {
@@ -448,8 +453,8 @@ def _decompress_folder(folder: Path, output: str | Path | None, force: bool, pro
             for entry in index["files"]:
                 target = temp / entry["name"]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                size, digest = _copy(folder / entry["name"], target)
-                if (size, digest) != (entry["size"], entry["sha256"]):
+                size, digest = _copy(folder / entry["name"], target, algorithm_of(entry["checksum"]))
+                if (size, digest) != (entry["size"], entry["checksum"]):
                     raise CorruptArchiveError(f"{folder / entry['name']}: differs from the file the index lists")
     return output
 
@@ -462,7 +467,8 @@ def _fsync_file(path: Path) -> None:
 def _check_rebuilt(rebuilt: Path, source: dict[str, Any], archive: Path) -> None:
     """A lossless archive rebuilds its source file exactly: CorruptArchiveError (and no output) if
     the rebuilt bytes differ from the source checksum the manifest records."""
-    if rebuilt.stat().st_size != source["size"] or work.file_sha256(str(rebuilt)) != source["sha256"]:
+    expected = source["checksum"]
+    if rebuilt.stat().st_size != source["size"] or file_checksum(str(rebuilt), algorithm_of(expected)) != expected:
         raise CorruptArchiveError(
             f"{archive}: the rebuilt {source['name']} differs from the file that was compressed "
             "(its size or checksum; damaged manifest?); nothing written"
@@ -528,7 +534,8 @@ def _verify_folder(folder: Path, against: Path | None, result: Verification, pro
         members = [stack.enter_context(open_member(folder, w)) for w in index["weights"]]
         counter = _Counter(progress, sum(len(m.tensors) for m in members), (t for m in members for t in m.tensors))
         for weight, opened in zip(index["weights"], members, strict=True):
-            if work.file_sha256(str(folder / weight["archive"])) != weight["archive_sha256"]:
+            expected = weight["archive_checksum"]
+            if file_checksum(str(folder / weight["archive"]), algorithm_of(expected)) != expected:
                 result.problems.append(f"{weight['archive']}: differs from the archive the index lists (checksum)")
             original = None if against is None else against / weight["name"]
             if original is not None and not original.is_file():
@@ -538,7 +545,8 @@ def _verify_folder(folder: Path, against: Path | None, result: Verification, pro
     for entry in index["files"]:
         path = folder / entry["name"]
         try:
-            same = path.stat().st_size == entry["size"] and work.file_sha256(str(path)) == entry["sha256"]
+            expected = entry["checksum"]
+            same = path.stat().st_size == entry["size"] and file_checksum(str(path), algorithm_of(expected)) == expected
         except OSError:
             same = False
         if not same:
@@ -582,7 +590,7 @@ def _compare(record, decoded, original, by_name, problems: list[str]) -> dict[st
         )
         return {"rel_error": None}
     array = original.read(info.name)
-    if sha256(array) != record["sha256"]:
+    if not matches(array, record["checksum"]):
         problems.append(f"{record['name']}: the original file's tensor differs from the one compressed")
     metrics = measure(array, decoded, info.dtype)
     return {"rel_error": metrics["rel_error"], "max_abs_error": metrics["max_abs_error"]}

@@ -163,15 +163,22 @@ def as_array(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     return raw.view(numpy_dtype).reshape(shape)
 
 
-def encode_header(entries: list[Entry], metadata: dict[str, str] | None) -> bytes:
-    """The JSON header for ``entries`` (in their order), padded with spaces to a multiple of 8 bytes."""
+def encode_header(entries: list[Entry], metadata: dict[str, str] | None, align: int = 8) -> bytes:
+    """The JSON header for ``entries`` (in their order), padded with spaces so that the buffer starts
+    at a multiple of ``align`` bytes (8, or :data:`PAGE` for large archives)."""
     header: dict = {}
     if metadata:
         header["__metadata__"] = metadata
     for e in entries:
         header[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [e.begin, e.end]}
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return raw + b" " * (-(len(raw) + 8) % 8)
+    return raw + b" " * (-(len(raw) + 8) % align)
+
+
+PAGE = 4096
+"""The alignment of a large archive's buffer (format 3.0): the writer reserves whole pages for the
+header in front of the parts it writes, and moves them by whole pages if the header needs more or
+fewer (:class:`DirectContainer`)."""
 
 
 def _copy_in_kernel(source: BinaryIO, out: BinaryIO, size: int) -> bool:
@@ -275,3 +282,65 @@ def _copy_range(source: BinaryIO, out: BinaryIO, size: int) -> None:
             raise OSError(f"spool ended {left} bytes short")
         out.write(block)
         left -= len(block)
+
+
+class DirectContainer(SpooledContainer):
+    """Writes arrays straight into the output file, behind ``reserve`` bytes (a multiple of
+    :data:`PAGE`) left for the header, which goes in front at the end: no spool, no copy of the parts.
+
+    If the header (padded to whole pages) needs more or fewer than ``reserve`` bytes, the parts are
+    moved by whole pages in place (:func:`sparsify.fileops.shift_start`), or -- where the file system
+    cannot -- copied within the file; the container's bytes are the same either way.
+    """
+
+    def __init__(self, out: BinaryIO, reserve: int) -> None:
+        if reserve % PAGE or reserve < PAGE:
+            raise ValueError(f"reserve {reserve} is not a positive multiple of {PAGE}")
+        super().__init__(out)
+        self._out = out
+        self._reserve = reserve
+        out.seek(reserve)
+
+    def add(self, name: str, dtype: str, shape: tuple[int, ...], data: bytes | memoryview) -> Entry:
+        size = len(memoryview(data).cast("B"))
+        entry = self._entry(name, dtype, shape, size)
+        self._out.write(data)
+        return entry
+
+    def add_external(self, name: str, dtype: str, shape: tuple[int, ...], source: BinaryIO, offset: int, size: int):
+        entry = self._entry(name, dtype, shape, size)
+        self._out.flush()
+        source.seek(offset)
+        if not _copy_in_kernel(source, self._out, size):
+            _copy_range(source, self._out, size)
+        return entry
+
+    def write_to(self, out: BinaryIO, metadata: dict[str, str]) -> int:
+        """Put the header (padded to whole pages) in front of the parts; returns the file's size."""
+        from sparsify import fileops
+
+        if out is not self._out:
+            raise ValueError("a direct container writes only the file it was made with")
+        header = encode_header(self._entries, metadata, PAGE)
+        if len(header) > MAX_HEADER_BYTES:
+            raise ValueError(f"header of {len(header)} bytes exceeds the safetensors limit")
+        prefix = 8 + len(header)
+        out.flush()
+        fd = out.fileno()
+        if prefix != self._reserve and not fileops.shift_start(fd, prefix - self._reserve):
+            _move_within(fd, self._reserve, prefix, self._position)
+        os.pwrite(fd, _LENGTH.pack(len(header)) + header, 0)
+        out.seek(prefix + self._position)
+        return prefix + self._position
+
+
+def _move_within(fd: int, start: int, to: int, size: int) -> None:
+    """Move the ``size`` bytes at ``start`` of the open file ``fd`` to ``to`` (a copy through user
+    space, block by block in the order that never overwrites what is still to be moved), and cut the
+    file after them."""
+    block = 16 << 20
+    offsets = range(0, size, block)
+    for offset in reversed(offsets) if to > start else offsets:
+        piece = os.pread(fd, min(block, size - offset), start + offset)
+        os.pwrite(fd, piece, to + offset)
+    os.ftruncate(fd, to + size)

@@ -43,6 +43,15 @@ def _ml_dtype(name: str) -> np.dtype:
     return np.dtype(getattr(ml_dtypes, name))
 
 
+def preload(names) -> None:
+    """Import ml_dtypes now if any of these dtype names needs it: a process about to fork workers
+    does so once for them all (each worker would otherwise pay most of a second)."""
+    for name in names:
+        kind = SAFETENSORS_TYPES.get(name)
+        if kind is not None and kind.ml_name is not None:
+            _ml_dtype(kind.ml_name)
+
+
 def _np(dtype) -> np.dtype:
     return np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).itemsize > 1 else np.dtype(dtype)
 

@@ -12,7 +12,11 @@ same problem has ``alpha_sk = alpha / L``. ``sklearn.decomposition.sparse_encode
 alpha=alpha)`` divides by L itself, so its ``alpha`` is this module's.
 
 * :func:`soft_threshold` -- the proximal map of t||x||₁ (the solution when D is orthonormal);
-* :func:`fista_lasso` -- the solver, vectorised over signals: FISTA with adaptive restart in float32
+* :func:`homotopy_lasso` -- for a Gram matrix of low rank (short signals: segments, a dictionary
+  learned over them) the homotopy / LARS-lasso path from x = 0 to alpha, every signal one event per
+  step, all at once; it only proposes supports and signs, which are then solved and checked as below;
+* :func:`fista_lasso` -- the solver, vectorised over signals: the homotopy first where G's rank is at
+  most :data:`HOMOTOPY_MAX_RANK`, then for the signals left FISTA with adaptive restart in float32
   (sgemm, cheap) only to find each signal's support and signs, then semismooth-Newton (active-set)
   steps in float64: the exact solution for a support and sign pattern is one small linear solve
   (batched over signals), accepted only when it meets the KKT conditions; solved signals leave the
@@ -26,11 +30,23 @@ alpha=alpha)`` divides by L itself, so its ``alpha`` is this module's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 # Elements of the gathered (n, s, s) Gram blocks per batched solve (memory bound: 32 MB of float64).
 _SOLVE_CHUNK = 1 << 22
+# Dictionaries whose Gram matrix has at most this rank are solved by the homotopy first
+# (:func:`homotopy_lasso`): its cost per step grows with the active set (at most the rank) squared,
+# FISTA's with the atoms squared, and it needs no iterations to converge.
+HOMOTOPY_MAX_RANK = 64
+# ... and at least this many times as many atoms as the rank: on a dictionary that is little
+# overcomplete, G is well enough conditioned for FISTA to settle the supports in a few iterations.
+HOMOTOPY_MIN_OVERCOMPLETE = 4
+# Elements of a homotopy chunk's working arrays (correlations, inverse Gram blocks). Each step of a
+# chunk is one matrix product: few large ones, because on a busy machine every multithreaded BLAS call
+# can wait for a descheduled thread.
+_HOMOTOPY_CHUNK = 1 << 23
 # Relative slack on the KKT inequality |g_j| <= alpha off the support (rounding in G x).
 _KKT_SLACK = 1e-9
 
@@ -197,6 +213,248 @@ def _newton(
     return x, solved
 
 
+def homotopy_lasso(
+    gram: np.ndarray, dty: np.ndarray, alpha: float, *, max_active: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lasso minimiser of every signal: support and signs by the homotopy path, values solved exactly.
+
+    For each column b of B, follows the piecewise-linear path of minimisers x(λ) from λ = max|b|
+    (x = 0) down to λ = ``alpha`` (LARS-lasso: Osborne, Presnell & Turlach 2000; Efron et al. 2004).
+    On the active set A with signs s, x_A moves along u = G_AA⁻¹ s and the correlations c = b - G x
+    along -a, a = G[:, A] u, until an inactive atom's |c_j| reaches λ (it joins, with the sign of c_j)
+    or an active coefficient reaches 0 (it leaves). Each step every signal of a chunk takes its own next
+    event, all at once (no loop over signals); G_AA⁻¹ is kept per signal, bordered when an atom joins
+    and downdated when one leaves, and a = Fᵀ(F_A u) with G = FᵀF (F: the (rank, K) factor from the
+    eigendecomposition of G), one matrix product for the chunk.
+
+    The path only proposes: on its final support and signs the minimiser x_S = G_SS⁻¹(b_S - α s) is
+    solved afresh in float64 (:func:`_exact_on_support`, one batched LAPACK solve, as the Newton steps
+    of :func:`fista_lasso` do) and accepted only where it meets the KKT conditions, checked against
+    every atom; the others are returned unsolved (:func:`fista_lasso` finishes them its other way).
+
+    Parameters
+    ----------
+    gram : ndarray of shape (K, K)
+        G = DᵀD.
+    dty : ndarray of shape (K, S)
+        B = DᵀY.
+    alpha : float > 0
+    max_active : int, optional
+        A signal whose active set would grow past this many atoms gives up [default: the rank of G].
+
+    Returns
+    -------
+    codes : ndarray of shape (K, S)
+        The minimiser where ``solved``, 0 elsewhere.
+    solved : bool ndarray of shape (S,)
+    """
+    gram = np.ascontiguousarray(gram, dtype=np.float64)
+    dty = np.asarray(dty, dtype=np.float64)
+    k, count = dty.shape
+    codes = np.zeros((k, count), dtype=np.float64)
+    if k == 0 or count == 0:
+        return codes, np.ones(count, dtype=bool)
+    eigenvalues, vectors = np.linalg.eigh(gram)
+    lip = float(eigenvalues[-1])
+    if not lip > 0:
+        return codes, ~np.abs(dty).any(axis=0)
+    kept = eigenvalues > lip * k * np.finfo(np.float64).eps
+    factor = np.ascontiguousarray((vectors[:, kept] * np.sqrt(eigenvalues[kept])).T)  # (rank, K), G = FᵀF
+    width = max(1, min(int(np.count_nonzero(kept)), k, k if max_active is None else int(max_active)))
+    chunk = max(1, _HOMOTOPY_CHUNK // (4 * k + width * (width + factor.shape[0] + 6)))
+    solved = np.zeros(count, dtype=bool)
+    for first in range(0, count, chunk):
+        cols = np.arange(first, min(first + chunk, count))
+        b = np.ascontiguousarray(dty[:, cols].T)
+        atoms, signs, reached = _homotopy_chunk(gram, factor, b, alpha, width)
+        values, ok = _exact_on_support(gram, factor, b, atoms, signs, alpha)
+        ok &= reached
+        used = (atoms >= 0) & ok[:, None]
+        codes[atoms[used], np.broadcast_to(cols[:, None], atoms.shape)[used]] = values[used]
+        solved[cols] = ok
+    return codes, solved
+
+
+def _exact_on_support(
+    gram: np.ndarray, factor: np.ndarray, b: np.ndarray, atoms: np.ndarray, signs: np.ndarray, alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lasso minimiser on a support and sign pattern, and whether it is the minimiser.
+
+    Per signal (row of ``b``, shape (n, K)): x_S = G_SS⁻¹(b_S - α s) on the atoms ``atoms`` (n, w),
+    -1 in unused slots, with ``signs`` (n, w); one batched float64 solve (unused slots padded with
+    the identity). Returns the values (n, w) and the KKT test (n,) of :func:`_kkt_ok`: on the support
+    G_S x = b_S - α s and sign(x) = s, off it |b_j - G_j x| <= α, up to rounding.
+    """
+    n, width = atoms.shape
+    used = atoms >= 0
+    safe = np.maximum(atoms, 0)
+    blocks = gram[safe[:, :, None], safe[:, None, :]] * (used[:, :, None] & used[:, None, :])
+    blocks[:, np.arange(width), np.arange(width)] += ~used
+    rhs = np.where(used, np.take_along_axis(b, safe, axis=1) - alpha * signs, 0.0)
+    values = _solve_blocks(blocks, rhs) * used
+    scale = np.maximum(np.abs(b).max(axis=1, initial=0.0), 1e-300)
+    on = np.abs(rhs - np.einsum("sij,sj->si", blocks, values)) <= _KKT_SLACK * (alpha + scale)[:, None]
+    signed = (values * signs > 0) | ~used
+    fitted = np.einsum("si,rsi->sr", values, factor[:, safe]) @ factor  # G x, (n, K)
+    off = np.abs(b - fitted) <= (alpha * (1 + _KKT_SLACK) + 1e-13 * scale)[:, None]
+    off[np.broadcast_to(np.arange(n)[:, None], atoms.shape)[used], atoms[used]] = True
+    return values, (on | ~used).all(axis=1) & signed.all(axis=1) & off.all(axis=1)
+
+
+def _homotopy_chunk(
+    gram: np.ndarray, factor: np.ndarray, b: np.ndarray, alpha: float, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The homotopy path of :func:`homotopy_lasso` for one chunk of signals (``b``: (n, K), signal-major).
+
+    Active atoms live in ``width`` slots per signal (a free slot holds atom -1, coefficient and sign 0,
+    and a zero row and column of the slot-indexed G_AA⁻¹). Returns the slots' atoms (n, width), their
+    signs (n, width) and whether each signal reached ``alpha`` (n,): False where its active set
+    would outgrow the slots, a joining atom depends on the active ones, or the steps ran out. The
+    working arrays hold only the signals still on their way (compacted when some arrive).
+    """
+    n, k = b.shape
+    diag = np.diagonal(gram)
+    out_atoms = np.full((n, width), -1, dtype=np.int64)
+    out_signs = np.zeros((n, width))
+    reached = np.abs(b).max(axis=1) <= alpha  # x = 0 is the minimiser
+    index = np.flatnonzero(~reached)  # the signals on their way
+    c = b[index]  # correlations b - G x
+    lam = np.abs(c).max(axis=1)
+    m = index.size
+    state = _Path(
+        atoms=np.full((m, width), -1, dtype=np.int64),
+        x=np.zeros((m, width)),
+        sgn=np.zeros((m, width)),
+        inv=np.zeros((m, width, width)),  # G_AA^-1 on the slots
+        fa=np.zeros((m, width, factor.shape[0])),  # F[:, atom] per slot
+        active=np.zeros((m, k), dtype=bool),
+    )
+    rows = np.arange(m)
+    first = np.abs(c).argmax(axis=1)
+    ok = _join(gram, factor, diag, state, rows, first, np.sign(c[rows, first]))
+    dropped = np.full(m, -1, dtype=np.int64)  # the atom that just left: its |c| = λ, it must not rejoin at once
+    going = ok  # signals still on their way; the others idle (no step) until the arrays are compacted
+    for _ in range(4 * width + 16):
+        if np.count_nonzero(going) < 0.75 * going.size:  # compact: copying costs about one step
+            keep = np.flatnonzero(going)
+            index, c, lam, dropped, state = index[keep], c[keep], lam[keep], dropped[keep], state.take(keep)
+            going = going[keep]
+        m = index.size
+        if m == 0 or not going.any():
+            break
+        rows = np.arange(m)
+        u = np.einsum("sij,sj->si", state.inv, state.sgn)
+        a = np.einsum("si,sir->sr", u, state.fa) @ factor  # G[:, A] u
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # |c_j - γ a_j| reaches λ - γ at γ = (λ ∓ c_j) / (1 ∓ a_j); the first positive one is the
+            # largest positive 1/γ, and the reciprocal leaves the impossible ends (1 ∓ a_j <= 0) negative.
+            speed = np.subtract(1.0, a)
+            speed /= np.subtract(lam[:, None], c)
+            other = np.add(1.0, a)
+            other /= np.add(lam[:, None], c)
+            np.fmax(speed, other, out=speed)  # fmax: a 0/0 (an atom exactly on the path) is no event
+            speed[state.active] = -np.inf
+            stale = np.flatnonzero(dropped >= 0)
+            speed[stale, dropped[stale]] = -np.inf
+            joiner = speed.argmax(axis=1)
+            fastest = speed[rows, joiner]
+            gamma_join = np.where(fastest > 0, 1.0 / fastest, np.inf)
+            leave = np.where(state.x * u < 0, -state.x / u, np.inf)
+        leaver = leave.argmin(axis=1)
+        gamma_drop = leave[rows, leaver]
+        gamma_end = lam - alpha
+        gamma = np.where(going, np.minimum(np.minimum(gamma_join, gamma_drop), gamma_end), 0.0)
+        state.x[:] += gamma[:, None] * u
+        c -= gamma[:, None] * a
+        lam -= gamma
+        finish = going & (gamma_end <= np.minimum(gamma_join, gamma_drop))
+        drop = going & ~finish & (gamma_drop < gamma_join)
+        join = going & ~finish & ~drop
+        going = going & ~finish
+        arrived = np.flatnonzero(finish)
+        out_atoms[index[arrived]] = state.atoms[arrived]
+        out_signs[index[arrived]] = state.sgn[arrived]
+        reached[index[arrived]] = True
+        dropped[:] = -1
+        if drop.any():
+            who = np.flatnonzero(drop)
+            dropped[who] = state.atoms[who, leaver[who]]
+            _leave(state, who, leaver[who])
+        if join.any():
+            who = np.flatnonzero(join)
+            going[who] = _join(gram, factor, diag, state, who, joiner[who], np.sign(c[who, joiner[who]]))
+    return out_atoms, out_signs, reached
+
+
+class _Path(NamedTuple):
+    """The homotopy's per-signal state (signal-major): active atoms per slot (-1: free), their
+    coefficients and signs, the slot-indexed G_AA⁻¹, F's columns of the active atoms, and the active
+    atoms as a (signals, K) mask."""
+
+    atoms: np.ndarray
+    x: np.ndarray
+    sgn: np.ndarray
+    inv: np.ndarray
+    fa: np.ndarray
+    active: np.ndarray
+
+    def take(self, rows: np.ndarray) -> _Path:
+        return _Path(*(v[rows] for v in self))
+
+
+def _join(
+    gram: np.ndarray,
+    factor: np.ndarray,
+    diag: np.ndarray,
+    state: _Path,
+    who: np.ndarray,
+    atom: np.ndarray,
+    sign: np.ndarray,
+) -> np.ndarray:
+    """Atom ``atom[i]`` joins signal ``who[i]``'s active set in its first free slot, with ``sign[i]``,
+    G_AA⁻¹ bordered, in place. Returns, per ``who``, False where the signal had no free slot or the
+    new atom depends on its active ones (nothing changed then)."""
+    free = state.atoms[who] < 0
+    slot = free.argmax(axis=1)
+    cross = gram[np.maximum(state.atoms[who], 0), atom[:, None]] * ~free  # G[A, j] on the slots
+    w = np.einsum("sij,sj->si", state.inv[who], cross)
+    delta = diag[atom] - np.einsum("si,si->s", w, cross)
+    ok = free.any(axis=1) & (sign != 0) & (delta > 1e-10 * diag[atom])
+    who, atom, slot, w, delta, sign = who[ok], atom[ok], slot[ok], w[ok], delta[ok], sign[ok]
+    if 2 * who.size > state.inv.shape[0]:  # most signals join: one pass over all beats a gather and a scatter
+        full = np.zeros(state.inv.shape[:2])
+        full[who] = w
+        scale = np.zeros(full.shape[0])
+        scale[who] = 1.0 / delta
+        state.inv[:] += (full * scale[:, None])[:, :, None] * full[:, None, :]
+    else:
+        state.inv[who] += (w / delta[:, None])[:, :, None] * w[:, None, :]
+    border = -w / delta[:, None]
+    state.inv[who, slot, :] = border
+    state.inv[who, :, slot] = border
+    state.inv[who, slot, slot] = 1.0 / delta
+    state.atoms[who, slot] = atom
+    state.sgn[who, slot] = sign
+    state.x[who, slot] = 0.0
+    state.fa[who, slot] = factor[:, atom].T
+    state.active[who, atom] = True
+    return ok
+
+
+def _leave(state: _Path, who: np.ndarray, slot: np.ndarray) -> None:
+    """The atom in slot ``slot[i]`` leaves signal ``who[i]``'s active set; G_AA⁻¹ is downdated, in place."""
+    column = state.inv[who, :, slot]
+    pivot = state.inv[who, slot, slot]
+    state.inv[who] -= np.einsum("si,sj->sij", column, column) / pivot[:, None, None]
+    state.inv[who, slot, :] = 0.0
+    state.inv[who, :, slot] = 0.0
+    state.active[who, state.atoms[who, slot]] = False
+    state.atoms[who, slot] = -1
+    state.sgn[who, slot] = 0.0
+    state.x[who, slot] = 0.0
+    state.fa[who, slot] = 0.0
+
+
 def _fista32_steps(
     descent: np.ndarray, shift: np.ndarray, state: tuple[np.ndarray, ...], threshold: float, iters: int, watch: int
 ) -> tuple[np.ndarray, ...]:
@@ -245,8 +503,9 @@ def fista_lasso(
     max_warm_iters: int = 300,
     polish_every: int = 5,
     newton_steps: int = 2,
+    homotopy: bool = True,
 ) -> np.ndarray:
-    """Solve the lasso exactly for every signal at once: float32 FISTA to find supports, float64 Newton to finish.
+    """Solve the lasso exactly for every signal at once: homotopy or float32 FISTA for supports, float64 to finish.
 
     Minimises, independently for each column,
 
@@ -287,6 +546,11 @@ def fista_lasso(
         Fallback iterations between Newton polishing steps (0: never polish).
     newton_steps : int
         Newton steps per round.
+    homotopy : bool
+        When G has rank <= :data:`HOMOTOPY_MAX_RANK` (short signals: segments, a learned dictionary
+        over them) and K >= :data:`HOMOTOPY_MIN_OVERCOMPLETE` x rank, first solve every signal by
+        :func:`homotopy_lasso`; only the signals it leaves unsolved go through the rounds above
+        (``init`` is for those).
 
     Returns
     -------
@@ -303,6 +567,55 @@ def fista_lasso(
     if not lip > 0:
         return codes
     rank = int(np.count_nonzero(eigenvalues > lip * k * np.finfo(np.float64).eps))
+    todo = np.arange(count)
+    if homotopy and rank <= HOMOTOPY_MAX_RANK and k >= HOMOTOPY_MIN_OVERCOMPLETE * rank and alpha > 0:
+        codes, solved = homotopy_lasso(gram, dty, alpha)
+        todo = np.flatnonzero(~solved)
+        if todo.size == 0:
+            return codes
+        if init is not None:
+            init = init[:, todo]
+        dty = dty[:, todo]
+    codes[:, todo] = _rounds(
+        gram,
+        dty,
+        alpha,
+        init,
+        lip,
+        rank,
+        block,
+        max_iter,
+        tol,
+        polish_every,
+        newton_steps,
+        first_iters,
+        warm_iters,
+        ready,
+        max_warm_iters,
+    )
+    return codes
+
+
+def _rounds(
+    gram: np.ndarray,
+    dty: np.ndarray,
+    alpha: float,
+    init: np.ndarray | None,
+    lip: float,
+    rank: int,
+    block: int,
+    max_iter: int,
+    tol: float,
+    polish_every: int,
+    newton_steps: int,
+    first_iters: int,
+    warm_iters: int,
+    ready: int,
+    max_warm_iters: int,
+) -> np.ndarray:
+    """The float32 FISTA + Newton rounds of :func:`fista_lasso` (and its float64 fallback), block by block."""
+    k, count = dty.shape
+    codes = np.zeros((k, count), dtype=np.float64)
     solver = _BlockSolver(gram, lip, rank, alpha, warm_iters, max_warm_iters, newton_steps, first_iters, ready)
     for first in range(0, count, block):
         cols = slice(first, first + block)

@@ -24,6 +24,12 @@ of triangular solves, the residual correlations α = Dᵀr are updated by one or
 and at the end x[I] = L⁻ᵀ z. The selection rule and stopping tests follow scikit-learn's
 ``orthogonal_mp_gram``, so both pick the same supports on the same problem (up to exact ties).
 
+:func:`omp_signals` takes the signals themselves (what K-SVD has): it forms Dᵀy a chunk at a time,
+and for short signals (L <= 32, e.g. segments of 16) keeps the residual r as a vector instead of its
+correlations: per step α = Dᵀr (one matrix product for the chunk, L terms per entry instead of
+gathering a K-long Gram row per chosen atom), q_k = D_I (L_k⁻¹)[k, :]ᵀ, z_k = q_kᵀ r, r -= z_k q_k; the
+same supports, and the residuals K-SVD needs come for free.
+
 Pure numpy; no state.
 """
 
@@ -38,6 +44,11 @@ _CHUNK_ELEMENTS = 1 << 18
 # A signal stops when its largest residual correlation falls to this fraction of its largest initial
 # one (its residual is numerically orthogonal to every atom: further atoms would only store noise).
 _RELATIVE_FLOOR = 1e-10
+# Signals at most this long are coded in signal space by :func:`omp_signals` (see there), in chunks of
+# about this many correlations: large enough that the chunk's matrix products amortise BLAS's start-up
+# (threads), small enough to stay in cache.
+_SIGNAL_SPACE_LENGTH = 32
+_SIGNAL_CHUNK_ELEMENTS = 1 << 23
 
 
 class OMPResult(NamedTuple):
@@ -223,3 +234,146 @@ def _omp_block(
     coefs[support < 0] = 0.0
     if residual is not None:
         np.maximum(residual, 0.0, out=residual)
+
+
+class SignalCodes(NamedTuple):
+    """Compact OMP codes of signals given as vectors, with what K-SVD needs of them.
+
+    support, coefs: int64 / float64 arrays of shape (S, nnz), as in :class:`OMPResult`.
+    residual:       float64 array of shape (S, L): y - D x per signal (None unless asked for).
+    residual_sq:    float64 array of shape (S,): ‖y - D x‖², summed from ``residual`` when it is
+                    computed, else ‖y‖² - ‖z‖² as in :class:`OMPResult`.
+    """
+
+    support: np.ndarray
+    coefs: np.ndarray
+    residual: np.ndarray | None
+    residual_sq: np.ndarray
+
+
+def omp_signals(dictionary: np.ndarray, signals: np.ndarray, nnz: int, *, residual: bool = False) -> SignalCodes:
+    """Batch OMP of signals given as vectors: :func:`batch_omp_support` with DᵀY formed a chunk at a time.
+
+    The correlations of a chunk of signals with the atoms are one matrix product that stays in cache
+    (the whole (S, K) array for S = 732,528 signals and K = 256 atoms would be 1.5 GB); the chunk is then
+    coded by the same vectorised Batch-OMP steps, and, with ``residual``, its residual y - D x is formed
+    from the chunk's codes (each signal's atoms added in slot order, float64).
+
+    Parameters
+    ----------
+    dictionary : ndarray of shape (L, K)
+        D (unit-norm atoms are usual, not required).
+    signals : ndarray of shape (S, L)
+        Y signal-major: row s is signal s.
+    nnz : int
+        At most this many nonzeros per signal (>= 0).
+    residual : bool
+        Also return y - D x per signal.
+
+    Returns
+    -------
+    SignalCodes
+        Codes of shape (S, min(nnz, K)), the residual when asked for, and ‖y - D x‖² per signal.
+
+    Examples
+    --------
+    >>> codes = omp_signals(np.eye(3), np.array([[3.0, 0.5, -2.0]]), 2, residual=True)
+    >>> codes.support.tolist(), codes.coefs.tolist(), codes.residual.tolist()
+    ([[0, 2]], [[3.0, -2.0]], [[0.0, 0.5, 0.0]])
+    """
+    dictionary = np.asarray(dictionary, dtype=np.float64)
+    signals = np.asarray(signals, dtype=np.float64)
+    length, atoms = dictionary.shape
+    if signals.ndim != 2 or signals.shape[1] != length:
+        raise ValueError(f"signals {signals.shape} do not fit a dictionary {dictionary.shape}: need (S, L)")
+    if nnz < 0:
+        raise ValueError(f"nnz must be >= 0, not {nnz}")
+    count = signals.shape[0]
+    width = min(int(nnz), atoms)
+    gram = dictionary.T @ dictionary
+    diag = np.ascontiguousarray(np.diagonal(gram))
+    support = np.full((count, width), -1, dtype=np.int64)
+    coefs = np.zeros((count, width), dtype=np.float64)
+    out = np.array(signals) if residual else None
+    y_sq = np.einsum("sl,sl->s", signals, signals)
+    in_signal_space = length <= _SIGNAL_SPACE_LENGTH
+    elements = _SIGNAL_CHUNK_ELEMENTS if in_signal_space else _CHUNK_ELEMENTS
+    chunk = max(1, elements // max(1, atoms * (width + 2)))
+    # Short signals: the residual's correlations D^T r (one matrix product, L terms) are cheaper than
+    # updating them through gathered Gram rows (K values per chosen atom).
+    for start in range(0, count if width else 0, chunk):
+        block = slice(start, min(start + chunk, count))
+        part = np.ascontiguousarray(signals[block])
+        if in_signal_space:
+            r = _omp_block_signals(dictionary, gram, diag, part, width, support[block], coefs[block])
+            if out is not None:
+                out[block] = r
+            y_sq[block] = np.einsum("sl,sl->s", r, r)
+            continue
+        residual_sq = y_sq[block].copy()
+        _omp_block(gram, diag, part @ dictionary, width, None, residual_sq, support[block], coefs[block])
+        if out is not None:
+            used = support[block] >= 0
+            chosen = dictionary.T[np.where(used, support[block], 0)]  # (s, nnz, L)
+            for slot in range(width):
+                out[block] -= coefs[block, slot, None] * chosen[:, slot]
+            y_sq[block] = np.einsum("sl,sl->s", out[block], out[block])
+        else:
+            y_sq[block] = residual_sq
+    return SignalCodes(support, coefs, out, y_sq)
+
+
+def _omp_block_signals(
+    dictionary: np.ndarray,
+    gram: np.ndarray,
+    diag: np.ndarray,
+    y: np.ndarray,
+    width: int,
+    support: np.ndarray,
+    coefs: np.ndarray,
+) -> np.ndarray:
+    """OMP on one chunk of signals ``y`` (n, L) in signal space; writes ``support`` and ``coefs``, returns
+    the residuals (n, L).
+
+    The same steps as :func:`_omp_block` (selection, stopping rules, inverse Cholesky factor of
+    G[I, I]), but the residual r is kept as a vector: the correlations are Dᵀr, the new orthonormal
+    direction is q_k = D_I (L_k⁻¹)[k, :]ᵀ, z_k = q_kᵀ r and r -= z_k q_k.
+    """
+    count = y.shape[0]
+    rows = np.arange(count)
+    r = y.copy()
+    linv = np.zeros((count, width, width))
+    z = np.zeros((count, width))
+    chosen = np.empty((count, width, y.shape[1]))  # the chosen atoms, per signal
+    alpha = y @ dictionary
+    floor = np.abs(alpha).max(axis=1) * _RELATIVE_FLOOR
+    active = floor > 0
+    eps = np.finfo(np.float64).eps
+    for k in range(width):
+        if k:
+            alpha = r @ dictionary
+        magnitude = np.abs(alpha, out=alpha)
+        pick = magnitude.argmax(axis=1)
+        active &= magnitude[rows, pick] > floor
+        if k:
+            active &= ~(support[:, :k] == pick[:, None]).any(axis=1)  # chosen twice: residual is orthogonal
+        if not active.any():
+            break
+        chosen[:, k] = dictionary.T[pick]
+        cross = gram[np.maximum(support[:, :k], 0), pick[:, None]]  # G[I, a], shape (count, k)
+        w = np.einsum("sij,sj->si", linv[:, :k, :k], cross)
+        d_sq = diag[pick] - np.einsum("si,si->s", w, w)
+        active &= d_sq > eps * diag[pick]  # the new atom depends on the chosen ones
+        w[~active] = 0.0
+        d = np.sqrt(np.where(active, d_sq, 1.0))
+        linv[:, k, :k] = -np.einsum("si,sij->sj", w, linv[:, :k, :k]) / d[:, None]
+        linv[:, k, k] = 1.0 / d
+        q = np.einsum("sj,sjl->sl", linv[:, k, : k + 1], chosen[:, : k + 1])
+        zk = np.einsum("sl,sl->s", q, r)
+        zk[~active] = 0.0
+        z[:, k] = zk
+        support[active, k] = pick[active]
+        r -= zk[:, None] * q
+    coefs[:] = np.einsum("sij,si->sj", linv, z)
+    coefs[support < 0] = 0.0
+    return r

@@ -1,18 +1,30 @@
 """Plan the model: the pipeline of every tensor of every weight file, chosen once for the whole model.
 
 Rules and the lossless defaults fix most tensors' pipelines (:func:`sparsify.rules.choose`). With
-``-p auto`` or a whole-model target the rest are planned: every candidate of every such tensor is
-measured (:func:`sparsify.work.measure`, mapped over the executor: the measurements are the costly
-part), then :mod:`sparsify.ratecontrol` allocates across all tensors of all files at once. A target
-is met over the sum of the archives (one per weight file): each archive's size is computed exactly
-from the very manifest it will hold (:func:`sparsify.archive.manifest.predicted_size`), and of the
-allocations tried, the least-error one that fits is kept -- a byte budget that can be met is met by
-construction.
+``-p auto`` or a whole-model target the rest are planned, then :mod:`sparsify.ratecontrol` allocates
+across all tensors of all files at once. Measuring candidates is the costly part; it is mapped over
+the executor (:func:`sparsify.work.measure`):
+
+* ``-p auto``: every candidate of every planned tensor is measured exactly (encoded, decoded, checked).
+* a target: every candidate is *estimated* on a sample of its tensor (:mod:`sparsify.estimate`; small
+  tensors are measured exactly all the same), the allocation is made on the estimates, and only the
+  chosen candidate of each tensor and its neighbours on the tensor's hull are then measured exactly
+  -- again, while the re-calibrated estimates promise a better allocation (:func:`_settle`). The
+  final allocation chooses among exactly measured candidates only. With ``SPARSIFY_RATE_CONTROL=
+  exhaustive`` (:data:`RATE_CONTROL_ENV`, for tests and benchmarks) every candidate is measured
+  exactly, the reference the estimated plan is compared to.
+
+A target is met over the sum of the archives (one per weight file): each archive's size is computed
+exactly from the very manifest it will hold (:func:`sparsify.archive.manifest.predicted_size`), and of
+the allocations tried, the least-error one that fits is kept -- a byte budget that can be met is met by
+construction. The plan is the same for any number of workers: shares of a tensor's candidates are
+joined in candidate order, and samples and estimates depend on the tensor alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -71,7 +83,10 @@ def plan_model(
     if not options.auto:
         return Plan(fixed)
     mode = "auto" if options.target is None else next(iter(options.target))
-    measured = measure_model(items, fixed, options, mode, executor, window, progress, workers)
+    estimated = mode != "auto" and os.environ.get(RATE_CONTROL_ENV, "") != "exhaustive"
+    measured = measure_model(items, fixed, options, mode, executor, window, progress, workers, estimated)
+    if estimated:
+        _settle(items, fixed, measured, heads, options, executor, window, progress, workers)
     planned = [m for m in measured if isinstance(m, ratecontrol.TensorPlan)]
     summary: dict[str, Any] = {"mode": mode, "max_error": options.max_error, "target": options.target}
     summary["candidates"] = sum(t.measured for t in planned)
@@ -90,6 +105,10 @@ def plan_model(
     return Plan(choices, summary)
 
 
+RATE_CONTROL_ENV = "SPARSIFY_RATE_CONTROL"
+"""Set to ``exhaustive`` (internal, for tests and benchmarks): a target measures every candidate of
+every tensor exactly, as before estimates existed -- the reference the estimated plan is compared to."""
+
 # A planned tensor of at least this many bytes has its candidates measured in as many shares as there
 # are workers (so that one big tensor does not leave the other workers idle).
 SHARE_BYTES = 16 << 20
@@ -104,53 +123,169 @@ def measure_model(
     window: int,
     progress: Progress | None = None,
     workers: int = 1,
+    estimated: bool = False,
 ) -> list[Any]:
     """Per item: the manifest record of its fixed pipeline (rules, lossless defaults), or its
-    :class:`ratecontrol.TensorPlan` with every candidate of ``mode`` measured (a big tensor's
-    candidates in ``workers`` shares, joined in candidate order: the same plan as in one)."""
-    sizes = [nbytes_of(item.info.dtype, item.info.shape) for item in items]
+    :class:`ratecontrol.TensorPlan` with every candidate of ``mode`` measured -- or, ``estimated``,
+    estimated on a sample where the tensor is big enough (a big tensor's candidates in ``workers``
+    shares, joined in candidate order: the same plan as in one)."""
+    requests = [
+        (index, mode if choice.reason == "default" else None, None)  # the rules fixed the others
+        for index, choice in enumerate(fixed)
+    ]
+    return _measure(items, fixed, options, requests, executor, window, progress, workers, estimated, "planning")
+
+
+def _measure(
+    items: list[Item],
+    fixed: list[Choice],
+    options: Options,
+    requests: list[tuple[int, str | None, tuple[str, ...] | None]],
+    executor: Executor,
+    window: int,
+    progress: Progress | None,
+    workers: int,
+    estimated: bool,
+    label: str,
+) -> list[Any]:
+    """The results of ``requests`` -- (item index, mode or None for its fixed pipeline, candidates
+    or None for all of the mode's) -- in request order: a record or a :class:`ratecontrol.TensorPlan`.
+    Exact measurements of a big tensor are split in ``workers`` shares of its candidates."""
+    sizes = [nbytes_of(items[index].info.dtype, items[index].info.shape) for index, _, _ in requests]
     jobs, owner = [], []
-    for index, (item, choice) in enumerate(zip(items, fixed, strict=True)):
-        planned = mode if choice.reason == "default" else None  # the rules fixed the others
-        shares = workers if planned and workers > 1 and sizes[index] >= SHARE_BYTES else 1
+    for request, ((index, planned, candidates), size) in enumerate(zip(requests, sizes, strict=True)):
+        item = items[index]
+        big = planned and workers > 1 and size >= SHARE_BYTES
+        shares = min(workers, len(candidates)) if big and candidates is not None else workers if big else 1
         for share in range(shares):
             job = work.MeasureJob(
-                item.source, item.info, choice, options.seed, planned, options.max_error, (share, shares)
+                item.source,
+                item.info,
+                fixed[index],
+                options.seed,
+                planned,
+                options.max_error,
+                (share, shares),
+                candidates,
+                estimated,
             )
             jobs.append(job)
-            owner.append(index)
+            owner.append(request)
     total, done, count = sum(sizes), [0, 0], len(jobs)
+    # the biggest jobs first, so that no worker is left with one at the end (results by job)
+    order = sorted(range(count), key=lambda j: (-(sizes[owner[j]] // jobs[j].share[1]), j))
 
     def advance(index: int, _result) -> None:
+        job = order[index]
         done[0] += 1
-        done[1] += sizes[owner[index]] // jobs[index].share[1]
+        done[1] += sizes[owner[job]] // jobs[job].share[1]
         if progress:
-            progress(f"planning {items[owner[index]].info.name}", done[0], count, done[1], total)
+            progress(f"{label} {items[requests[owner[job]][0]].info.name}", done[0], count, done[1], total)
 
     if progress:
-        progress("planning", 0, count, 0, total)
-    results = run_all(executor, work.measure, jobs, window, advance)
-    measured: list[Any] = [None] * len(items)
+        progress(label, 0, count, 0, total)
+    results: list[Any] = [None] * count
+    ordered = run_all(executor, work.measure, [jobs[j] for j in order], window, advance)
+    for j, result in zip(order, ordered, strict=True):
+        results[j] = result
+    measured: list[Any] = [None] * len(requests)
     split = set()
-    for index, result in zip(owner, results, strict=True):
-        if measured[index] is None:
-            measured[index] = result
+    for request, result in zip(owner, results, strict=True):
+        if measured[request] is None:
+            measured[request] = result
         else:  # the next share of a big tensor's candidates
-            measured[index].points += result.points
-            measured[index].measured += result.measured
-            split.add(index)
-    for index in sorted(split):
+            measured[request].points += result.points
+            measured[request].measured += result.measured
+            split.add(request)
+    for request in sorted(split):
         if options.max_error is not None:  # the bound of ratecontrol.plan_tensor, on the joined shares
-            plan = measured[index]
+            plan = measured[request]
             plan.points = [p for p in plan.points if p.rel_error <= options.max_error] or plan.points
     return measured
 
 
-def _allocate_to_target(
-    items: list[Item], measured: list[Any], heads: list[dict[str, Any]], summary: dict[str, Any], options: Options
-) -> dict[str, Any]:
-    """Allocate the planned tensors to the options' target (sets each plan's ``chosen``); returns the
-    plan's summary exactly as every manifest records it."""
+# Rounds of "allocate on the estimates, measure exactly what was chosen and its hull neighbours".
+_SETTLE_ROUNDS = 3
+
+
+def _settle(
+    items: list[Item],
+    fixed: list[Choice],
+    measured: list[Any],
+    heads: list[dict[str, Any]],
+    options: Options,
+    executor: Executor,
+    window: int,
+    progress: Progress | None,
+    workers: int,
+) -> None:
+    """Turn the estimated plans of ``measured`` into exact ones, measuring few candidates: allocate
+    to the target on the estimates, measure exactly the chosen candidate of every tensor and its
+    neighbours on the tensor's lower hull, recalibrate the tensor's other estimates on them
+    (:func:`ratecontrol.substitute`); then, while the allocation chooses an estimate and promises a
+    better plan than the exact points allow (:func:`_promising`), measure the chosen ones (at most
+    :data:`_SETTLE_ROUNDS` rounds in all). Then only the exact points are kept: the allocation to the
+    target (:func:`_allocate_to_target`) chooses among them, on exact figures."""
+    indices = [i for i, m in enumerate(measured) if isinstance(m, ratecontrol.TensorPlan)]
+    planned = [measured[i] for i in indices]
+    budget, overhead, planned_sq_norm = _budget(measured, heads, options)
+    mode = next(iter(options.target))
+    error = options.target.get("error")
+    for round_ in range(_SETTLE_ROUNDS):
+        outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, error)
+        # later rounds measure only what is chosen: the first measured a step either way
+        wanted = [tuple(t.points[j].pipeline for j in ratecontrol.near_choice(t, not round_)) for t in planned]
+        requests = [(indices[k], mode, want) for k, want in enumerate(wanted) if want]
+        if not requests or (round_ and not _promising(planned, outcome, overhead, planned_sq_norm, budget, error)):
+            break
+        results = _measure(items, fixed, options, requests, executor, window, progress, workers, False, "measuring")
+        exact = iter(results)
+        for t, want in zip(planned, wanted, strict=True):
+            if want:
+                ratecontrol.substitute(t, want, next(exact).points)
+    for t in planned:
+        t.points = [p for p in t.points if p.exact]
+    # a tensor left without an exact point (every candidate measured did not apply): all of them
+    missing = [k for k, t in enumerate(planned) if not t.points]
+    requests = [(indices[k], mode, None) for k in missing]
+    for k, result in zip(
+        missing, _measure(items, fixed, options, requests, executor, window, None, workers, False, ""), strict=True
+    ):
+        planned[k].points = result.points
+    for t in planned:
+        if options.max_error is not None:
+            t.points = [p for p in t.points if p.rel_error <= options.max_error] or t.points
+        t.chosen = 0
+
+
+# A round of exact measurements after the first is run only if the estimates promise an allocation
+# better than the exact points' by more than this fraction (of the error, or of the bytes).
+_SETTLE_GAIN = 0.002
+
+
+def _promising(
+    planned: list[ratecontrol.TensorPlan],
+    outcome: dict[str, Any],
+    overhead: float,
+    sq_norm: float,
+    budget: float | None,
+    error: float | None,
+) -> bool:
+    """Whether ``outcome`` (the allocation on exact and estimated points) beats the best allocation
+    on the exact points alone by more than :data:`_SETTLE_GAIN` -- or that one does not meet the target."""
+    exact = [ratecontrol.TensorPlan(t.name, t.sq_norm, [p for p in t.points if p.exact]) for t in planned]
+    if not all(t.points for t in exact):
+        return True
+    alone = ratecontrol.allocate(exact, overhead, 0.0, sq_norm, budget, error)
+    if not alone["met"]:
+        return True
+    key = "predicted_bytes" if budget is None else "predicted_weighted_rel_error"
+    return outcome["met"] and outcome[key] < alone[key] * (1 - _SETTLE_GAIN)
+
+
+def _budget(measured: list[Any], heads: list[dict[str, Any]], options: Options) -> tuple[float | None, float, float]:
+    """(byte budget or None, bytes of everything but the planned tensors' points as the allocator
+    counts them, the planned tensors' summed squared norm) for the options' target."""
     target = options.target
     source_bytes = sum(h["source"]["size"] for h in heads)
     budget = source_bytes / target["ratio"] if "ratio" in target else target.get("size")
@@ -159,6 +294,17 @@ def _allocate_to_target(
     planned_sq_norm = sum(t.sq_norm for t in planned)
     fixed_bytes = sum(m["stored_bytes"] + record_overhead(m) for m in measured if isinstance(m, dict))
     overhead = fixed_bytes + sum(len(json.dumps(h)) for h in heads)
+    return budget, overhead, planned_sq_norm
+
+
+def _allocate_to_target(
+    items: list[Item], measured: list[Any], heads: list[dict[str, Any]], summary: dict[str, Any], options: Options
+) -> dict[str, Any]:
+    """Allocate the planned tensors to the options' target (sets each plan's ``chosen``); returns the
+    plan's summary exactly as every manifest records it."""
+    target = options.target
+    planned = [m for m in measured if isinstance(m, ratecontrol.TensorPlan)]
+    budget, overhead, planned_sq_norm = _budget(measured, heads, options)
     best = None  # (sq error, chosen indices, summary) of the best allocation whose exact size fits
     for round_ in range(_PLAN_ROUNDS_MAX):
         outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, target.get("error"))

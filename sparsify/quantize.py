@@ -202,7 +202,10 @@ def nearest_centroid(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     flat = np.asarray(values, dtype=np.float64).reshape(-1)
     if centroids.size == 1:
         return np.zeros(flat.size, dtype=np.uint8)
-    return np.searchsorted((centroids[:-1] + centroids[1:]) / 2, flat, side="left").astype(np.uint8)
+    # the midpoint of two adjacent floats can round up to the upper one: keep it below, so that the upper
+    # centroid's own value maps to it
+    bounds = np.minimum((centroids[:-1] + centroids[1:]) / 2, np.nextafter(centroids[1:], -np.inf))
+    return np.searchsorted(bounds, flat, side="left").astype(np.uint8)
 
 
 def bits_for(levels: int) -> int:

@@ -2,7 +2,9 @@
 
 Every tensor that the rules leave to the default pipeline gets a set of *candidates* -- pipelines,
 each encoded and measured exactly as it would be stored (bytes including the tensor's share of the
-manifest, squared error from the decoded parts). Then:
+manifest, squared error from the decoded parts), or, for a target, first estimated on a sample of the
+tensor (:mod:`sparsify.estimate`; :class:`Point` ``exact=False``) and measured exactly only near the
+allocation's choice (:func:`near_choice`, :func:`substitute`; the planner runs the rounds). Then:
 
 * ``-p auto`` with ``--max-error E`` only: each tensor takes the candidate with the fewest bytes whose
   rel. error is <= E (:data:`AUTO_CANDIDATES`, each aimed at E; ``keep`` always qualifies).
@@ -26,6 +28,7 @@ from the records while planning.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,13 +91,16 @@ def _exp2(k: float) -> float:
 
 @dataclass(frozen=True)
 class Point:
-    """One candidate as measured: stored bytes (parts plus manifest share) and squared error."""
+    """One candidate as measured: stored bytes (parts plus manifest share) and squared error --
+    exactly, with the manifest ``record`` it would write, or (``exact=False``) estimated on a sample
+    (:mod:`sparsify.estimate`), without one."""
 
     pipeline: str
     nbytes: int
     sq_error: float
     rel_error: float
     record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    exact: bool = field(default=True, compare=False)
 
 
 @dataclass
@@ -106,6 +112,7 @@ class TensorPlan:
     points: list[Point]
     chosen: int = 0
     measured: int = 0  # candidates measured, before any bound dropped some
+    estimates: dict[str, Point] = field(default_factory=dict, repr=False)  # as estimated, by pipeline
 
 
 @dataclass
@@ -149,6 +156,55 @@ def plan_tensor(
     if max_error is not None:
         points = [p for p in points if p.rel_error <= max_error] or points
     return TensorPlan(info.name, original.reference.sq_norm, points, 0, measured)
+
+
+def near_choice(plan: TensorPlan, neighbours: bool = True) -> list[int]:
+    """Indices of the estimated points among the chosen one and (``neighbours``) the next cheaper
+    and the next dearer point of the lower hull: what an exact measurement should settle -- the
+    choice, and a step either way should the exact figures differ from the estimates."""
+    chosen = plan.points[plan.chosen]
+    near = {plan.chosen}
+    if neighbours:
+        hull = lower_hull(plan.points)
+        cheaper = [i for i in hull if plan.points[i].nbytes < chosen.nbytes]
+        dearer = [i for i in hull if plan.points[i].nbytes > chosen.nbytes]
+        near.update(cheaper[-1:] + dearer[:1])
+    return sorted(i for i in near if not plan.points[i].exact)
+
+
+def substitute(plan: TensorPlan, requested: Iterable[str], exact: list[Point]) -> None:
+    """Put the exactly measured points ``exact`` (of the ``requested`` pipelines; a candidate that
+    did not apply is missing and its estimate is dropped) in place of their estimates, then
+    recalibrate the remaining estimates of the tensor: each is scaled, in bytes and in squared error,
+    by exact / estimated of the nearest (in estimated bytes) exact point of its family
+    (:func:`family`) -- the sample's deviation from the tensor is mostly common to a family."""
+    for p in plan.points:
+        if not p.exact:
+            plan.estimates.setdefault(p.pipeline, p)
+    found = {p.pipeline: p for p in exact}
+    dropped = set(requested) - set(found)
+    points = [found.get(p.pipeline, p) for p in plan.points if p.pipeline not in dropped]
+    anchors: dict[str, list[tuple[Point, Point]]] = {}
+    for p in points:
+        if p.exact and p.pipeline in plan.estimates:
+            anchors.setdefault(family(p.pipeline), []).append((plan.estimates[p.pipeline], p))
+    for i, p in enumerate(points):
+        near = anchors.get(family(p.pipeline)) if not p.exact else None
+        if near:
+            raw = plan.estimates[p.pipeline]
+            guess, truth = min(near, key=lambda pair: (abs(pair[0].nbytes - raw.nbytes), pair[0].nbytes))
+            bytes_ratio = truth.nbytes / guess.nbytes if guess.nbytes > 0 else 1.0
+            error_ratio = truth.sq_error / guess.sq_error if guess.sq_error > 0 and truth.sq_error > 0 else 1.0
+            sq_error = raw.sq_error * error_ratio
+            rel_error = raw.rel_error * math.sqrt(error_ratio)
+            points[i] = Point(p.pipeline, round(raw.nbytes * bytes_ratio), sq_error, rel_error, exact=False)
+    plan.points = points
+    plan.chosen = 0
+
+
+def family(pipeline: str) -> str:
+    """The pipeline with its step or codebook size left out: candidates that a sample misjudges alike."""
+    return re.sub(r"\b(step|codebook)=[^,+]*", r"\1", pipeline)
 
 
 def lower_hull(points: list[Point]) -> list[int]:

@@ -7,13 +7,13 @@ file crosses a process. A worker keeps the last few files it opened (:data:`_OPE
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsify import checksum
 from sparsify.codec import EncodedTensor, SpooledPart, encode_tensor
 from sparsify.errors import InputError
 from sparsify.io import reader_class
@@ -45,7 +45,9 @@ class EncodeJob:
 @dataclass(frozen=True)
 class MeasureJob:
     """Measure one tensor for the planner: its fixed pipeline (``choice``), or, with ``mode`` set
-    (``auto`` or a target), every candidate of that mode."""
+    (``auto`` or a target), every candidate of that mode -- or only ``candidates`` (pipeline texts).
+    ``estimate``: estimate the candidates on a sample (:mod:`sparsify.estimate`) where the tensor
+    is big enough, instead of measuring them exactly."""
 
     source: Source
     info: TensorInfo
@@ -54,6 +56,8 @@ class MeasureJob:
     mode: str | None = None
     max_error: float | None = None
     share: tuple[int, int] = (0, 1)  # (i, n): measure the i-th of n consecutive slices of the candidates
+    candidates: tuple[str, ...] | None = None
+    estimate: bool = False
 
 
 def encode(job: EncodeJob) -> EncodedTensor:
@@ -84,29 +88,29 @@ def _spool_file(folder: str):
 
 def measure(job: MeasureJob) -> Any:
     """A fixed tensor's manifest record (parts dropped), or a planned one's
-    :class:`sparsify.ratecontrol.TensorPlan` with every candidate measured."""
-    from sparsify import ratecontrol
+    :class:`sparsify.ratecontrol.TensorPlan` with its (share of the) candidates measured or estimated."""
+    from sparsify import estimate, ratecontrol
 
     array = read(job.source, job.info.name)
     if job.mode is None:
         return encode_tensor(array, job.info, job.choice, job.seed).record
-    candidates = ratecontrol.candidates_for(job.mode, array, job.max_error)
+    if job.candidates is not None:
+        candidates = list(job.candidates)
+    else:
+        candidates = ratecontrol.candidates_for(job.mode, array, job.max_error)
     i, n = job.share
     mine = candidates[i * len(candidates) // n : (i + 1) * len(candidates) // n]
     # a share keeps every point: the bound is applied once the shares are joined
-    return ratecontrol.plan_tensor(array, job.info, mine, job.seed, job.max_error if n == 1 else None)
+    bound = job.max_error if n == 1 else None
+    if job.estimate:
+        return estimate.estimate_tensor(array, job.info, mine, job.seed, bound)
+    return ratecontrol.plan_tensor(array, job.info, mine, job.seed, bound)
 
 
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes; InputError if it cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return digest.hexdigest()
+def file_checksum(path: str) -> str:
+    """The checksum of a file's bytes (:func:`sparsify.checksum.file_checksum`: picklable by name for
+    the executors); InputError if it cannot be read."""
+    return checksum.file_checksum(path)
 
 
 _OPEN_LIMIT = 4

@@ -5,18 +5,20 @@
 * :func:`check_max_error` -- every tensor's error, re-measured from the decoded archive, within bound.
 * :func:`check_deterministic` -- two runs give byte-identical archives.
 * :func:`check_config_roundtrip` -- a pipeline's canonical text parses back to the same pipeline.
-* :func:`read_tensors` / :func:`input_unchanged` -- helpers for comparisons and the no-modify rule.
+* :func:`read_tensors` / :func:`input_unchanged` -- helpers for comparisons and the no-modify rule;
+  :func:`file_checksum` -- a file's checksum string as the format records it (docs/FORMAT.md §8.6),
+  computed here with ``xxhash``, not by sparsify.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 
 import sparsify
 from sparsify.errors import UsageError
@@ -25,8 +27,9 @@ from sparsify.metrics import tensor_metrics
 from sparsify.pipeline import parse_pipeline
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_checksum(path: Path) -> str:
+    """``"xxh3:<16 hex digits>"``: the XXH3-64 of the file's bytes, as an archive records a source file."""
+    return "xxh3:" + xxhash.xxh3_64_hexdigest(Path(path).read_bytes())
 
 
 def read_tensors(path: Path) -> dict[str, np.ndarray]:
@@ -38,9 +41,9 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
 @contextlib.contextmanager
 def input_unchanged(*paths: Path) -> Iterator[None]:
     """Assert that the files' bytes and mtimes are the same after the block."""
-    before = [(file_sha256(p), Path(p).stat().st_mtime_ns) for p in paths]
+    before = [(file_checksum(p), Path(p).stat().st_mtime_ns) for p in paths]
     yield
-    after = [(file_sha256(p), Path(p).stat().st_mtime_ns) for p in paths]
+    after = [(file_checksum(p), Path(p).stat().st_mtime_ns) for p in paths]
     assert before == after, "an input file was modified"
 
 
@@ -58,13 +61,18 @@ def check_roundtrip(source: Path, tmp: Path, pipeline: str = "keep", **options) 
     """Compress ``source`` with ``pipeline``, decompress, compare; returns the compress report.
 
     Lossless pipelines must give the original file back exactly; lossy ones must decode to tensors
-    whose errors equal the report's (measured independently here).
+    whose errors equal the report's (measured independently here). Either way the report names the
+    source by its size and checksum.
     """
     archive = tmp / (Path(source).name + ".sparsify")
     restored = tmp / ("restored-" + Path(source).name)
     with input_unchanged(source):
         report = sparsify.compress(source, archive, pipeline=pipeline, force=True, **options)
         sparsify.decompress(archive, restored, force=True)
+    assert (
+        report["source"]["checksum"] == file_checksum(source)
+        and report["source"]["size"] == Path(source).stat().st_size
+    )
     if report["totals"]["lossless_tensors"] == report["totals"]["tensors"]:
         assert_same_file(source, restored)
     originals, decoded = read_tensors(source), read_tensors(restored)

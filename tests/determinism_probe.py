@@ -1,6 +1,9 @@
 """Run as a script in a subprocess with a given BLAS/SIMD environment: compress the sample models with
 every machine-independent pipeline, decode archives of the BLAS-backed methods, and print one JSON
-object of SHA-256 digests. ``test_determinism.py`` compares the objects of several environments.
+object of SHA-256 digests (the test's own, compared with the committed golden files; the archives
+themselves hold XXH3-64 checksums, computed in each environment, and so does the decoded digest: the
+format's checksum must be the same on every CPU, docs/FORMAT.md §10.2). ``test_determinism.py``
+compares the objects of several environments.
 
     python tests/determinism_probe.py OUT_DIR BLAS_ARCHIVES_DIR
 """
@@ -19,6 +22,7 @@ from golden.make_golden import GOLDEN, SAMPLES  # noqa: E402
 
 import sparsify  # noqa: E402
 from sparsify.archive import Archive  # noqa: E402
+from sparsify.checksum import checksum  # noqa: E402
 
 # Archives whose every byte must be the same on every machine: the golden set and more.
 INDEPENDENT = {
@@ -63,13 +67,16 @@ def make(specs: dict, folder: Path) -> dict[str, str]:
 
 
 def decoded(folder: Path) -> dict[str, str]:
-    """Per BLAS-backed archive: a digest of every decoded tensor and of the errors ``verify`` measures."""
+    """Per BLAS-backed archive: a digest of every decoded tensor, of its XXH3-64 checksum as computed in
+    this environment (the archive's decoded_checksum, §8.4) and of the errors ``verify`` measures."""
     out = {}
     for name, (source, _) in BLAS_BACKED.items():
         h = hashlib.sha256()
         with Archive(folder / name) as archive:
             for record in archive.tensors:
-                h.update(archive.decode(record).tobytes())
+                decoded = archive.decode(record)
+                h.update(decoded.tobytes())
+                h.update(checksum(decoded).encode())
         check = sparsify.verify(folder / name, against=SAMPLES / source)
         h.update(json.dumps(check.as_dict()["tensors"], sort_keys=True).encode())
         out[name] = h.hexdigest()

@@ -14,7 +14,11 @@ runs the code under test and classifies what happened as an :class:`Outcome`:
 * ``wrong``     success, but the output differs from what the input really holds (a silent wrong output).
 
 Oracles: an archive decode that succeeds on damaged input must equal the seed's undamaged decode
-(dtype, shape, bytes, same tensors in the same order); a weight-file read that succeeds must equal what
+(dtype, shape, bytes, same tensors in the same order), and a source blob it returns must be the seed's
+(a stored blob) or the text the damaged manifest holds (a format 3.0 inline blob, which is part of the
+manifest: the fuzzer re-packs the manifest it edits correctly, as a deliberate edit would); the oracle's
+digests are SHA-256 of its own, independent of the format's checksums; a weight-file read that succeeds
+must equal what
 an independent reader (this module's own safetensors parser, zipfile + numpy's .npy parser, h5py) finds
 in the file's bytes, and HDF5 data stored outside the file (external storage, virtual datasets, external
 links) must not be read at all; a parsed pipeline or rule must print back to text that parses to itself.
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 import zstandard
 
 TESTS = Path(__file__).resolve().parent
@@ -51,6 +56,7 @@ CASES = TESTS / "fuzz_cases"
 
 SLOW_SECONDS = 2.0
 RESIGNED = "[parts re-signed]"  # marks archive cases whose damaged parts carry matching checksums
+DICT_CODEC = "zstd+dict+base64"  # format 3.0's manifest codec: the frame made with the format's dictionary
 EXTENSIONS = {
     "archive": ".sparsify",
     "safetensors": ".safetensors",
@@ -229,7 +235,7 @@ def run_case(target: Any, case: Case, workdir: Path) -> Outcome:
 def expect_equal(what: str, got: np.ndarray, want: dict[str, Any]) -> None:
     """``got`` (a decoded or read array) has the digest ``want`` (see :func:`digest`), else WrongOutput."""
     have = digest(got)
-    for key in ("dtype", "shape", "sha256"):
+    for key in ("dtype", "shape", "sha256"):  # the oracle's own digest (not the format's checksum)
         if have[key] != want[key]:
             raise WrongOutput(f"{key} differs: {what}: {key} {have[key]!r}, expected {want[key]!r}")
 
@@ -300,8 +306,19 @@ _STRINGS = [
     "quant",
     "zstd",
     "zstd+planes",
+    "zstd+planes2",
     "zstd+bytegroup",
     "zstd+x",
+    "zstd+base64",
+    "zstd+dict+base64",
+    "xxh3:0000000000000000",
+    "xxh3:" + "f" * 16,
+    "sha256:" + "0" * 64,
+    "XXH3:0000000000000000",
+    "0" * 64,
+    "checksum",
+    "inline",
+    "header",
     "first",
     "last",
     "csr",
@@ -318,7 +335,10 @@ _STRINGS = [
     "fp32",
     "2.0",
     "1.0",
+    "2.1",
     "3.0",
+    "3.1",
+    "4.0",
     "sparsify",
     "\u00e9",
     "a/b",
@@ -647,7 +667,8 @@ def build_archive_seeds(directory: Path, golden: bool = True) -> dict[str, Path]
         seeds[name] = out
     if golden:
         for path in sorted(GOLDEN.glob("*.sparsify")) + sorted(GOLDEN.glob("v*/*threshold*.sparsify")):
-            seeds[f"golden-{path.parent.name}-{path.stem}"] = path
+            if path.is_file():  # not the folder archives (a folder of archives, with an index)
+                seeds[f"golden-{path.parent.name}-{path.stem}"] = path
     return seeds
 
 
@@ -676,14 +697,17 @@ class ArchiveModel:
     b64: str | None = None
     envelope_text: str | None = None
     resigned: bool = False  # some part's bytes changed with its checksum updated to match
+    # source blobs a mutator stored deliberately, with matching checksums: name -> the oracle's digest
+    blobs_placed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, data: bytes) -> ArchiveModel:
         container = Container.parse(data)
         text = container.metadata["sparsify"]
         envelope = json.loads(text)
-        if "manifest_codec" in envelope:
-            manifest = json.loads(zstandard.ZstdDecompressor().decompress(base64.b64decode(envelope["manifest"])))
+        if "manifest_codec" in envelope:  # 3.0: with the format's dictionary; 2.x: without
+            decompressor = zstandard.ZstdDecompressor(dict_data=_dictionary(envelope["manifest_codec"]))
+            manifest = json.loads(decompressor.decompress(base64.b64decode(envelope["manifest"])))
         else:  # format 1.0: the metadata string is the manifest itself
             manifest, envelope = envelope, {}
         return cls(container, envelope, manifest)
@@ -707,9 +731,7 @@ class ArchiveModel:
             return (self.manifest_text or self.pack_manifest()).decode("utf-8", "replace")
         frame = self.frame
         if frame is None:
-            frame = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(
-                self.manifest_text or self.pack_manifest()
-            )
+            frame = pack_frame(self.manifest_text or self.pack_manifest(), self.envelope.get("manifest_codec"))
         envelope = dict(self.envelope)
         envelope["manifest"] = self.b64 if self.b64 is not None else base64.b64encode(frame).decode("ascii")
         return json.dumps(envelope, separators=(",", ":"))
@@ -717,6 +739,47 @@ class ArchiveModel:
     def pack(self) -> bytes:
         self.container.metadata["sparsify"] = self.metadata_text()
         return self.container.pack()
+
+
+def _dictionary(codec: Any) -> Any:
+    """The dictionary a manifest codec compresses with (docs/FORMAT.md §4.0): 3.0's, or none."""
+    if codec != DICT_CODEC:
+        return None
+    from sparsify.archive.dictionary import manifest_dictionary
+
+    return manifest_dictionary()
+
+
+def pack_frame(text: bytes, codec: Any = DICT_CODEC, dictionary: bool | None = None) -> bytes:
+    """The manifest's zstd frame as ``codec`` packs it (with the dictionary for 3.0's); ``dictionary``
+    True / False forces it (to make a frame that lies about its codec)."""
+    use = codec == DICT_CODEC if dictionary is None else dictionary
+    compressor = zstandard.ZstdCompressor(
+        level=1, write_checksum=True, dict_data=_dictionary(DICT_CODEC) if use else None
+    )
+    return compressor.compress(text)
+
+
+def checksum_string(data: bytes, algorithm: str = "xxh3") -> str:
+    """A checksum string of docs/FORMAT.md §8.6 (XXH3-64 or SHA-256), computed here, not by sparsify."""
+    if algorithm == "xxh3":
+        return "xxh3:" + xxhash.xxh3_64_hexdigest(data)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _algorithm(value: Any) -> str:
+    """The algorithm a (possibly damaged) checksum string names: sha256, else xxh3."""
+    return "sha256" if isinstance(value, str) and value.startswith("sha256:") else "xxh3"
+
+
+def sign(record: dict[str, Any], data: bytes, field: str = "checksum", algorithm: str | None = None) -> None:
+    """Set ``record``'s checksum of ``data`` as its format names it: 3.0's checksum string (in the
+    algorithm it had, unless told), or 2.x and 1.0's bare hex SHA-256 under ``sha256`` names."""
+    old = {"checksum": "sha256", "content_checksum": "content_sha256", "decoded_checksum": "decoded_sha256"}[field]
+    if old in record and field not in record:
+        record[old] = hashlib.sha256(data).hexdigest()
+    else:
+        record[field] = checksum_string(data, algorithm or _algorithm(record.get(field)))
 
 
 def _prefer_decoding_fields(path: tuple) -> bool:
@@ -727,12 +790,12 @@ def _prefer_decoding_fields(path: tuple) -> bool:
 
 
 def resign(model: ArchiveModel, record: dict[str, Any], stored: bytes) -> None:
-    """Store ``stored`` as ``record``'s part and update its nbytes and sha256 so the checksum passes."""
+    """Store ``stored`` as ``record``'s part and update its nbytes and checksum so the checksum passes."""
     entry = model.entry(record["key"])
     model.resigned = True
     entry["data"] = bytes(stored)
     record["nbytes"] = len(stored)
-    record["sha256"] = hashlib.sha256(stored).hexdigest()
+    sign(record, bytes(stored))
     entry["dtype"], entry["shape"] = _entry_type(record, len(stored))
 
 
@@ -758,24 +821,71 @@ def logical_part(record: dict[str, Any], stored: bytes) -> np.ndarray:
 
 
 def encode_stored(rng: random.Random, array: np.ndarray) -> tuple[bytes, str | None]:
-    """A logical array coded as a writer could store it: raw, one zstd frame, byte planes or (1.0) byte
-    groups; returns (stored bytes, codec)."""
-    from sparsify.coders.zstd import Zstd
-
+    """A logical array coded as a writer could store it: raw, one zstd frame (with or without its own
+    checksum), byte planes (3.0's ``zstd+planes2`` in plane order or raw planes first, 2.x's
+    ``zstd+planes``) or (1.0) byte groups; returns (stored bytes, codec)."""
     raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    choice = rng.randrange(4)
+    choice = rng.randrange(5)
+    frames = zstandard.ZstdCompressor(level=1, write_checksum=rng.random() < 0.5)
     if choice == 0:
         return raw.tobytes(), None
-    if choice == 1 or array.dtype.itemsize < 2:
-        return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(raw.tobytes()), "zstd"
+    if choice == 1 or array.dtype.itemsize < 2 or raw.size % array.dtype.itemsize or not raw.size:
+        return frames.compress(raw.tobytes()), "zstd"
     if choice == 2:
         k = array.dtype.itemsize
         grouped = raw.reshape(-1, k).T.reshape(-1).tobytes()
-        return zstandard.ZstdCompressor(level=1, write_checksum=True).compress(grouped), "zstd+bytegroup"
-    for variant, coded in Zstd(level=1, bytegroup=True).encode(raw, array.dtype.itemsize):
-        if variant == "zstd+planes":
-            return bytes(coded), variant
-    return raw.tobytes(), None
+        return frames.compress(grouped), "zstd+bytegroup"
+    return encode_planes_part(rng, raw, array.dtype.itemsize, version=1 if choice == 3 else 2)
+
+
+def encode_planes_part(rng: random.Random, raw: np.ndarray, itemsize: int, version: int) -> tuple[bytes, str]:
+    """``raw`` (1-D uint8, elements of ``itemsize`` >= 2 bytes) as a byte-planes part of ``version`` 1
+    (``zstd+planes``) or 2 (``zstd+planes2``: payloads in plane order, or the raw planes first as the
+    writer stores large parts), each plane's method chosen as the writer chooses it."""
+    from sparsify.coders import planes
+    from sparsify.coders.zstd import entropy_compressor
+
+    rotate = itemsize in (2, 4, 8) and rng.random() < 0.5
+    compressors = [entropy_compressor(), zstandard.ZstdCompressor(level=1, write_content_size=True)]
+    methods, coded = planes.choose_methods(planes.to_planes(raw, itemsize, rotate), compressors)
+    if version == 1:
+        return bytes(planes.assemble(rotate, coded)), "zstd+planes"
+    if rng.random() < 0.5:
+        return bytes(planes.assemble2(rotate, coded)), "zstd+planes2"
+    return bytes(planes.encode_planes2(raw, itemsize, rotate, methods, compressors)), "zstd+planes2"
+
+
+def planes2_entries(data: bytes) -> tuple[list[tuple[int, int, int, int, int]], int] | None:
+    """A ``zstd+planes2`` header's entries as (plane, method, length, offset of the entry, offset of its
+    length), and where the payloads begin; None if the header does not parse."""
+    if len(data) < 2:
+        return None
+    offset, entries = 2, []
+    for _ in range(data[1]):
+        if offset + 2 > len(data):
+            return None
+        start, at, value, shift = offset, offset + 2, 0, 0
+        while True:
+            if at >= len(data) or shift > 56:
+                return None
+            value |= (data[at] & 0x7F) << shift
+            shift += 7
+            at += 1
+            if not data[at - 1] & 0x80:
+                break
+        entries.append((data[start], data[start + 1], value, start, start + 2))
+        offset = at
+    return entries, offset
+
+
+def leb128(value: int) -> bytes:
+    """``value`` (>= 0) as unsigned LEB128 (docs/FORMAT.md §5.3)."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def interesting_elements(rng: random.Random, dtype: np.dtype, n: int) -> np.ndarray:
@@ -827,6 +937,8 @@ class ArchiveTarget:
             (self.op_part_codec, 2),
             (self.op_planes_header, 1.5),
             (self.op_frame, 1.5),
+            (self.op_checksum, 1.5),
+            (self.op_inline, 1.5),
             (self.op_swap, 0.7),
             (self.op_version, 0.5),
         ]
@@ -850,7 +962,10 @@ class ArchiveTarget:
             packed = model.pack()
         if model.resigned:
             ops.append(RESIGNED)
-        return Case(self.name, packed, seed, ops, self.references[seed])
+        expect = self.references[seed]
+        if model.blobs_placed:  # what the input then holds, by construction
+            expect = {**expect, "blobs": {**expect["blobs"], **model.blobs_placed}}
+        return Case(self.name, packed, seed, ops, expect)
 
     # -- layer mutators (on the model, packed correctly afterwards) --
 
@@ -959,7 +1074,7 @@ class ArchiveTarget:
         record, entry = picked
         if rng.random() < 0.5:
             record["codec"] = rng.choice(
-                [None, "zstd", "zstd+planes", "zstd+bytegroup", "zstd+", "gzip", "zstd+planes+x"]
+                [None, "zstd", "zstd+planes", "zstd+planes2", "zstd+bytegroup", "zstd+", "gzip", "zstd+planes3"]
             )
             return f"part codec {record['key']} declared {record['codec']}"
         try:
@@ -971,31 +1086,153 @@ class ArchiveTarget:
         return f"part recoded {record['key']} as {record['codec']}"
 
     def op_planes_header(self, rng: random.Random, model: ArchiveModel) -> str:
-        """The byte-plane header of a ``zstd+planes`` part edited (flags, plane count, methods, lengths,
-        palettes), re-signed."""
-        planes = [p for p in model.part_records() if p.get("codec") == "zstd+planes"]
+        """The byte-plane header of a ``zstd+planes`` or ``zstd+planes2`` part edited (flags, plane count,
+        methods, lengths; 2: a plane listed twice or out of range, a length's LEB128 bytes, or the payloads
+        reordered consistently, which must decode the same), re-signed."""
+        planes = [p for p in model.part_records() if p.get("codec") in ("zstd+planes", "zstd+planes2")]
         if not planes:
             return self.op_part_codec(rng, model)
         record = rng.choice(planes)
         data = bytearray(model.entry(record["key"])["data"])
         k = data[1] if len(data) > 1 else 0
-        fld = rng.randrange(4)
+        fld = rng.randrange(5 if record["codec"] == "zstd+planes2" else 4)
+        parsed = planes2_entries(bytes(data)) if record["codec"] == "zstd+planes2" else None
         if fld == 0:
             data[0] = rng.choice([0, 1, 2, 3, 0x80])
         elif fld == 1:
             data[1] = rng.choice([0, 1, 2, 3, 4, 8, 16, 255])
-        elif fld == 2 and k:
-            data[2 + 9 * rng.randrange(k)] = rng.choice([0, 1, 2, 3, 4, 255])
-        elif k:
-            j = 3 + 9 * rng.randrange(k)
-            old = int.from_bytes(data[j : j + 8], "little")
-            data[j : j + 8] = (rng.choice([0, 1, old + 1, old - 1 if old else 0, 2**63, 2**64 - 1]) % 2**64).to_bytes(
-                8, "little"
-            )
+        elif record["codec"] == "zstd+planes" and k:
+            if fld == 2:
+                data[2 + 9 * rng.randrange(k)] = rng.choice([0, 1, 2, 3, 4, 255])
+            else:
+                j = 3 + 9 * rng.randrange(k)
+                old = int.from_bytes(data[j : j + 8], "little")
+                value = rng.choice([0, 1, old + 1, old - 1 if old else 0, 2**63, 2**64 - 1]) % 2**64
+                data[j : j + 8] = value.to_bytes(8, "little")
+        elif parsed is not None and parsed[0]:
+            entries, head = parsed
+            plane, method, length, at, length_at = rng.choice(entries)
+            if fld == 2:  # the plane an entry names, or its method
+                data[at + rng.randrange(2)] = rng.choice([0, 1, 2, 3, 4, k - 1, k, 255]) % 256
+            elif fld == 3:  # a length rewritten (another value, or the same one in more LEB128 bytes)
+                end = length_at + len(leb128(length))
+                value = rng.choice([0, 1, length + 1, max(0, length - 1), 127, 128, 2**63 - 1, 2**70])
+                coded = (
+                    leb128(value) if rng.random() < 0.7 else leb128(length)[:-1] + bytes([leb128(length)[-1] | 0x80, 0])
+                )
+                data[length_at:end] = coded
+            else:  # the payloads in another order, the header to match: the same part, read the same
+                order = entries[:]
+                rng.shuffle(order)
+                payloads, offset = {}, head
+                for entry in entries:
+                    payloads[entry[3]] = bytes(data[offset : offset + entry[2]])
+                    offset += entry[2]
+                head_bytes = bytes(data[:2]) + b"".join(bytes((e[0], e[1])) + leb128(e[2]) for e in order)
+                data = bytearray(head_bytes + b"".join(payloads[e[3]] for e in order) + bytes(data[offset:]))
+                resign(model, record, bytes(data))
+                return f"planes2 reordered {record['key']} {[e[0] for e in order]}"
         else:
             data, _ = mutate_bytes(rng, bytes(data))
         resign(model, record, bytes(data))
-        return f"planes header {record['key']} field {fld}"
+        return f"planes header {record['codec']} {record['key']} field {fld}"
+
+    def op_checksum(self, rng: random.Random, model: ArchiveModel) -> str:
+        """A checksum string (docs/FORMAT.md §8.6) rewritten: in the other algorithm, correctly (which a
+        reader must accept), or malformed, stale, or of the other algorithm's length (which it must refuse)."""
+        candidates = [p for p in model.part_records() if isinstance(p.get("checksum"), str)]
+        if not candidates:  # an archive of 2.x or 1.0: bare SHA-256 digests, nothing to rewrite
+            return self.op_part_bytes(rng, model)
+        record = rng.choice(candidates)
+        stored = model.entry(record["key"])["data"]
+        kind = rng.randrange(4)
+        if kind == 0:
+            other = "sha256" if _algorithm(record["checksum"]) == "xxh3" else "xxh3"
+            sign(record, stored, algorithm=other)
+            return f"checksum {record['key']} as {other}"
+        value = record["checksum"]
+        record["checksum"] = rng.choice(
+            [
+                value.upper(),
+                value[:-1],
+                value + "0",
+                value + "\n",
+                " " + value,
+                value.replace(":", "-"),
+                "sha256:" + value.split(":")[-1],
+                "xxh3:" + hashlib.sha256(stored).hexdigest()[:16],
+                checksum_string(stored + b"\0"),
+                "crc32:" + "0" * 8,
+            ]
+        )
+        return f"checksum {record['key']} damaged"
+
+    def op_inline(self, rng: random.Random, model: ArchiveModel) -> str:
+        """A source blob moved between ``source.inline`` (3.0: text in the manifest) and a stored part,
+        correctly (it must read the same), into both or out of both (refused), or its text edited (what
+        the manifest then holds is what a reader must return)."""
+        source = model.manifest.get("source")
+        if not isinstance(source, dict) or not isinstance(source.get("blobs"), dict):
+            return "no source"
+        inline = source.get("inline")
+        if not isinstance(inline, dict):
+            return self.op_manifest(rng, model)
+        kind = rng.randrange(5)
+        if kind == 0 and inline:  # inline -> a stored part (record and content checksum as a writer makes them)
+            name = rng.choice(sorted(inline))
+            if not isinstance(inline[name], str):
+                return "inline: not text"
+            data = inline.pop(name).encode("utf-8")
+            stored, codec = (
+                (zstandard.ZstdCompressor(level=9).compress(data), "zstd") if rng.random() < 0.7 else (data, None)
+            )
+            key = "__sparsify__/source/" + name
+            record = {"name": name, "key": key, "dtype": "U8", "shape": [len(data)], "codec": codec}
+            record.update(nbytes=len(stored), checksum=checksum_string(stored), content_checksum=checksum_string(data))
+            source["blobs"][name] = record
+            model.container.entries.insert(0, {"name": key, "dtype": "U8", "shape": [len(stored)], "data": stored})
+            model.blobs_placed[name] = hashlib.sha256(data).hexdigest()  # the text as it was (perhaps edited)
+            return f"inline {name} stored as a part ({codec})"
+        stored_blobs = [r for r in source["blobs"].values() if isinstance(r, dict) and model.entry(r.get("key"))]
+        if kind == 1 and stored_blobs:  # a stored part -> inline, when it is text
+            record = rng.choice(stored_blobs)
+            try:
+                data = bytes(logical_part(record, model.entry(record["key"])["data"]).reshape(-1).view(np.uint8))
+                text = data.decode("utf-8")
+            except Exception:  # noqa: BLE001 - binary (an HDF5 skeleton) or damaged
+                return "stored blob: not text"
+            del source["blobs"][record["name"]]
+            model.container.entries.remove(model.entry(record["key"]))
+            inline[record["name"]] = text
+            return f"blob {record['name']} inlined"
+        if kind == 2:  # in both, or in neither
+            if inline and rng.random() < 0.5:
+                name = rng.choice(sorted(inline))
+                del inline[name]
+                return f"inline {name} dropped"
+            if stored_blobs:
+                inline[rng.choice(stored_blobs)["name"]] = "{}"
+                return "blob both inline and stored"
+            return "nothing to move"
+        if inline:  # the text edited: JSON, bytes, non-text values
+            name = rng.choice(sorted(inline))
+            text = inline[name] if isinstance(inline[name], str) else ""
+            inline[name] = rng.choice(
+                [
+                    text[: len(text) // 2],
+                    text + " ",
+                    text.replace('"', "'", 1),
+                    text.encode("utf-8", "replace")[::-1].decode("utf-8", "replace"),
+                    "",
+                    "\x00",
+                    None,
+                    42,
+                    [text],
+                ]
+            )
+            return f"inline {name} text edited"
+        inline[rng.choice(["header", "skeleton", "x"])] = rng.choice(["{}", "", "not json"])
+        return "inline blob added"
 
     def op_frame(self, rng: random.Random, model: ArchiveModel) -> str:
         """A ``zstd`` part replaced by a frame that lies: another content size, none, two frames, junk
@@ -1026,7 +1263,8 @@ class ArchiveTarget:
     def op_envelope(self, rng: random.Random, model: ArchiveModel, packed: bytes) -> tuple[bytes, str]:
         """The envelope or what it packs damaged, the rest re-packed correctly around it."""
         text = model.pack_manifest()
-        kind = rng.randrange(9)
+        codec = model.envelope.get("manifest_codec") if isinstance(model.envelope, dict) else None
+        kind = rng.randrange(10)
         if kind == 0:
             model.manifest_text, note = mutate_bytes(rng, text)
         elif kind == 1:
@@ -1047,10 +1285,10 @@ class ArchiveTarget:
             )
             note = "replaced manifest text"
         elif kind == 3:
-            frame = zstandard.ZstdCompressor(level=1).compress(text)
+            frame = pack_frame(text, codec)
             model.frame, note = mutate_bytes(rng, frame)
         elif kind == 4:
-            frame = bytearray(zstandard.ZstdCompressor(level=1, write_checksum=True).compress(text))
+            frame = bytearray(pack_frame(text, codec))
             # lie about the content size: the frame header's FCS field (after magic, FHD, window byte)
             frame[6:8] = rng.choice([b"\0\0", b"\xff\xff", b"\x01\x00"])
             model.frame, note = bytes(frame), "content size"
@@ -1058,7 +1296,7 @@ class ArchiveTarget:
             model.frame = zstandard.ZstdCompressor(write_content_size=False).compress(text)
             note = "no content size"
         elif kind == 6:
-            b64 = base64.b64encode(zstandard.ZstdCompressor(level=1).compress(text)).decode()
+            b64 = base64.b64encode(pack_frame(text, codec)).decode()
             i = rng.randrange(len(b64))
             model.b64 = rng.choice(
                 [b64[:i] + " " + b64[i:], b64.rstrip("="), b64 + "=", b64[:i] + "*" + b64[i + 1 :], b64 + "\n"]
@@ -1067,8 +1305,8 @@ class ArchiveTarget:
         elif kind == 7:
             model.envelope = model.envelope or {
                 "format": "sparsify",
-                "format_version": "2.0",
-                "manifest_codec": "zstd+base64",
+                "format_version": rng.choice(["2.0", "3.0"]),
+                "manifest_codec": rng.choice(["zstd+base64", DICT_CODEC]),
             }
             model.envelope = mutate_value(rng, model.envelope) if rng.random() < 0.3 else model.envelope
             if isinstance(model.envelope, dict) and model.envelope:
@@ -1077,6 +1315,13 @@ class ArchiveTarget:
             if not isinstance(model.envelope, dict) or not model.envelope:
                 model.envelope_text = json.dumps(model.envelope)
             note = "envelope field"
+        elif kind == 8 and model.envelope:
+            # the other codec named: a frame made with the dictionary does not decode without it (refused);
+            # one made without it decodes the same with it (read correctly: the dictionary is only history)
+            dictionary = rng.random() < 0.5
+            model.frame = pack_frame(text, dictionary=dictionary)
+            model.envelope["manifest_codec"] = "zstd+base64" if dictionary else DICT_CODEC
+            note = f"codec {model.envelope['manifest_codec']}, frame {'with' if dictionary else 'without'} dictionary"
         else:
             model.envelope_text, note = mutate_bytes(rng, model.metadata_text().encode())
             model.envelope_text = model.envelope_text.decode("utf-8", "replace")
@@ -1158,10 +1403,16 @@ class ArchiveTarget:
                     f"tensor list differs: tensor {i} {names[i]!r} decoded, not in the original at this place"
                 )
             expect_equal(f"tensor {names[i]!r}", array, want[i])
-        if blobs is not None:
+        if blobs is not None:  # stored blobs are the seed's; inline ones (3.0) the damaged manifest's text
+            inline = (archive.manifest.get("source") or {}).get("inline") or {}
             got = {k: hashlib.sha256(v).hexdigest() for k, v in blobs.blobs.items()}
-            if got != expect["blobs"]:
-                raise WrongOutput(f"source blobs differ: {sorted(got)} vs {sorted(expect['blobs'])}")
+            want_blobs = {
+                **expect["blobs"],
+                **{k: hashlib.sha256(str(v).encode("utf-8")).hexdigest() for k, v in inline.items()},
+            }
+            if got != want_blobs:
+                differ = sorted(k for k in set(got) | set(want_blobs) if got.get(k) != want_blobs.get(k))
+                raise WrongOutput(f"source blobs differ: {differ} (inline: {sorted(inline)})")
 
 
 def _format_before(archive, version: tuple[int, int]) -> bool:

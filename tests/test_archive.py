@@ -12,7 +12,7 @@ import pytest
 import zstandard
 from checkers import read_tensors, relative_error
 from conftest import DIGITS_TENSORS, SAMPLE_FILES
-from golden.make_golden import GOLDEN, OLDER
+from golden.make_golden import FOLDERS, GOLDEN, OLDER, OLDER_FOLDERS
 from safetensors import safe_open
 
 import sparsify
@@ -39,6 +39,31 @@ def test_golden_archives_decode_to_their_recorded_errors(name, tmp_path):
             assert relative_error(a, b) == pytest.approx(row["rel_error"], rel=1e-9)
 
 
+@pytest.mark.parametrize("name", sorted(FOLDERS) + sorted(OLDER_FOLDERS))
+def test_golden_folder_archives_rebuild_their_folder(name, tmp_path):
+    """Folder archives of every index format (1.0: SHA-256, 2.0: checksum strings) rebuild the model
+    folder byte for byte, and verify against it."""
+    source = GOLDEN_DIR / {**FOLDERS, **OLDER_FOLDERS}[name]
+    restored = sparsify.decompress(GOLDEN_DIR / name, tmp_path / "restored")
+    expected = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(restored) for p in restored.rglob("*") if p.is_file()) == expected
+    for relative in expected:
+        assert (restored / relative).read_bytes() == (source / relative).read_bytes(), relative
+    assert not sparsify.verify(GOLDEN_DIR / name, against=source).problems
+
+
+@pytest.mark.parametrize("name", sorted(FOLDERS))
+def test_folder_format_unchanged(name, tmp_path):
+    """Compressing the folder today gives the committed folder archive, file for file."""
+    out = tmp_path / name
+    sparsify.compress(GOLDEN_DIR / FOLDERS[name], out, jobs=1)
+    golden = GOLDEN_DIR / name
+    names = sorted(p.relative_to(golden) for p in golden.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == names
+    for relative in names:
+        assert (out / relative).read_bytes() == (golden / relative).read_bytes(), f"{relative} changed; see make_golden"
+
+
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_format_unchanged(name, tmp_path):
     """Compressing today gives the committed bytes; if not, the format changed: regenerate with
@@ -56,7 +81,7 @@ def test_archive_is_a_valid_safetensors_file():
         assert "fc1.weight/0.threshold.values" in keys
         envelope = json.loads(f.metadata()["sparsify"])
     assert envelope["format"] == "sparsify" and envelope["format_version"] == FORMAT_VERSION
-    assert envelope["manifest_codec"] == "zstd+base64"
+    assert envelope["manifest_codec"] == "zstd+dict+base64"
     assert unpack_manifest(envelope, "test")["format_version"] == FORMAT_VERSION
 
 
@@ -160,13 +185,13 @@ CASES = {
         "not valid UTF-8 JSON",
     ),
     "newer major version": (
-        lambda d: rewrite_manifest(d, _set(["format_version"], "3.0")),
-        "archive format 3.0 is newer than this sparsify reads (2.x); upgrade sparsify",
+        lambda d: rewrite_manifest(d, _set(["format_version"], "4.0")),
+        "archive format 4.0 is newer than this sparsify reads (3.x); upgrade sparsify",
     ),
     "bad version": (lambda d: rewrite_manifest(d, _set(["format_version"], "one")), "invalid format_version 'one'"),
     "not sparsify": (lambda d: rewrite_manifest(d, _set(["format"], "other")), "does not declare format 'sparsify'"),
     "wrong checksum": (
-        lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["parts"][0].update(sha256="0" * 64)),
+        lambda d: rewrite_manifest(d, lambda m: m["tensors"][1]["parts"][0].update(checksum="xxh3:" + "0" * 16)),
         "checksum mismatch",
     ),
     "missing part": (
@@ -197,11 +222,11 @@ CASES = {
         "tensors[1].metrics.sq_norm: Expected float | null, got str",
     ),
     "edited lossless checksum": (
-        lambda d: rewrite_manifest(d, lambda m: m["tensors"][0].update(sha256="0" * 64)),
+        lambda d: rewrite_manifest(d, lambda m: m["tensors"][0].update(checksum="xxh3:" + "0" * 16)),
         "tensor 'fc1.bias': decodes to bytes that differ from the original's checksum",
     ),
     "edited decoded checksum": (
-        lambda d: rewrite_manifest(d, lambda m: m["tensors"][1].update(decoded_sha256="1" * 64)),
+        lambda d: rewrite_manifest(d, lambda m: m["tensors"][1].update(decoded_checksum="xxh3:" + "1" * 16)),
         "tensor 'fc1.weight': decodes to bytes that differ from the recorded checksum",
     ),
     "stray container entry": (

@@ -64,7 +64,7 @@ def test_json_report_schema(model):
     r = invoke("compress", str(model), "-p", "threshold:max_error=0.05", "--json", "--max-error", "0.05")
     assert r.rc == 0
     report = json.loads(r.stdout)
-    assert report["schema_version"] == 1 and report["command"] == "compress"
+    assert report["schema_version"] == 2 and report["command"] == "compress"
     assert set(report["totals"]) >= {
         "stored_bytes",
         "manifest_bytes",

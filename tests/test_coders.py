@@ -77,8 +77,8 @@ def test_float_weights(dtype, n):
     w = np.resize(w, n) * (1 + np.arange(n) % 7)  # longer than the model: vary the repeats
     data = w.astype(dtype)
     codecs = roundtrip(data, data.dtype.itemsize)
-    assert Z.PLANES in codecs
-    coded = dict(CODER.encode(data.view(np.uint8), data.dtype.itemsize))[Z.PLANES]
+    assert Z.PLANES2 in codecs
+    coded = dict(CODER.encode(data.view(np.uint8), data.dtype.itemsize))[Z.PLANES2]
     assert len(coded) < data.nbytes / 1.08  # compresses
     assert coded[0] == P.ROTATED  # floats: rotated
 
@@ -88,9 +88,10 @@ def test_packed_sign_plane_beats_zstd():
     w = np.random.default_rng(1).standard_normal(300_000).astype(np.float32)
     w = (w.view(np.uint32) & 0xFFFFFF00).view(np.float32)
     data = w.view(np.uint8)
-    (codec, coded), *_ = [c for c in CODER.encode(data, 4) if c[0] == Z.PLANES]
-    kind, length = struct.unpack_from("<BQ", coded, 2)
-    assert kind in (P.PACKED, P.PACKED_ZSTD) and length <= w.size / 8 + 64
+    (codec, coded), *_ = [c for c in CODER.encode(data, 4) if c[0] == Z.PLANES2]
+    _, segments, _ = P.parse_planes2(memoryview(coded), data.size, 4)
+    kind, stored = segments[0]
+    assert kind in (P.PACKED, P.PACKED_ZSTD) and len(stored) <= w.size / 8 + 64
     assert CODER.decode(codec, memoryview(coded), data.size, 4) == data.tobytes()
 
 
@@ -115,9 +116,34 @@ def test_every_plane_method(itemsize, rotate):
     data[:, -1] = (np.arange(n) // 50) % 2 * 255
     data = data.reshape(-1)
     compressors = [Z.entropy_compressor(), zstandard.ZstdCompressor(level=3, write_content_size=True)]
-    for methods in ([P.RAW] * itemsize, [1] * itemsize, [2] * itemsize, [P.PACKED] * itemsize):
-        coded = P.encode_planes(data, itemsize, rotate, methods, compressors)
+    for methods in (
+        [P.RAW] * itemsize,
+        [1] * itemsize,
+        [2] * itemsize,
+        [P.PACKED] * itemsize,
+        [1, 0] * (itemsize // 2),
+    ):
+        coded = P.encode_planes(data, itemsize, rotate, methods, compressors)  # version 1, still decoded
         assert P.decode_planes(memoryview(coded), data.size, itemsize) == data.tobytes()
+        coded = P.encode_planes2(data, itemsize, rotate, methods, compressors)
+        assert P.decode_planes(memoryview(coded), data.size, itemsize, version=2) == data.tobytes()
+        streamed = b"".join(b.tobytes() for b in P.iter_planes(memoryview(coded), data.size, itemsize, 700, 2))
+        assert streamed == data.tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 70_000), itemsize=st.sampled_from((2, 3, 4, 8, 16)), rotate=st.booleans(), seed=st.integers(0, 99)
+)
+def test_property_split_planes_is_the_transpose(n, itemsize, rotate, seed):
+    """split_planes (one pass, shifts) gives the planes of to_planes (rotate, then transpose)."""
+    rotate = rotate and itemsize in (2, 4, 8)
+    data = np.random.default_rng(seed).integers(0, 256, n * itemsize, dtype=np.uint8)
+    targets = [np.empty(n, np.uint8) for _ in range(itemsize)]
+    P.split_planes(data, itemsize, rotate, targets)
+    assert np.array_equal(
+        np.stack(targets) if n else np.empty((itemsize, 0), np.uint8), P.to_planes(data, itemsize, rotate)
+    )
 
 
 def test_old_codecs_still_decode():
@@ -133,7 +159,7 @@ def test_configs(config):
     coder = parse_pipeline(f"keep+{config}").coders[0]
     data = np.resize(weights(), 100_000).view(np.uint8)
     codecs = roundtrip(data, 4, coder)
-    assert codecs == [Z.PLAIN] if "bytegroup=false" in config else Z.PLANES in codecs
+    assert codecs == [Z.PLAIN] if "bytegroup=false" in config else Z.PLANES2 in codecs
 
 
 @settings(max_examples=60, deadline=None)
@@ -166,11 +192,28 @@ def test_deterministic():
 
 def planes_part(n: int = 2000, itemsize: int = 4) -> tuple[bytes, np.ndarray]:
     data = np.resize(weights(), n).astype(f"<f{itemsize}").view(np.uint8)
-    coded = bytes(dict(CODER.encode(data, itemsize))[Z.PLANES])
+    coded = bytes(dict(CODER.encode(data, itemsize))[Z.PLANES2])
     return coded, data
 
 
-def decode(coded: bytes, size: int, itemsize: int = 4, codec: str = Z.PLANES):
+def planes_part_v1(n: int = 2000, itemsize: int = 4) -> tuple[bytes, np.ndarray]:
+    """A version 1 part (format 2.x archives): three raw planes and one zstd."""
+    data = np.resize(weights(), n).astype(f"<f{itemsize}").view(np.uint8)
+    compressors = [Z.entropy_compressor()]
+    return bytes(P.encode_planes(data, itemsize, True, [P.RAW] * (itemsize - 1) + [1], compressors)), data
+
+
+def entries2(coded: bytes) -> list[tuple[int, int, int, int, int]]:
+    """(offset, end, plane, method, length) of each entry of a version 2 header."""
+    out, offset = [], 2
+    for _ in range(coded[1]):
+        length, end = P._read_varint(memoryview(coded), offset + 2)
+        out.append((offset, end, coded[offset], coded[offset + 1], length))
+        offset = end
+    return out
+
+
+def decode(coded: bytes, size: int, itemsize: int = 4, codec: str = Z.PLANES2):
     return CODER.decode(codec, memoryview(coded), size, itemsize)
 
 
@@ -189,8 +232,28 @@ def test_corrupt_truncated_and_sizes():
             decode(coded, data.size, itemsize)
 
 
-def test_corrupt_header_values():
+def test_corrupt_header_values_v2():
     coded, data = planes_part()
+    bad = [bytes([4]) + coded[1:], coded[:1] + bytes([3]) + coded[2:]]  # unknown flag; plane count != itemsize
+    entries = entries2(coded)
+    for offset, end, j, kind, length in entries:
+        entry = lambda j, kind, length: bytes((j, kind)) + P._varint(length)  # noqa: E731
+        bad.append(coded[:offset] + entry(j, 7, length) + coded[end:])  # unknown method
+        bad.append(coded[:offset] + entry(j, kind, length + 1) + coded[end:])  # lengths don't add up
+        bad.append(coded[:offset] + entry(j, P.ZSTD if kind == P.RAW else P.RAW, length) + coded[end:])  # wrong method
+        bad.append(coded[:offset] + entry(4, kind, length) + coded[end:])  # no such plane
+        bad.append(
+            coded[:offset] + entry(entries[0][2] if j != entries[0][2] else entries[1][2], kind, length) + coded[end:]
+        )  # a plane listed twice
+    bad.append(coded[:2] + bytes((0, 0, 0x80, 0x80)))  # a length that runs past the header
+    bad.append(coded[:2] + bytes((0, 0)) + b"\xff" * 12 + coded[2:])  # a length past 63 bits
+    for b in bad:
+        with pytest.raises(CorruptArchiveError):
+            decode(b, data.size)
+
+
+def test_corrupt_header_values():
+    coded, data = planes_part_v1()
     n = data.size // 4
     bad = [
         bytes([4]) + coded[1:],  # unknown flag
@@ -206,10 +269,10 @@ def test_corrupt_header_values():
     # rotated 3-byte elements
     bad_rot = bytes([1, 3]) + struct.pack("<BQ", 0, 1) * 3 + b"abc"
     with pytest.raises(CorruptArchiveError):
-        decode(bad_rot, 3, 3)
+        decode(bad_rot, 3, 3, Z.PLANES)
     for b in bad:
         with pytest.raises(CorruptArchiveError):
-            decode(b, data.size)
+            decode(b, data.size, codec=Z.PLANES)
     assert n
 
 

@@ -55,6 +55,7 @@ def removal_report(leftover: Path) -> str:
 
 
 def sha(path: Path) -> str:
+    """The file's digest (SHA-256: the test's own, to see a file unchanged; not the format's checksum)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

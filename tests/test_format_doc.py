@@ -1,19 +1,24 @@
 """docs/FORMAT.md is enough to read an archive.
 
 This module holds a small, independent ``.sparsify`` reader written from docs/FORMAT.md alone, using
-only json, base64, struct, hashlib, math, numpy, ml_dtypes and zstandard. sparsify itself is used only
-to *create* archives (``sparsify.compress``) and, as the reference, to decompress them
-(``sparsify.decompress``); every byte is parsed, checked and decoded here and compared with the
-original weights and with what ``decompress`` writes (read with safetensors / h5py): bit for bit.
+only json, base64, struct, hashlib, math, numpy, ml_dtypes, zstandard and xxhash (and the format's
+manifest dictionary, a data file, §4.0). sparsify itself is used only to *create* archives
+(``sparsify.compress``) and, as the reference, to decompress them (``sparsify.decompress``); every byte
+is parsed, checked and decoded here and compared with the original weights and with what
+``decompress`` writes (read with safetensors / h5py): bit for bit.
 
 Format 2.0 additions covered: the manifest envelope (§4.0), the ``zstd+planes`` codec (§5.3), the
 ``csr-delta`` sparse layout (§6.2), codes packed or one per byte, integer groups and codebooks (§6.6),
 the ``quant`` method and its two uniform code forms (§6.7), value coders (§6.8) and the manifest's
-``plan`` and ``options.target`` (§4.3, §4.7). Format 2.1: ``decoded_sha256`` (§4.4, §8.4), checked on
-every decode, which this reader can do because it decodes svd, lasso and ksvd with the reference
-arithmetic of §6.3-§6.5 and §10.2 (ordered dense and sparse products, the DCT matrix from its
-polynomial cosines: no BLAS, no FFT, no libm cosine). The golden archives of tests/golden/ (1.0 in v1.0/,
-2.0 in v2.0/, 2.1 at the top) are read too.
+``plan`` and ``options.target`` (§4.3, §4.7). Format 2.1: the decoded tensors' checksums (§4.4, §8.4),
+checked on every decode, which this reader can do because it decodes svd, lasso and ksvd with the
+reference arithmetic of §6.3-§6.5 and §10.2 (ordered dense and sparse products, the DCT matrix from its
+polynomial cosines: no BLAS, no FFT, no libm cosine). Format 3.0: checksum strings (XXH3-64, and SHA-256
+as 2.x's digests are read, §8.6), the manifest compressed with the format's dictionary (§4.0), source
+blobs held in the manifest as text (``source.inline``, §4.2), the ``zstd+planes2`` codec (§5.3) and
+page-aligned large archives (§2.1). The golden archives of tests/golden/ (1.0 in v1.0/, 2.0 in v2.0/,
+2.1 in v2.1/, 3.0 at the top) are read too, and the worked example of §11 is checked against the bytes
+of the golden archive it describes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import h5py
 import ml_dtypes
 import numpy as np
 import pytest
+import xxhash
 import zstandard
 from safetensors.numpy import load_file, save_file
 from threadpoolctl import threadpool_limits  # test speed only (see the fixture below), not the reader
@@ -85,7 +91,7 @@ SAFETENSORS = {
     "F6_E3M2": (6, None),
 }
 MAX_HEADER = 100_000_000
-READABLE_MAJOR = 2  # §9: this reader reads every 1.x and 2.x, and refuses 3.0 and later
+READABLE_MAJOR = 3  # §9: this reader reads every 1.x, 2.x and 3.x, and refuses 4.0 and later
 
 
 def numpy_type(name: str) -> np.dtype | None:
@@ -115,8 +121,15 @@ def _is_shape(shape) -> bool:
     return isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
 
 
-def _is_sha256(digest) -> bool:
-    return isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")
+CHECKSUM_DIGITS = {"xxh3": 16, "sha256": 64}  # §8.6: algorithm -> lowercase hex digits of its digest
+
+
+def _is_checksum(value) -> bool:
+    """§4.4, §8.6: ``"<algorithm>:<lowercase hex digest>"`` of a known algorithm, the digest in full."""
+    if not isinstance(value, str):
+        return False
+    algorithm, _, digest = value.partition(":")
+    return CHECKSUM_DIGITS.get(algorithm) == len(digest) and set(digest) <= set("0123456789abcdef")
 
 
 def _no_duplicates(pairs):
@@ -126,7 +139,25 @@ def _no_duplicates(pairs):
     return dict(pairs)
 
 
+def checksum(data, algorithm: str = "xxh3") -> str:
+    """§8.6: the checksum string of ``data`` in ``algorithm``: XXH3-64 (seed 0, the digest as 16
+    lowercase hex digits, most significant first) or SHA-256."""
+    if algorithm == "xxh3":
+        return "xxh3:" + xxhash.xxh3_64_hexdigest(data)
+    if algorithm == "sha256":
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+    raise FormatError(f"unknown checksum algorithm {algorithm!r}")
+
+
+def matches(data, expected: str) -> bool:
+    """§8.6: ``data`` has the checksum ``expected``, in the algorithm ``expected`` names."""
+    if not _is_checksum(expected):
+        raise FormatError(f"not a checksum: {expected!r}")
+    return checksum(data, expected.partition(":")[0]) == expected
+
+
 def sha256(data) -> str:
+    """The bare hex SHA-256 that archives of format 2.x and 1.0 record (§9.2)."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -158,8 +189,9 @@ def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def unzstd(frame: bytes, size: int) -> bytes:
-    """§5.2: one zstd frame that must declare, and hold, exactly ``size`` bytes."""
+def unzstd(frame: bytes, size: int, dictionary: zstandard.ZstdCompressionDict | None = None) -> bytes:
+    """§5.2: one zstd frame that must declare, and hold, exactly ``size`` bytes (§4.0: the manifest's
+    frame of format 3.0 is decompressed with the format's dictionary)."""
     try:
         params = zstandard.get_frame_parameters(frame)
     except zstandard.ZstdError as exc:
@@ -167,7 +199,8 @@ def unzstd(frame: bytes, size: int) -> bytes:
     if params.content_size != size:  # also refuses a frame without a content size
         raise FormatError(f"zstd frame holds {params.content_size} bytes, part needs {size}")
     try:
-        out = zstandard.ZstdDecompressor().decompress(frame, max_output_size=size)
+        decompressor = zstandard.ZstdDecompressor(dict_data=dictionary) if dictionary else zstandard.ZstdDecompressor()
+        out = decompressor.decompress(frame, max_output_size=size)
     except zstandard.ZstdError as exc:
         raise FormatError(f"bad zstd frame: {exc}") from None
     if len(out) != size:
@@ -178,23 +211,74 @@ def unzstd(frame: bytes, size: int) -> bytes:
 PLANE_METHODS_SEEN: set[int] = set()  # which plane methods (§5.3) the tests' archives used (a test checks)
 
 
-def unplanes(data: bytes, size: int, itemsize: int) -> bytes:
-    """§5.3: a ``zstd+planes`` part back to its ``size`` raw bytes."""
+def _planes_head(data: bytes, size: int, itemsize: int) -> tuple[int, int, int]:
+    """§5.3: (flags, k, n) of a ``zstd+planes`` or ``zstd+planes2`` part, checked."""
     if len(data) < 2:
         raise FormatError("planes part shorter than its header")
     flags, k = data[0], data[1]
     if flags & ~1 or k != itemsize or k < 2 or size % k or (flags & 1 and k not in (2, 4, 8)):
         raise FormatError(f"planes part: flags {flags:#x}, {k} planes for {itemsize}-byte elements, {size} bytes")
-    n, head = size // k, 2 + 9 * k
+    return flags, k, size // k
+
+
+def unplanes(data: bytes, size: int, itemsize: int) -> bytes:
+    """§5.3: a ``zstd+planes`` part (2.x) back to its ``size`` raw bytes."""
+    flags, k, n = _planes_head(data, size, itemsize)
+    head = 2 + 9 * k
     if len(data) < head:
         raise FormatError("planes part shorter than its header")
     entries = [struct.unpack_from("<BQ", data, 2 + 9 * j) for j in range(k)]
     if sum(length for _, length in entries) != len(data) - head:
         raise FormatError("planes part: plane lengths do not add up")
+    payloads, offset = [], head
+    for method, length in entries:
+        payloads.append((method, data[offset : offset + length]))
+        offset += length
+    return _from_planes(flags, k, n, payloads)
+
+
+def leb128(data: bytes, offset: int) -> tuple[int, int]:
+    """§5.3: the unsigned LEB128 integer at ``offset`` (7 bits a byte, least significant group first,
+    the high bit set on every byte but the last) and the offset after it; at most 9 bytes (63 bits)."""
+    value = 0
+    for i in range(9):
+        if offset + i >= len(data):
+            raise FormatError("planes part: a length runs past the header")
+        byte = data[offset + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, offset + i + 1
+    raise FormatError("planes part: a length of more than 9 bytes")
+
+
+def unplanes2(data: bytes, size: int, itemsize: int) -> bytes:
+    """§5.3: a ``zstd+planes2`` part (3.0) back to its ``size`` raw bytes: the header lists
+    (plane, method, LEB128 length) in payload order, every plane exactly once."""
+    flags, k, n = _planes_head(data, size, itemsize)
+    offset, entries = 2, []
+    for _ in range(k):
+        if offset + 2 > len(data):
+            raise FormatError("planes part shorter than its header")
+        plane, method = data[offset], data[offset + 1]
+        length, offset = leb128(data, offset + 2)
+        entries.append((plane, method, length))
+    if sorted(plane for plane, _, _ in entries) != list(range(k)):
+        raise FormatError(f"planes part: the planes listed are {[plane for plane, _, _ in entries]}, not 0..{k - 1}")
+    if sum(length for _, _, length in entries) != len(data) - offset:
+        raise FormatError("planes part: plane lengths do not add up")
+    payloads: list = [None] * k
+    for plane, method, length in entries:
+        payloads[plane] = (method, data[offset : offset + length])
+        offset += length
+    return _from_planes(flags, k, n, payloads)
+
+
+def _from_planes(flags: int, k: int, n: int, payloads: list[tuple[int, bytes]]) -> bytes:
+    """§5.3: each plane's (method, payload) in plane order decoded to its ``n`` bytes, the planes
+    interleaved back into elements and (flags bit 0) every element rotated right by one bit."""
     planes = np.empty((k, n), dtype=np.uint8)
-    offset = head
-    for j, (method, length) in enumerate(entries):
-        payload, offset = data[offset : offset + length], offset + length
+    for j, (method, payload) in enumerate(payloads):
+        length = len(payload)
         PLANE_METHODS_SEEN.add(method)
         if method == 0:  # raw
             if length != n:
@@ -246,13 +330,27 @@ def check_version(record) -> None:
         raise FormatError(f"archive format {version} is newer than this reader ({READABLE_MAJOR}.x)")
 
 
-MANIFEST_CODECS = {"zstd+base64"}  # §4.0: how a 2.x envelope packs the manifest
+# §4.0: the manifest dictionary of format 3.0, a data file of the format (zstd raw content), checked
+# by its size and checksum before use
+DICTIONARY_FILE = Path(__file__).resolve().parents[1] / "sparsify" / "archive" / "manifest-3.0.dict"
+DICTIONARY_BYTES, DICTIONARY_CHECKSUM = 28488, "xxh3:e12e97b6b4604899"
+
+
+def manifest_dictionary() -> zstandard.ZstdCompressionDict:
+    data = DICTIONARY_FILE.read_bytes()
+    assert len(data) == DICTIONARY_BYTES and checksum(data) == DICTIONARY_CHECKSUM, "damaged dictionary file"
+    return zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+# §4.0: how an envelope packs the manifest -> whether its frame is compressed with the dictionary
+MANIFEST_CODECS = {"zstd+base64": False, "zstd+dict+base64": True}
 MAX_MANIFEST = 1 << 30  # §4.0: the largest content size a packed manifest may declare
 
 
 def load_manifest(text: str):
-    """§4.0: the manifest from the metadata string: a 2.0 envelope (``manifest_codec``: the manifest's
-    compact JSON in a zstd frame, base64) or, in 1.0 archives, the manifest's JSON itself."""
+    """§4.0: the manifest from the metadata string: an envelope (``manifest_codec``: the manifest's
+    compact JSON in a zstd frame, base64; 3.0 compresses it with the format's dictionary) or, in 1.0
+    archives, the manifest's JSON itself. As stored: :func:`upgrade` gives older ones 3.0's names."""
     try:
         outer = json.loads(text)
     except ValueError as exc:
@@ -279,7 +377,8 @@ def load_manifest(text: str):
     if size > MAX_MANIFEST:  # bounded before decompressing
         raise FormatError(f"packed manifest declares {size} bytes, more than {MAX_MANIFEST}")
     try:
-        manifest = json.loads(unzstd(frame, size).decode("utf-8"))
+        dictionary = manifest_dictionary() if MANIFEST_CODECS[codec] else None
+        manifest = json.loads(unzstd(frame, size, dictionary).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"packed manifest is not UTF-8 JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != outer["format_version"]:
@@ -287,8 +386,38 @@ def load_manifest(text: str):
     return manifest
 
 
+# §9.2: the SHA-256 digests of format 2.x and 1.0 under 3.0's names, as checksum strings
+RENAMED = {"sha256": "checksum", "content_sha256": "content_checksum", "decoded_sha256": "decoded_checksum"}
+
+
+def upgrade(manifest: dict) -> dict:
+    """§9.2: a 2.x or 1.0 manifest read as 3.0: in ``source``, its blob records, the tensor records
+    and their part records, ``"sha256": "<hex>"`` becomes ``"checksum": "sha256:<hex>"`` (likewise
+    ``content_sha256`` and ``decoded_sha256``; a ``null`` stays ``null``)."""
+
+    def move(record: dict) -> None:
+        for old, new in RENAMED.items():
+            if old in record:
+                value = record.pop(old)
+                record[new] = f"sha256:{value}" if isinstance(value, str) else value
+
+    source = manifest["source"]
+    for record in [source, *source["blobs"].values()]:
+        move(record)
+    for tensor in manifest["tensors"]:
+        move(tensor)
+        for part in tensor["parts"]:
+            move(part)
+    return manifest
+
+
+def major_of(version: str) -> int:
+    return int(version.split(".", 1)[0])
+
+
 class Reader:
-    """Reads a whole archive into memory and decodes its tensors on request."""
+    """Reads a whole archive into memory and decodes its tensors on request (``manifest``: in 3.0's
+    field names, §9.2)."""
 
     def __init__(self, path: Path) -> None:
         self.data = Path(path).read_bytes()
@@ -340,6 +469,8 @@ class Reader:
             raise FormatError("a plain safetensors file, not an archive")
         manifest = load_manifest(metadata["sparsify"])
         check_version(manifest)
+        if major_of(manifest["format_version"]) < 3:
+            upgrade(manifest)
         self.manifest = manifest
         # §8.2 manifest checks
         for tensor in manifest["tensors"]:
@@ -358,19 +489,32 @@ class Reader:
                 raise FormatError(f"{tensor['name']}: no stages")
             for part in tensor["parts"]:
                 self._check_part(part)
-            for key in ("sha256", "decoded_sha256"):  # §4.4, §8.2: lowercase hex, or (decoded_sha256) null
+            for key in ("checksum", "decoded_checksum"):  # §4.4, §8.2: checksum strings, or (decoded) null
                 digest = tensor.get(key)
-                if not (digest is None and key == "decoded_sha256" or _is_sha256(digest)):
+                if not (digest is None and key == "decoded_checksum" or _is_checksum(digest)):
                     raise FormatError(f"{tensor['name']}: bad {key} {digest!r}")
-        for part in manifest["source"]["blobs"].values():
+        source = manifest["source"]
+        if not _is_checksum(source["checksum"]):
+            raise FormatError(f"bad source checksum {source['checksum']!r}")
+        for name, part in source["blobs"].items():
             self._check_part(part)
+            content = part.get("content_checksum")
+            if not (content is None or _is_checksum(content)) or part["name"] != name:
+                raise FormatError(f"source blob {name!r}: bad record")
+        inline = source.get("inline", {})  # §4.2 (3.0): blobs held in the manifest as text
+        if not isinstance(inline, dict) or not all(isinstance(v, str) for v in inline.values()):
+            raise FormatError("source.inline must map names to strings")
+        if set(inline) & set(source["blobs"]):
+            raise FormatError(f"source blobs {sorted(set(inline) & set(source['blobs']))} are both inline and stored")
+        if source["format"] == "safetensors" and "header" not in {*inline, *source["blobs"]}:
+            raise FormatError("a safetensors source without its header blob")
 
     def _check_part(self, part) -> None:
         entry = self.entries.get(part["key"])
         if entry is None:
             raise FormatError(f"part {part['key']!r} is not in the file")
         begin, end = entry["data_offsets"]
-        if end - begin != part["nbytes"] or not _is_sha256(part["sha256"]) or not _is_shape(part["shape"]):
+        if end - begin != part["nbytes"] or not _is_checksum(part["checksum"]) or not _is_shape(part["shape"]):
             raise FormatError(f"part {part['key']!r} does not match its entry")
         logical = nbytes_of(part["dtype"], part["shape"])
         # §5.2: how the entry must look
@@ -389,7 +533,7 @@ class Reader:
         """§8.3: the stored bytes, checksum verified before any use."""
         begin, end = self.entries[part["key"]]["data_offsets"]
         raw = self.data[self.base + begin : self.base + end]
-        if sha256(raw) != part["sha256"]:
+        if not matches(raw, part["checksum"]):
             raise FormatError(f"checksum mismatch in {part['key']!r}")
         return raw
 
@@ -403,6 +547,8 @@ class Reader:
         itemsize = dtype.itemsize if dtype is not None else 1
         if part["codec"] == "zstd+planes":
             return unplanes(raw, size, itemsize)
+        if part["codec"] == "zstd+planes2":
+            return unplanes2(raw, size, itemsize)
         if part["codec"] not in ("zstd", "zstd+bytegroup"):
             raise FormatError(f"unknown codec {part['codec']!r}")
         out = unzstd(raw, size)
@@ -420,7 +566,16 @@ class Reader:
         return np.frombuffer(data, dtype=dtype).reshape(part["shape"])
 
     def blob(self, name: str) -> bytes:
-        return self.part_bytes(self.manifest["source"]["blobs"][name])
+        """§4.2, §8.3: a source blob: its text from ``source.inline`` as UTF-8 (3.0), or its stored part,
+        whose decoded bytes must have ``content_checksum`` where the record has one (2.1 and later)."""
+        source = self.manifest["source"]
+        if name in source.get("inline", {}):
+            return source["inline"][name].encode("utf-8")
+        part = source["blobs"][name]
+        data = self.part_bytes(part)
+        if part.get("content_checksum") is not None and not matches(data, part["content_checksum"]):
+            raise FormatError(f"source blob {name!r} differs from its content checksum")
+        return data
 
     # -- tensors ------------------------------------------------------------------------------
 
@@ -835,13 +990,14 @@ DECODED_CHECKS: list[str] = []  # which checksum each decode was checked against
 
 
 def check_decoded(record: dict, decoded: np.ndarray) -> None:
-    """§8.4: an exact tensor decodes to the original's bytes (``sha256``), a lossy one to the bytes the
-    writer recorded (``decoded_sha256``, 2.1; nothing to check in older records). C order, own dtype."""
+    """§8.4: an exact tensor decodes to the original's bytes (``checksum``), a lossy one to the bytes
+    the writer recorded (``decoded_checksum``, 2.1 on; nothing to check in older records). C order, own
+    dtype."""
     exact = record["metrics"]["exact"]
-    expected = record["sha256"] if exact else record.get("decoded_sha256")
-    DECODED_CHECKS.append("sha256" if exact else "decoded_sha256" if expected is not None else "none")
-    if expected is not None and sha256(np.ascontiguousarray(decoded).tobytes()) != expected:
-        what = "the original's checksum" if exact else "decoded_sha256"
+    expected = record["checksum"] if exact else record.get("decoded_checksum")
+    DECODED_CHECKS.append("checksum" if exact else "decoded_checksum" if expected is not None else "none")
+    if expected is not None and not matches(np.ascontiguousarray(decoded).tobytes(), expected):
+        what = "the original's checksum" if exact else "decoded_checksum"
         raise FormatError(f"{record['name']}: decoded bytes differ from {what}")
 
 
@@ -859,7 +1015,7 @@ STAGE_DECODERS = {
 # ---------------------------------------------------------------------------------------------------
 
 
-CURRENT = "2.1"  # the version FORMAT.md describes, which sparsify writes
+CURRENT = "3.0"  # the version FORMAT.md describes, which sparsify writes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -880,15 +1036,18 @@ def make(tmp_path: Path, source: Path, name: str, **options) -> Path:
     return out
 
 
-def pack_manifest(manifest: dict) -> str:
-    """§4.0: the metadata string of a 2.0 archive: an envelope holding the manifest's compact JSON as one
-    zstd frame (content size and checksum; sparsify uses level 19), base64-coded."""
+def pack_manifest(manifest: dict, codec: str = "zstd+dict+base64") -> str:
+    """§4.0: the metadata string of a 3.0 archive: an envelope holding the manifest's compact JSON as one
+    zstd frame (content size and checksum; sparsify uses level 19) compressed with the format's
+    dictionary, base64-coded; ``codec`` ``"zstd+base64"``: 2.x's envelope, without the dictionary."""
     text = json.dumps(manifest, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    frame = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(text.encode("utf-8"))
+    dictionary = manifest_dictionary() if MANIFEST_CODECS[codec] else None
+    compressor = zstandard.ZstdCompressor(level=19, write_checksum=True, dict_data=dictionary)
+    frame = compressor.compress(text.encode("utf-8"))
     envelope = {
         "format": manifest["format"],
         "format_version": manifest["format_version"],
-        "manifest_codec": "zstd+base64",
+        "manifest_codec": codec,
         "manifest": base64.b64encode(frame).decode("ascii"),
     }
     return json.dumps(envelope, separators=(",", ":"))
@@ -930,7 +1089,7 @@ def check_lossless(reader: Reader, name: str, original: np.ndarray) -> None:
     record = reader.record(name)
     assert decoded.dtype == original.dtype and decoded.shape == original.shape
     assert decoded.tobytes() == original.tobytes()
-    assert sha256(np.ascontiguousarray(decoded).tobytes()) == record["sha256"]
+    assert matches(np.ascontiguousarray(decoded).tobytes(), record["checksum"])  # 2.x: a sha256: string
     assert record["metrics"]["exact"] is True
 
 
@@ -953,7 +1112,7 @@ def check_pruned(reader: Reader, name: str, original: np.ndarray, layout: str) -
     assert np.array_equal(decoded[kept], original[kept])  # bit-exact copies (no zeros in these weights)
     assert int(kept.sum()) == stage["resolved"]["nnz"] == round((1 - stage["config"]["sparsity"]) * original.size)
     assert np.abs(original[kept]).min() >= np.abs(original[~kept]).max()
-    assert sha256(original.tobytes()) == record["sha256"]  # the checksum names the original
+    assert checksum(original.tobytes()) == record["checksum"]  # the checksum names the original
     # the manifest's metrics describe this decoded tensor (REPORT.md definitions)
     w, w_hat = original.astype(np.float64), decoded.astype(np.float64)
     rel = np.linalg.norm(w_hat - w) / np.linalg.norm(w)
@@ -1000,17 +1159,18 @@ def test_bitmask_zstd_parts(tmp_path, originals):
         packed = reader.part_array(mask)
         kept = reader.tensor(name) != 0
         assert bool(packed[0] & 0x80) == kept[0, 0] and bool(packed[0] & 0x01) == kept[0, 7]
-    coded = [p for t in reader.manifest["tensors"] for p in t["parts"] if p["codec"] in ("zstd", "zstd+planes")]
+    coded = [p for t in reader.manifest["tensors"] for p in t["parts"] if p["codec"] in ("zstd", "zstd+planes2")]
     assert coded
     for p in coded:
         assert reader.entries[p["key"]]["dtype"] == "U8" and reader.entries[p["key"]]["shape"] == [p["nbytes"]]
         assert p["nbytes"] < nbytes_of(p["dtype"], p["shape"])
-    # the source's own header comes back from its blob
+    # the source's own header comes back from its blob: held in the manifest as text (§4.2, 3.0)
     (n,) = struct.unpack("<Q", FP32.read_bytes()[:8])
     assert reader.blob("header") == FP32.read_bytes()[8 : 8 + n]
     source = reader.manifest["source"]
-    assert source["sha256"] == sha256(FP32.read_bytes()) and source["size"] == FP32.stat().st_size
-    assert source["blobs"]["header"]["key"] == "__sparsify__/source/header"
+    assert source["checksum"] == checksum(FP32.read_bytes()) and source["size"] == FP32.stat().st_size
+    assert source["inline"]["header"] == FP32.read_bytes()[8 : 8 + n].decode("utf-8") and source["blobs"] == {}
+    assert not any(key.startswith("__sparsify__/") for key in reader.entries)
 
 
 def test_stages_add_up(tmp_path, originals):
@@ -1072,26 +1232,28 @@ def test_bf16(tmp_path, originals):
 
 
 def test_version_rule(tmp_path):
-    """§9: any 2.x (older or newer minor) is read, 3.0 is refused, by this reader and by sparsify; the
-    envelope's version is checked first, and must be the manifest's."""
+    """§9: any 3.x (older or newer minor) is read, 4.0 is refused, by this reader and by sparsify; the
+    envelope's version is checked first, and must be the manifest's. (2.x and 1.0: the golden archives.)"""
     data = make(tmp_path, FP32, "v.sparsify", pipeline="threshold:sparsity=0.9+zstd").read_bytes()
     old = f'"format_version":"{CURRENT}"'
     path = tmp_path / "edited.sparsify"
-    for version in ("2.0", "2.7", "2.10"):  # envelope and manifest say the same
+    for version in ("3.1", "3.7", "3.10"):  # envelope and manifest say the same
         path.write_bytes(edit_manifest(data, old, f'"format_version":"{version}"', 1))
         assert Reader(path).manifest["format_version"] == version
         assert sparsify.inspect(path)["tensors"]
-    for version in ("3.0", "10.1"):
+    for version in ("4.0", "10.1"):
         path.write_bytes(edit_manifest(data, old, f'"format_version":"{version}"', 1))
         with pytest.raises(FormatError, match="newer"):
             Reader(path)
         with pytest.raises(sparsify.SparsifyError, match="newer than this sparsify"):
             sparsify.inspect(path)
-    # an envelope claiming 3.0 is refused before its manifest is unpacked (a 3.x may pack it otherwise)
-    path.write_bytes(with_metadata(data, envelope_with(data, format_version="3.0", manifest="not base64!")))
+    # an envelope claiming 4.0 is refused before its manifest is unpacked (a 4.x may pack it otherwise)
+    path.write_bytes(with_metadata(data, envelope_with(data, format_version="4.0", manifest="not base64!")))
     with pytest.raises(FormatError, match="newer"):
         Reader(path)
-    path.write_bytes(with_metadata(data, envelope_with(data, format_version="2.0")))  # the manifest says 2.1
+    with pytest.raises(sparsify.SparsifyError, match="newer than this sparsify"):
+        sparsify.inspect(path)
+    path.write_bytes(with_metadata(data, envelope_with(data, format_version="2.1")))  # the manifest says 3.0
     with pytest.raises(FormatError, match="different format versions"):
         Reader(path)
     with pytest.raises(sparsify.SparsifyError, match="the envelope says format"):
@@ -1152,12 +1314,15 @@ def check_archive(reader: Reader, expected: dict[str, np.ndarray], originals: di
         assert decoded.dtype == expected[name].dtype and decoded.shape == expected[name].shape, name
         assert decoded.tobytes() == expected[name].tobytes(), name
         original = originals[name]
-        assert sha256(np.ascontiguousarray(original).tobytes()) == record["sha256"]
-        if reader.manifest["format_version"] == CURRENT:  # §4.4: decoded_sha256 exactly for lossy tensors
+        version = reader.manifest["format_version"]
+        algorithm = "xxh3" if major_of(version) >= 3 else "sha256"  # §9.2: older digests read as sha256:
+        assert checksum(np.ascontiguousarray(original).tobytes(), algorithm) == record["checksum"]
+        if version not in ("1.0", "2.0"):  # §4.4: decoded_checksum exactly for lossy tensors (2.1 on)
             exact = record["metrics"]["exact"]
-            assert record["decoded_sha256"] == (None if exact else sha256(np.ascontiguousarray(decoded).tobytes()))
+            lossy = checksum(np.ascontiguousarray(decoded).tobytes(), algorithm)
+            assert record["decoded_checksum"] == (None if exact else lossy)
         else:
-            assert "decoded_sha256" not in record
+            assert "decoded_checksum" not in record
         if record["stages"][0]["method"] == "keep":
             assert "budget_scale" not in record
             assert decoded.tobytes() == original.tobytes()
@@ -1346,20 +1511,22 @@ def test_ordered_products_by_hand():
         "svd:rank=2+threshold:sparsity=0.9+int8",
     ],
 )
-def test_decoded_sha256(tmp_path, originals, pipeline):
+def test_decoded_checksum(tmp_path, originals, pipeline):
     """§8.4: every lossy tensor's decode, by this reader's reference arithmetic, has the recorded
-    decoded_sha256 (bf16 source too); an edited one is refused by both readers, and so is an edited
+    decoded_checksum (bf16 source too); an edited one is refused by both readers, and so is an edited
     checksum of an exact tensor."""
     source = BF16 if "bf16" in pipeline else FP32
     path = make(tmp_path, source, "d.sparsify", pipeline=pipeline)
     reader = Reader(path)
     DECODED_CHECKS.clear()
     check_archive(reader, reference(tmp_path, path, ".safetensors"), load_file(str(source)))
-    assert DECODED_CHECKS == ["sha256", "decoded_sha256"] * 3  # biases exact, weights lossy
+    assert DECODED_CHECKS == ["checksum", "decoded_checksum"] * 3  # biases exact, weights lossy
     data = path.read_bytes()
-    for name, key in (("fc2.weight", "decoded_sha256"), ("fc2.bias", "sha256")):
+    for name, key in (("fc2.weight", "decoded_checksum"), ("fc2.bias", "checksum")):
         manifest = load_manifest(metadata_text(data))
-        next(t for t in manifest["tensors"] if t["name"] == name)[key] = "0" * 64
+        record = next(t for t in manifest["tensors"] if t["name"] == name)
+        assert record[key].startswith("xxh3:")  # what 3.0 writes
+        record[key] = "xxh3:" + "0" * 16
         damaged = tmp_path / "damaged.sparsify"
         damaged.write_bytes(with_metadata(data, pack_manifest(manifest)))
         with pytest.raises(FormatError, match="decoded bytes differ"):
@@ -1368,6 +1535,52 @@ def test_decoded_sha256(tmp_path, originals, pipeline):
         with pytest.raises(sparsify.CorruptArchiveError, match="differ from the (recorded|original's) checksum"):
             sparsify.decompress(damaged, out)
         assert not out.exists()
+
+
+def test_checksum_strings():
+    """§8.6: checksum strings name their algorithm; XXH3-64 (seed 0) of the specification's test
+    input, SHA-256 of the empty string; anything else is not a checksum."""
+    assert checksum(b"") == "xxh3:2d06800538d394c2"  # XXH3_64bits of the empty input
+    assert checksum(b"", "sha256") == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert checksum(b"a") == "xxh3:" + f"{xxhash.xxh3_64_intdigest(b'a'):016x}"  # most significant digit first
+    assert matches(b"abc", checksum(b"abc")) and matches(b"abc", checksum(b"abc", "sha256"))
+    assert not matches(b"abd", checksum(b"abc")) and not matches(b"abd", checksum(b"abc", "sha256"))
+    for bad in ("xxh3:" + "0" * 15, "xxh3:" + "A" * 16, "sha256:" + "0" * 16, "crc32:00000000", "0" * 64, None, 7):
+        assert not _is_checksum(bad), bad
+        with pytest.raises(FormatError):
+            matches(b"", bad)
+
+
+def test_sha256_checksums_are_read(tmp_path):
+    """§8.6: a record may name SHA-256 (``"sha256:<64 hex>"``, what 2.x digests become when read, §9.2):
+    both readers check it as such, in tensors, parts and the source; a wrong one is refused."""
+    data = (GOLDEN / "digits_mlp.keep.sparsify").read_bytes()
+    original = FP32.read_bytes()
+    manifest = load_manifest(metadata_text(data))
+    reader = Reader(GOLDEN / "digits_mlp.keep.sparsify")
+    for tensor in manifest["tensors"]:
+        tensor["checksum"] = checksum(reader.tensor(tensor["name"]).tobytes(), "sha256")
+        for part in tensor["parts"]:
+            part["checksum"] = checksum(reader.stored(part), "sha256")
+    manifest["source"]["checksum"] = checksum(original, "sha256")
+    path = tmp_path / "sha256.sparsify"
+    path.write_bytes(with_metadata(data, pack_manifest(manifest)))
+    mixed = Reader(path)
+    for tensor in manifest["tensors"]:
+        assert mixed.tensor(tensor["name"]).tobytes() == reader.tensor(tensor["name"]).tobytes()
+    out = sparsify.decompress(path, tmp_path / "sha256.safetensors")  # the whole-file check too (§8.5)
+    assert out.read_bytes() == original
+    manifest["source"]["checksum"] = "sha256:" + "0" * 64
+    path.write_bytes(with_metadata(data, pack_manifest(manifest)))
+    with pytest.raises(sparsify.CorruptArchiveError, match="differs from the file that was compressed"):
+        sparsify.decompress(path, tmp_path / "wrong.safetensors")
+    manifest["tensors"][1]["parts"][0]["checksum"] = "sha256:" + "0" * 64
+    path.write_bytes(with_metadata(data, pack_manifest(manifest)))
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        Reader(path).tensor(manifest["tensors"][1]["name"])
+    with pytest.raises(sparsify.CorruptArchiveError, match="checksum mismatch"):
+        with sparsify.archive.Archive(path) as archive:
+            archive.decode(archive.tensors[1])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1413,14 +1626,88 @@ def test_planes_by_hand():
         unplanes(planes_part(1, [low, low, low]), 15, 3)  # rotation needs 2-, 4- or 8-byte elements
 
 
+def leb128_bytes(value: int) -> bytes:
+    """§5.3: ``value`` as unsigned LEB128."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def planes2_part(flags: int, entries: list[tuple[int, int, bytes]]) -> bytes:
+    """A §5.3 ``zstd+planes2`` part from (plane, method, payload) in payload order."""
+    head = bytes((flags, len(entries))) + b"".join(bytes((j, m)) + leb128_bytes(len(p)) for j, m, p in entries)
+    return head + b"".join(p for _, _, p in entries)
+
+
+def test_planes2_by_hand():
+    """§5.3's ``zstd+planes2`` example (a raw plane stored before the coded one it follows), LEB128
+    lengths, the checks a reader must make; sparsify's decoder agrees on every case."""
+    from sparsify.coders.planes import decode_planes
+    from sparsify.errors import CorruptArchiveError
+
+    def both(data: bytes, size: int, itemsize: int) -> bytes:
+        ours = unplanes2(data, size, itemsize)
+        assert bytes(decode_planes(memoryview(data), size, itemsize, version=2)) == ours
+        return ours
+
+    # U16 elements 0x1100, 0x2201, 0x3300, 0x4401, 0x5500: plane 0 (low bytes) 00 01 00 01 00 packed,
+    # 1 bit per index, palette 00 01, indices 0 1 0 1 0 -> 0b01010; plane 1 (high bytes) raw, stored first
+    example = planes2_part(0, [(1, 0, bytes.fromhex("1122334455")), (0, 2, bytes.fromhex("010200010a"))])
+    assert example.hex(" ") == "00 02 01 00 05 00 02 05 11 22 33 44 55 01 02 00 01 0a"
+    expected = np.array([0x1100, 0x2201, 0x3300, 0x4401, 0x5500], "<u2").tobytes()
+    assert both(example, 10, 2) == expected
+    # the same planes in plane order, and plane 0 raw: the same elements
+    assert both(planes2_part(0, [(0, 2, bytes.fromhex("010200010a")), (1, 0, bytes.fromhex("1122334455"))]), 10, 2)
+    assert both(planes2_part(0, [(0, 0, bytes.fromhex("0001000100")), (1, 0, bytes.fromhex("1122334455"))]), 10, 2)
+    assert [leb128_bytes(v).hex() for v in (0, 5, 127, 128, 300, 16384)] == ["00", "05", "7f", "8001", "ac02", "808001"]
+    assert leb128(bytes.fromhex("ac02"), 0) == (300, 2) and leb128(bytes.fromhex("8001ff"), 0) == (128, 2)
+    # 128 rotated float32 elements (the §11 example's shape): lengths of two LEB128 bytes
+    values = np.linspace(0.25, 0.49, 128, dtype=np.float32)
+    words = values.view("<u4")
+    rotated = ((words << np.uint32(1)) | (words >> np.uint32(31))).view(np.uint8).reshape(128, 4)
+    entries = [(j, 0, rotated[:, j].tobytes()) for j in range(3)]
+    entries.append((3, 1, zstandard.ZstdCompressor(write_checksum=False).compress(rotated[:, 3].tobytes())))
+    part = planes2_part(1, entries)
+    assert part[: 17 - 3].hex(" ") == "01 04 00 00 80 01 01 00 80 01 02 00 80 01"
+    assert both(part, 512, 4) == values.tobytes()
+    low, high = (0, 0, bytes.fromhex("0001000100")), (1, 0, bytes.fromhex("1122334455"))
+    bad = [
+        planes2_part(0, [low, (0, 0, high[2])]),  # plane 0 twice, plane 1 missing
+        planes2_part(0, [low, (2, 0, high[2])]),  # no plane 2 in 2-byte elements
+        planes2_part(0, [low]),  # 1 plane for 2-byte elements
+        planes2_part(2, [low, high]),  # unknown flag
+        planes2_part(1, [(0, 0, b"\0" * 5), (1, 0, b"\0" * 5), (2, 0, b"\0" * 5)]),  # rotated 3-byte elements
+        planes2_part(0, [low, (1, 0, b"\x11\x22\x33\x44")]),  # a raw plane of the wrong length
+        planes2_part(0, [low, (1, 4, high[2])]),  # unknown method
+        planes2_part(0, [low, (1, 2, bytes((1, 1, 0x00, 0b10)))]),  # index 1 outside a 1-entry palette
+        planes2_part(0, [low, high]) + b"\x00",  # lengths do not add up
+        planes2_part(0, [low, high])[:-1],  # truncated
+        bytes.fromhex("0002 0000 85"),  # a length that runs past the header
+        bytes.fromhex("0002 0000") + b"\x80" * 10 + b"\x00",  # a length of more than 63 bits
+        planes2_part(0, [low, (1, 1, zstandard.ZstdCompressor(write_content_size=False).compress(high[2]))]),
+    ]
+    for data in bad:
+        size, itemsize = (15, 3) if data[1] == 3 else (10, 2)
+        with pytest.raises(FormatError):
+            unplanes2(data, size, itemsize)
+        with pytest.raises(CorruptArchiveError):
+            decode_planes(memoryview(data), size, itemsize, version=2)
+
+
 def h5_tensors(path: Path, names) -> dict[str, np.ndarray]:
     with h5py.File(path, "r") as f:
         return {name: f[name][()] for name in names}
 
 
 def test_planes_archive(tmp_path):
-    """keep+zstd: multi-byte parts are zstd+planes; every plane method and both rotations occur."""
+    """keep+zstd: multi-byte parts are zstd+planes2 (3.0); every plane method and both rotations occur,
+    and payloads come in plane order (small parts, coded every way) or with the raw planes first (large
+    ones, §5.3): both orders occur and decode."""
     seen: set[tuple[int, int]] = set()
+    orders = set()
     for source in (FP32, BF16, CREPE):
         reader = Reader(make(tmp_path, source, f"{source.stem}.sparsify", pipeline="keep+zstd"))
         names = [t["name"] for t in reader.manifest["tensors"]]
@@ -1428,15 +1715,46 @@ def test_planes_archive(tmp_path):
         for name in names:
             check_lossless(reader, name, originals[name])
             (part,) = reader.record(name)["parts"]
-            if part["codec"] == "zstd+planes":
+            assert part["codec"] != "zstd+planes"  # 2.x's codec is read, no longer written
+            if part["codec"] == "zstd+planes2":
                 stored = reader.stored(part)
                 assert stored[1] == numpy_type(part["dtype"]).itemsize
-                seen |= {(stored[0], stored[2 + 9 * j]) for j in range(stored[1])}
-    assert {flags for flags, _ in seen} == {0, 1} and {method for _, method in seen} == {0, 1, 2}
+                offset, entries = 2, []
+                for _ in range(stored[1]):
+                    entries.append((stored[offset], stored[offset + 1]))
+                    _, offset = leb128(stored, offset + 2)
+                in_order = entries == sorted(entries)
+                assert in_order or [m for _, m in entries] == sorted((m for _, m in entries), key=lambda m: m != 0)
+                orders.add("plane order" if in_order else "raw first")
+                seen |= {(stored[0], method) for _, method in entries}
+    assert {flags for flags, _ in seen} == {0, 1} and {method for _, method in seen} >= {0, 1, 2}
+    assert orders == {"plane order", "raw first"}
     reader = Reader(make(tmp_path, BF16, "bf16-half.sparsify", pipeline="threshold:sparsity=0.5+zstd"))
     for name in WEIGHTS:
         reader.tensor(name)
     assert 3 in PLANE_METHODS_SEEN  # packed indices in a zstd frame
+    for name in ("v2.1/digits_mlp.keep.sparsify", "v2.0/digits_mlp.keep.sparsify"):
+        older = Reader(GOLDEN / name)  # 2.x archives hold zstd+planes parts, still read
+        planes = [t["name"] for t in older.manifest["tensors"] if t["parts"][0]["codec"] == "zstd+planes"]
+        assert planes
+        for tensor in planes:
+            check_lossless(older, tensor, load_file(str(FP32))[tensor])
+
+
+def test_zstd_frames_of_parts_have_no_checksum(tmp_path):
+    """§5.2 (3.0): the writer's zstd frames carry their content size but no checksum of their own (the
+    part's checksum covers them), in plain parts and in planes alike; the manifest's frame keeps its."""
+    reader = Reader(GOLDEN / "digits_mlp.threshold.sparsify")
+    frames = 0
+    for tensor in reader.manifest["tensors"]:
+        for part in tensor["parts"]:
+            if part["codec"] == "zstd":
+                params = zstandard.get_frame_parameters(reader.stored(part))
+                assert params.content_size == nbytes_of(part["dtype"], part["shape"]) and not params.has_checksum
+                frames += 1
+    assert frames == 3
+    frame = base64.b64decode(json.loads(metadata_text(reader.data))["manifest"])
+    assert zstandard.get_frame_parameters(frame).has_checksum
 
 
 def test_csr_delta(tmp_path, originals):
@@ -1631,21 +1949,30 @@ def envelope_with(data: bytes, **changes) -> str:
 
 
 def test_manifest_envelope(tmp_path):
-    """§4.0: a 2.0 archive's metadata string is a small envelope around the zstd-compressed, base64-coded
-    manifest; repacking the manifest as the document says gives the archive back byte for byte."""
+    """§4.0: a 3.0 archive's metadata string is a small envelope around the manifest, zstd-compressed
+    with the format's dictionary and base64-coded; repacking the manifest as the document says gives
+    the archive back byte for byte. The 2.x envelope (no dictionary) and the 1.0 form are still read."""
     data = (GOLDEN / "digits_mlp.threshold.sparsify").read_bytes()
     envelope = json.loads(metadata_text(data))
     assert list(envelope) == ["format", "format_version", "manifest_codec", "manifest"]
     assert envelope["format"] == "sparsify" and envelope["format_version"] == CURRENT
-    assert envelope["manifest_codec"] == "zstd+base64"
+    assert envelope["manifest_codec"] == "zstd+dict+base64"
     manifest = load_manifest(metadata_text(data))
     compact = json.dumps(manifest, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     frame = base64.b64decode(envelope["manifest"], validate=True)
     params = zstandard.get_frame_parameters(frame)
     assert params.content_size == len(compact) and params.has_checksum
+    assert params.dict_id == 0  # raw content: the frame names no dictionary, the codec does
     assert with_metadata(data, pack_manifest(manifest)) == data  # the writer's exact bytes (same zstd)
     plain = json.dumps(compact.decode("utf-8"))  # what the 1.0 form costs inside the header's JSON
     assert len(json.dumps(metadata_text(data))) < len(plain) / 2
+    # the dictionary pays: the same manifest packed the 2.x way (no dictionary) takes far more
+    without = pack_manifest(manifest, "zstd+base64")
+    assert len(metadata_text(data)) < len(without) / 2
+    old_codec = tmp_path / "zstd-base64.sparsify"
+    old_codec.write_bytes(with_metadata(data, without))  # 2.x's codec: read by both readers
+    assert Reader(old_codec).manifest == manifest
+    assert [t["name"] for t in sparsify.inspect(old_codec)["tensors"]] == [t["name"] for t in manifest["tensors"]]
     # the 1.0 form, the manifest's JSON itself as the metadata string, is still read (by both readers)
     old_form = tmp_path / "plain.sparsify"
     old_form.write_bytes(with_metadata(data, compact.decode("utf-8")))
@@ -1659,7 +1986,8 @@ def test_manifest_envelope(tmp_path):
         return base64.b64encode(frame).decode("ascii")
 
     damaged = [  # (envelope fields changed, what this reader's message says)
-        ({"manifest_codec": "brotli"}, "'brotli'.*2\\.1"),  # names the codec and the version
+        ({"manifest_codec": "brotli"}, "'brotli'.*3\\.0"),  # names the codec and the version
+        ({"manifest_codec": "zstd+base64"}, "zstd frame"),  # a frame made with the dictionary needs it
         ({"format": "other"}, "not 'sparsify'"),
         ({"manifest": None}, "packed manifest"),
         ({"manifest": text[:60] + "\n" + text[60:]}, "base64"),  # strict base64: no line breaks
@@ -1681,7 +2009,11 @@ def test_manifest_envelope(tmp_path):
         sparsify.inspect(path)
 
 
-GOLDEN_NAMES = sorted(p.relative_to(GOLDEN).as_posix() for p in GOLDEN.rglob("*.sparsify"))
+GOLDEN_NAMES = sorted(  # single archives (folder archives and their members: test_folder_format_doc.py)
+    p.relative_to(GOLDEN).as_posix()
+    for p in GOLDEN.rglob("*.sparsify")
+    if p.is_file() and not any(parent.suffix == ".sparsify" for parent in p.relative_to(GOLDEN).parents)
+)
 
 
 def test_golden_set():
@@ -1690,25 +2022,38 @@ def test_golden_set():
     from golden.make_golden import OLDER
 
     assert GOLDEN_NAMES == sorted([*CURRENT_SET, *OLDER])
-    assert {name.split("/")[0] if "/" in name else CURRENT for name in GOLDEN_NAMES} == {"v1.0", "v2.0", CURRENT}
+    versions = {name.split("/")[0] if "/" in name else CURRENT for name in GOLDEN_NAMES}
+    assert versions == {"v1.0", "v2.0", "v2.1", CURRENT}
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_archives(tmp_path, name):
-    """Archives of sparsify releases: 1.0 (the manifest's JSON as the metadata string), 2.0 (envelope) and
-    2.1 (decoded_sha256 in lossy records, checked by this reader's reference arithmetic)."""
+    """Archives of sparsify releases: 1.0 (the manifest's JSON as the metadata string), 2.0 (envelope),
+    2.1 (decoded checksums in lossy records, checked by this reader's reference arithmetic) and 3.0
+    (checksum strings, the dictionary envelope, the inline header, zstd+planes2)."""
     path = GOLDEN / name
     reader = Reader(path)
     version = reader.manifest["format_version"]
-    assert ("manifest_codec" in json.loads(metadata_text(path.read_bytes()))) == (version != "1.0")
+    envelope = json.loads(metadata_text(path.read_bytes()))
+    assert ("manifest_codec" in envelope) == (version != "1.0")
+    if version != "1.0":  # §4.0: 3.x packs with the dictionary, 2.x without
+        assert envelope["manifest_codec"] == ("zstd+dict+base64" if major_of(version) >= 3 else "zstd+base64")
     assert version == (name.split("/")[0][1:] if "/" in name else CURRENT)
-    originals = load_file(str(SAMPLES / reader.manifest["source"]["name"]))
+    source = reader.manifest["source"]
+    originals = load_file(str(SAMPLES / source["name"]))
+    assert source["checksum"] == checksum((SAMPLES / source["name"]).read_bytes(), source["checksum"].split(":")[0])
+    assert source["checksum"].startswith("xxh3:" if version == CURRENT else "sha256:")  # §9.2: upgraded
+    codecs = {p["codec"] for t in reader.manifest["tensors"] for p in t["parts"]}
+    assert ("zstd+planes2" in codecs) == (version == CURRENT) or codecs <= {None, "zstd"}
+    (n,) = struct.unpack("<Q", (SAMPLES / source["name"]).read_bytes()[:8])
+    assert reader.blob("header") == (SAMPLES / source["name"]).read_bytes()[8 : 8 + n]
+    assert ("header" in source.get("inline", {})) == (version == CURRENT)  # §4.2: 3.0 holds it as text
     DECODED_CHECKS.clear()
     check_archive(reader, reference(tmp_path, path, ".safetensors"), originals)
     lossy = [not t["metrics"]["exact"] for t in reader.manifest["tensors"]]
-    expected = ["decoded_sha256" if lossy_one else "sha256" for lossy_one in lossy]
-    if version != CURRENT:  # older records have no decoded checksum: only the exact tensors are checked
-        expected = ["none" if lossy_one else "sha256" for lossy_one in lossy]
+    expected = ["decoded_checksum" if lossy_one else "checksum" for lossy_one in lossy]
+    if version in ("1.0", "2.0"):  # older records have no decoded checksum: only the exact tensors are checked
+        expected = ["none" if lossy_one else "checksum" for lossy_one in lossy]
     assert DECODED_CHECKS == expected
 
 
@@ -1760,3 +2105,190 @@ def test_unpacked_codes_by_hand():
     ):
         with pytest.raises(FormatError):
             load_codes(stored, 3, 5, resolved, "test")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The document's own figures and bytes (FORMAT.md §4.0, §5.3, §11) against the golden archive they describe
+# ---------------------------------------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
+ELIDED = " … "  # FORMAT.md's mark for the middle of a string left out
+
+
+def doc_section(heading: str) -> str:
+    """The text of the FORMAT.md section whose heading starts with ``heading`` (``"## 11."``, ``"### 5.3"``),
+    up to the next heading of its level or above."""
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index("\n" + heading) + 1
+    level = heading.split(" ")[0]
+    ends = [text.find("\n" + "#" * n + " ", start + 1) for n in range(2, len(level) + 1)]
+    ends = [e for e in ends if e > 0]
+    return text[start : min(ends) if ends else len(text)]
+
+
+def code_blocks(text: str) -> list[str]:
+    """The bodies of the fenced code blocks of ``text``, in order."""
+    parts = text.split("```")
+    return [block.split("\n", 1)[1] if "\n" in block else "" for block in parts[1::2]]
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def shown_as(doc, real, where: str = "$") -> None:
+    """The document shows ``real`` as ``doc``: equal, but for strings whose middle is elided (``…``), objects
+    with keys left out (the rest in the same order) and lists of records (tensors) with records left out."""
+    if isinstance(doc, str) and ELIDED in doc:
+        head, tail = doc.split(ELIDED)
+        assert isinstance(real, str) and real.startswith(head) and real.endswith(tail), where
+    elif isinstance(doc, dict):
+        assert isinstance(real, dict) and set(doc) <= set(real), (where, sorted(set(doc) - set(real)))
+        assert list(doc) == [k for k in real if k in doc], f"{where}: keys in another order"
+        for key, value in doc.items():
+            shown_as(value, real[key], f"{where}.{key}")
+    elif isinstance(doc, list) and doc and all(isinstance(d, dict) and "name" in d for d in doc):
+        by_name = {r["name"]: r for r in real}
+        assert [d["name"] for d in doc] == [r["name"] for r in real if r["name"] in {d["name"] for d in doc}], where
+        for d in doc:
+            shown_as(d, by_name[d["name"]], f"{where}[{d['name']}]")
+    else:
+        assert type(doc) is type(real) and doc == real, (where, doc, real)
+
+
+def test_worked_example_is_the_golden_archive():
+    """§11 (and the figures §4.0 quotes from it) describe tests/golden/digits_mlp.threshold.sparsify byte for
+    byte: the first bytes, the header, the envelope, the manifest, the parts read by hand."""
+    path = GOLDEN / "digits_mlp.threshold.sparsify"
+    data = path.read_bytes()
+    text = doc_section("## 11.")
+    blocks = code_blocks(text)
+    reader = Reader(path)
+    (n,) = struct.unpack("<Q", data[:8])
+    header_json = data[8 : 8 + n].rstrip(b" ")
+    envelope_text = metadata_text(data)
+    envelope = json.loads(envelope_text)
+    frame = base64.b64decode(envelope["manifest"])
+    params = zstandard.get_frame_parameters(frame)
+    manifest = load_manifest(envelope_text)
+    compact = json.dumps(manifest, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    records = {t["name"]: t for t in manifest["tensors"]}
+    parts = {p["name"]: p for p in records["fc3.weight"]["parts"]}
+    values = reader.stored(parts["0.threshold.values"])
+    source = FP32.read_bytes()
+    (source_n,) = struct.unpack("<Q", source[:8])
+    buffer = len(data) - 8 - n
+    # the first 16 bytes, as xxd prints them
+    words = " ".join(data[i : i + 2].hex() for i in range(0, 16, 2))
+    printable = "".join(chr(b) if 32 <= b < 127 else "." for b in data[:16])
+    assert f"00000000: {words}  {printable}" in blocks[1]
+    # the header, its manifest elided (the doc's "A ... B" in the base64 text)
+    shown = json.loads("".join(line.strip() for line in blocks[2].splitlines()))
+    real = json.loads(header_json)
+    assert list(shown) == list(real)
+    for key, spec in real.items():
+        if key != "__metadata__":
+            assert shown[key] == spec, key
+    shown_envelope = json.loads(shown["__metadata__"]["sparsify"])
+    assert list(shown_envelope) == list(envelope)
+    head, tail = shown_envelope.pop("manifest").split(" ... ")
+    assert envelope["manifest"].startswith(head) and envelope["manifest"].endswith(tail)
+    assert all(envelope[k] == v for k, v in shown_envelope.items())
+    # the manifest, pretty-printed with tensors and the middle of the inline header left out
+    shown_as(json.loads(blocks[3]), manifest)
+    # the figures of the prose
+    content_size = struct.unpack("<H", frame[5:7])[0]
+    with_dictionary_not = len(with_metadata(data, pack_manifest(manifest, "zstd+base64")))
+    as_one_zero = with_metadata(data, compact.decode("utf-8"))
+    stored_plane3 = values[17 + 384 :]
+    values_at = reader.entries[parts["0.threshold.values"]["key"]]["data_offsets"][0]
+    planes_header = " | ".join(values[a:b].hex(" ") for a, b in ((0, 2), (2, 6), (6, 10), (10, 14), (14, 17)))
+    indptr = " ".join(map(str, reader.part_array(parts["0.threshold.indptr"]).tolist()))
+    figures = [
+        f"The archive is {len(data):,} bytes",
+        f"the header length `0x{n:04x}` = {n}",
+        f"The header ({n} bytes: {len(header_json)} bytes of JSON followed by {n - len(header_json)} padding spaces",
+        f"so that 8 + {n} = {8 + n} = 8 x {(8 + n) // 8} and the buffer starts at {8 + n}",
+        f"{8 + n} + {buffer} = {len(data)}, the file size",
+        f"The metadata string is the envelope of §4.0 ({len(envelope_text)} characters; "
+        f"{len(json.dumps(envelope_text, ensure_ascii=False))} bytes of header",
+        f"Its `manifest` is {len(envelope['manifest'])} base64 characters, which decode to {len(frame)} bytes",
+        f"`{frame[:4].hex(' ')}` (magic number), `{frame[4]:02x}`",
+        f"`{frame[5:7].hex(' ')}` (content size 0x{content_size:04x} + 256 = {params.content_size:,})",
+        f"gives the manifest's {len(compact):,} bytes of compact JSON",
+        f"would make the archive {with_dictionary_not:,} bytes",
+        f"it would take {len(json.dumps(compact.decode('utf-8'), ensure_ascii=False)):,} header bytes and make the "
+        f"archive {len(as_one_zero):,} bytes",
+        f"is {len(values)} bytes at file offset {8 + n} + {values_at}",
+        f"`{parts['0.threshold.values']['checksum']}` (§8.6)",
+        f"The header is the first 17 bytes, `{planes_header}`",
+        f"17 + 3 × 128 + {len(stored_plane3)} = {len(values)}",
+        f"The frame, `{stored_plane3[:6].hex(' ')} …`",
+        f"has the bytes `{' '.join(values[17 + 128 * j : 18 + 128 * j].hex() for j in range(3))} "
+        f"{unzstd(stored_plane3, 128)[:1].hex()}`",
+        f"`indptr` (11 `U8` values, raw: `{indptr}`)",
+        f"a {parts['0.threshold.deltas']['nbytes']}-byte zstd frame whose content size is 128",
+        f"is the record's `decoded_checksum`, `{records['fc3.weight']['decoded_checksum']}`",
+        f"the original's, `checksum`, is `{records['fc3.weight']['checksum']}`",
+        f"the {source_n} header bytes of `digits_mlp.safetensors` ({len(source[8 : 8 + source_n].rstrip(b' '))} "
+        f"bytes of JSON and {source_n - len(source[8 : 8 + source_n].rstrip(b' '))} spaces of padding)",
+        f"the source's {len(source):,} bytes with the checksum `{manifest['source']['checksum']}`",
+    ]
+    missing = [figure for figure in figures if figure not in flat(text)]
+    assert not missing, f"docs/FORMAT.md §11 does not say: {missing}"
+    assert values[:17].hex(" ") in flat(doc_section("### 5.3"))  # §5.3 quotes this part's header too
+    assert reader.tensor("fc3.weight").tobytes()[:4] == struct.pack("<f", 0.27409548)
+    keep = Reader(GOLDEN / "digits_mlp.keep.sparsify")
+    assert keep.manifest["source"]["checksum"] == manifest["source"]["checksum"] == checksum(source)
+    # §4.0 quotes the sizes of the manifest packed each way
+    envelope_figures = [
+        f"the manifest is {len(compact):,} bytes of compact JSON, which as an escaped string would take "
+        f"{len(json.dumps(compact.decode('utf-8'), ensure_ascii=False)):,} header bytes",
+        f"without the dictionary, takes {len(json.dumps(pack_manifest(manifest, 'zstd+base64'))):,}",
+        f"the 3.0 envelope {len(json.dumps(envelope_text, ensure_ascii=False)):,}",
+    ]
+    missing = [figure for figure in envelope_figures if figure not in flat(doc_section("### 4.0"))]
+    assert not missing, f"docs/FORMAT.md §4.0 does not say: {missing}"
+
+
+def test_planes2_example_is_the_documents():
+    """§5.3's ``zstd+planes2`` example bytes are the part test_planes2_by_hand decodes."""
+    example = planes2_part(0, [(1, 0, bytes.fromhex("1122334455")), (0, 2, bytes.fromhex("010200010a"))])
+    block = next(b for b in code_blocks(doc_section("### 5.3")) if b.startswith("00 02 |"))
+    assert block.splitlines()[0].replace("| ", "") == example.hex(" ")
+    assert f"The part is {len(example)} bytes" in flat(doc_section("### 5.3"))
+
+
+def test_dictionary_is_the_documents():
+    """§4.0: the manifest dictionary's size and checksum as the document gives them."""
+    text = flat(doc_section("### 4.0"))
+    data = DICTIONARY_FILE.read_bytes()
+    assert f"**{len(data):,} bytes** with the checksum **`{checksum(data)}`**" in text
+
+
+def test_page_aligned_archives(tmp_path, monkeypatch):
+    """§2.1 (3.0): the archive of a source of 32 MiB or more has its buffer at a multiple of 4096, one of a
+    smaller source at a multiple of 8 only; the same bytes whether the writer shifts the parts in place
+    (fallocate) or copies them; both read as any archive."""
+    import sparsify.fileops
+
+    big = 32 << 20
+    rng = np.random.default_rng(0)
+    small = {"bias": rng.standard_normal(100).astype(np.float32)}
+    made = {}
+    for name, nbytes in (("at", big), ("below", big - 8192)):
+        tensors = {"weight": np.arange(nbytes // 4, dtype=np.float32), **small}
+        source = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(source))
+        assert (source.stat().st_size >= big) == (name == "at")
+        archive = make(tmp_path, source, f"{name}.sparsify", pipeline="keep")
+        reader = Reader(archive)
+        assert reader.base % 8 == 0 and (reader.base % 4096 == 0) == (name == "at"), reader.base
+        assert reader.manifest["source"]["size"] == source.stat().st_size
+        for tensor, array in tensors.items():
+            check_lossless(reader, tensor, array)
+        made[name] = (source, archive.read_bytes())
+        del reader
+    source, aligned = made["at"]
+    monkeypatch.setattr(sparsify.fileops, "shift_start", lambda fd, by: False)  # as where fallocate cannot
+    assert make(tmp_path, source, "copied.sparsify", pipeline="keep").read_bytes() == aligned

@@ -50,6 +50,63 @@ def test_short_run(name: str, fuzz_workdir: Path) -> None:
     assert not failures, f"{len(failures)} failing cases, first: " + "; ".join(failures[:5])
 
 
+def test_archive_model_speaks_every_format(fuzz_workdir: Path, tmp_path: Path) -> None:
+    """The fuzzer's archive model takes an archive apart and packs it back as its format packs it: 3.0 with
+    the manifest dictionary and checksum strings (re-signed in either algorithm), 2.x without the
+    dictionary and with bare SHA-256 digests, 1.0 as the plain manifest; what it packs reads the same."""
+    golden = Path(fuzzing.GOLDEN)
+    cases = {
+        "digits_mlp.threshold.sparsify": ("zstd+dict+base64", "checksum"),
+        "v2.1/digits_mlp.threshold.sparsify": ("zstd+base64", "sha256"),
+        "v1.0/digits_mlp.threshold.sparsify": (None, "sha256"),
+    }
+    for name, (codec, field) in cases.items():
+        data = (golden / name).read_bytes()
+        model = fuzzing.ArchiveModel.parse(data)
+        assert model.envelope.get("manifest_codec") == codec
+        record = model.manifest["tensors"][1]["parts"][0]
+        assert field in record
+        entry = model.entry(record["key"])
+        fuzzing.resign(model, record, entry["data"])  # the same bytes, signed anew
+        if field == "checksum":
+            assert record["checksum"].startswith("xxh3:")
+            fuzzing.sign(record, entry["data"], algorithm="sha256")  # the other algorithm: as valid
+            assert record["checksum"].startswith("sha256:")
+        path = tmp_path / name.replace("/", "-")
+        path.write_bytes(model.pack())
+        assert fuzzing.reference_decode(path) == fuzzing.reference_decode(golden / name)
+        if codec == "zstd+dict+base64":  # the frame the model packs needs the dictionary
+            fuzzing.ArchiveModel.parse(path.read_bytes())
+            model.frame = fuzzing.pack_frame(model.pack_manifest(), dictionary=True)
+            model.envelope["manifest_codec"] = "zstd+base64"
+            path.write_bytes(model.pack())
+            outcome = fuzzing.run_case(target_for("archive", fuzz_workdir), _case(path, name), tmp_path / "run")
+            assert outcome.kind == "rejected", outcome
+
+
+def _case(path: Path, seed: str) -> fuzzing.Case:
+    golden = Path(fuzzing.GOLDEN) / seed
+    return fuzzing.Case("archive", path.read_bytes(), seed, ["by hand"], fuzzing.reference_decode(golden))
+
+
+@pytest.mark.parametrize("where", ["source", "part"])
+def test_checksum_with_a_trailing_newline_is_refused(where: str, fuzz_workdir: Path, tmp_path: Path) -> None:
+    """A checksum string followed by a newline is not a checksum (found by the fuzzer: Python's "$" matches
+    before a final newline): the archive is corrupt (a SparsifyError), not a crash, in decompress and
+    decode alike."""
+    name = "digits_mlp.keep.sparsify"
+    model = fuzzing.ArchiveModel.parse((Path(fuzzing.GOLDEN) / name).read_bytes())
+    record = model.manifest["source"] if where == "source" else model.manifest["tensors"][1]["parts"][0]
+    record["checksum"] += "\n"
+    path = tmp_path / "case.sparsify"
+    path.write_bytes(model.pack())
+    case = _case(path, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outcome = fuzzing.run_case(target_for("archive", fuzz_workdir), case, tmp_path / "run")
+    assert not outcome.failed, f"{outcome.signature}: {outcome.message}"
+
+
 # Reproducers that hang inside a library's C code, where no Python-level guard can stop them: replayed
 # in a subprocess with a time limit, and expected to fail until the library is fixed (strict: a fix shows).
 HANGS_IN_C = {

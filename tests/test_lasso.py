@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 
 import sparsify.methods.ksvd as ksvd_module
 from sparsify.errors import UsageError
-from sparsify.lasso_solver import bisect_alpha, debias, fista_lasso, soft_threshold, solve_on_support
+from sparsify.lasso_solver import (
+    bisect_alpha,
+    debias,
+    fista_lasso,
+    homotopy_lasso,
+    soft_threshold,
+    solve_on_support,
+)
 from sparsify.methods.lasso import Lasso
 from sparsify.pipeline import parse_pipeline
 
@@ -79,7 +86,8 @@ def _kkt_violation(d, y, x, alpha):
 
 @pytest.mark.parametrize("alpha", [0.05, 0.3, 1.0])
 def test_solver_paths_agree_and_are_exact(alpha):
-    """Cold start, warm start (from a nearby alpha), the float64 fallback alone and small blocks: same minimiser."""
+    """Cold start, warm start (from a nearby alpha), the float64 fallback alone, the float32 rounds in
+    small blocks and the homotopy: same minimiser."""
     rng = np.random.default_rng(11)
     length, atoms, count = 24, 48, 300
     d = rng.standard_normal((length, atoms))
@@ -89,15 +97,59 @@ def test_solver_paths_agree_and_are_exact(alpha):
     cold = fista_lasso(gram, dty, alpha)
     assert _kkt_violation(d, y, cold, alpha) < 1e-8
     warm = fista_lasso(gram, dty, alpha, init=fista_lasso(gram, dty, 1.1 * alpha))
-    fallback = fista_lasso(gram, dty, alpha, max_warm_iters=0, newton_steps=1)  # mostly float64 FISTA
-    blocks = fista_lasso(gram, dty, alpha, block=7)
-    for other in (warm, fallback, blocks):
+    fallback = fista_lasso(gram, dty, alpha, max_warm_iters=0, newton_steps=1, homotopy=False)  # float64 FISTA
+    blocks = fista_lasso(gram, dty, alpha, block=7, homotopy=False)  # float32 FISTA + Newton, in small blocks
+    path, solved = homotopy_lasso(gram, dty, alpha)
+    assert solved.all()
+    for other in (warm, fallback, blocks, path):
         assert _kkt_violation(d, y, other, alpha) < 1e-8
         assert np.allclose(other, cold, atol=1e-9)
     init = fista_lasso(gram, dty, 1.1 * alpha).astype(np.float32)
     kept = init.copy()
-    fista_lasso(gram, dty, alpha, init=init)
+    fista_lasso(gram, dty, alpha, init=init, homotopy=False)
     assert np.array_equal(init, kept)  # the warm start is not modified
+
+
+def _overcomplete(length, atoms, count, seed, duplicate=False):
+    rng = np.random.default_rng(seed)
+    d = rng.standard_normal((length, atoms))
+    if duplicate:
+        d[:, 1] = d[:, 0]  # two equal atoms: the minimiser is not unique, the homotopy cannot border G_AA
+    d /= np.linalg.norm(d, axis=0)
+    return d, rng.standard_normal((length, count))
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.2, 1.0])
+def test_homotopy_is_exact_on_overcomplete_short_signals(alpha):
+    """Segments over a learned dictionary: L < K, rank L. The homotopy solves every signal to the KKT
+    conditions, with sklearn's objective, and fista_lasso (which uses it there) agrees with its rounds."""
+    from sklearn.linear_model import Lasso as SkLasso
+
+    d, y = _overcomplete(16, 128, 400, 3)
+    gram, dty = d.T @ d, d.T @ y
+    codes, solved = homotopy_lasso(gram, dty, alpha)
+    assert solved.all()
+    assert _kkt_violation(d, y, codes, alpha) < 1e-8
+    assert np.array_equal(fista_lasso(gram, dty, alpha), codes)
+    rounds = fista_lasso(gram, dty[:, :40], alpha, homotopy=False)  # slow here: what the homotopy is for
+    assert np.allclose(rounds, codes[:, :40], atol=1e-9)
+    for s in range(0, 400, 50):
+        sk = SkLasso(alpha=alpha / 16, fit_intercept=False, tol=1e-14, max_iter=1_000_000).fit(d, y[:, s])
+        assert objective(y[:, s], d, codes[:, s], alpha) <= objective(y[:, s], d, sk.coef_, alpha) * (1 + 1e-9)
+
+
+def test_homotopy_leaves_what_it_cannot_solve_to_the_rounds():
+    d, y = _overcomplete(12, 40, 200, 4, duplicate=True)
+    gram, dty = d.T @ d, d.T @ y
+    alpha = 1.0
+    codes, solved = homotopy_lasso(gram, dty, alpha, max_active=3)
+    assert 0 < solved.sum() < solved.size  # signals needing more than 3 atoms gave up
+    assert not codes[:, ~solved].any()
+    assert _kkt_violation(d, y[:, solved], codes[:, solved], alpha) < 1e-8
+    full = fista_lasso(gram, dty, alpha)
+    assert _kkt_violation(d, y, full, alpha) < 1e-8
+    zero, done = homotopy_lasso(gram, dty, float(np.abs(dty).max()) * 1.01)
+    assert done.all() and not zero.any()  # alpha >= max |D^T y|: x = 0
 
 
 def test_soft_threshold_and_batched_least_squares():

@@ -5,7 +5,8 @@ decompress (§8.5).
   with the command in :data:`REGENERATE` when the schema changes);
 * every golden archive's manifest, of every format version, passes ``schema.validate`` and the
   committed JSON Schema (checked by the small validator below: ``jsonschema`` is not a dependency; it
-  refuses any keyword it does not implement, so a schema it cannot judge fails instead of passing);
+  refuses any keyword it does not implement, so a schema it cannot judge fails instead of passing),
+  the manifests of 2.x and 1.0 once their SHA-256 digests are renamed as 3.0's checksums (§9.2);
 * a typed field that is off is a CorruptArchiveError naming the field's path, unknown fields pass;
 * a lossless archive whose manifest does not rebuild the source's bytes does not decompress.
 """
@@ -123,14 +124,20 @@ def json_schema_errors(value: Any, node: dict[str, Any], root: dict[str, Any], p
     return errors
 
 
-def manifest_and_entries(path: Path) -> tuple[dict[str, Any], dict[str, container.Entry]]:
-    """An archive's manifest (1.0: the metadata string itself; 2.x: unpacked from the envelope) and its
+def manifest_and_entries(path: Path, upgraded: bool = True) -> tuple[dict[str, Any], dict[str, container.Entry]]:
+    """An archive's manifest (1.0: the metadata string itself; 2.x, 3.x: unpacked from the envelope),
+    of 2.x and 1.0 in 3.0's field names unless ``upgraded`` is false (as the reader does, §9.2), and its
     container entries by name."""
     with open(path, "rb") as f:
         layout = container.read_layout(f, path.stat().st_size, CorruptArchiveError, str(path))
     outer = json.loads(layout.metadata["sparsify"])
     manifest = unpack_manifest(outer, str(path)) if "manifest_codec" in outer else outer
+    if upgraded and int(manifest["format_version"].split(".")[0]) < 3:
+        schema.upgrade(manifest)
     return manifest, {e.name: e for e in layout.entries}
+
+
+CHECKSUM = re.compile("(xxh3:[0-9a-f]{16}|sha256:[0-9a-f]{64})")
 
 
 GOLDEN_NAMES = sorted([*GOLDEN, *OLDER])
@@ -138,31 +145,82 @@ GOLDEN_NAMES = sorted([*GOLDEN, *OLDER])
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_manifests_validate(name, committed):
-    """Archives of every format version (1.0, 2.0, 2.1) pass the schema and its cross-checks, and the
-    committed JSON Schema."""
+    """Archives of every format version (1.0, 2.0, 2.1, 3.0) pass the schema and its cross-checks, and the
+    committed JSON Schema; the older ones once their digests are renamed (§9.2), and only then."""
     manifest, entries = manifest_and_entries(GOLDEN_DIR / name)
     schema.validate(manifest, entries, name)
     assert json_schema_errors(manifest, committed, committed) == []
     version = manifest["format_version"]
-    assert version == (name.split("/")[0][1:] if "/" in name else "2.1")
+    assert version == (name.split("/")[0][1:] if "/" in name else "3.0")
+    algorithm = "xxh3" if version == "3.0" else "sha256"  # 3.0 writes XXH3-64; 2.x and 1.0 digests are SHA-256
+    records = [manifest["source"], *manifest["source"]["blobs"].values(), *manifest["tensors"]]
+    records += [p for t in manifest["tensors"] for p in t["parts"]]
+    assert all(CHECKSUM.fullmatch(r["checksum"]) and r["checksum"].startswith(algorithm + ":") for r in records)
     lossy = [t for t in manifest["tensors"] if not t["metrics"]["exact"]]
-    if version == "2.1":  # decoded_sha256: a checksum for each lossy tensor, null for each exact one
-        assert all(t["decoded_sha256"] is None for t in manifest["tensors"] if t["metrics"]["exact"])
-        assert all(re.fullmatch("[0-9a-f]{64}", t["decoded_sha256"]) for t in lossy)
+    if version in ("2.1", "3.0"):  # decoded checksums: a checksum for each lossy tensor, null for each exact one
+        assert all(t["decoded_checksum"] is None for t in manifest["tensors"] if t["metrics"]["exact"])
+        assert all(t["decoded_checksum"].startswith(algorithm + ":") for t in lossy)
+        assert all(b["content_checksum"].startswith(algorithm + ":") for b in manifest["source"]["blobs"].values())
     else:
-        assert all("decoded_sha256" not in t for t in manifest["tensors"])
+        assert all("decoded_checksum" not in t for t in manifest["tensors"])
+    if version == "3.0":  # §4.2: the safetensors header held as text, no part of its own
+        assert set(manifest["source"]["inline"]) == {"header"} and manifest["source"]["blobs"] == {}
+        assert not any(name.startswith("__sparsify__/") for name in entries)
+    else:  # as stored, 2.x and 1.0 name their digests sha256, which 3.0's schema does not know
+        raw, _ = manifest_and_entries(GOLDEN_DIR / name, upgraded=False)
+        assert "sha256" in raw["source"] and "checksum" not in raw["source"] and "inline" not in raw["source"]
+        with pytest.raises(CorruptArchiveError, match="checksum"):
+            schema.validate(raw, entries, name)
+        assert any("checksum" in e for e in json_schema_errors(raw, committed, committed))
+
+
+def test_upgrade_renames_the_digests():
+    """§9.2: ``sha256`` -> ``checksum`` (``"sha256:"`` prefixed), likewise ``content_sha256`` and
+    ``decoded_sha256``, in the source, its blobs, the tensors and their parts; null and odd values move
+    unchanged (for the schema to judge); other fields and 3.0 names are left alone."""
+    hexa, hexb = "a" * 64, "b" * 64
+    manifest = {
+        "source": {"sha256": hexa, "blobs": {"header": {"sha256": hexb, "content_sha256": hexa, "key": "k"}}},
+        "tensors": [
+            {"sha256": hexa, "decoded_sha256": None, "parts": [{"sha256": hexb, "name": "p"}]},
+            {"sha256": 7, "decoded_sha256": hexb, "parts": []},
+            {"checksum": "xxh3:" + "0" * 16, "parts": [{"checksum": "xxh3:" + "1" * 16}]},
+        ],
+        "options": {"sha256": "left alone"},
+    }
+    assert schema.upgrade(manifest) is manifest
+    assert manifest["source"] == {
+        "checksum": "sha256:" + hexa,
+        "blobs": {"header": {"checksum": "sha256:" + hexb, "content_checksum": "sha256:" + hexa, "key": "k"}},
+    }
+    first, second, third = manifest["tensors"]
+    parts = [{"checksum": "sha256:" + hexb, "name": "p"}]
+    assert first == {"checksum": "sha256:" + hexa, "decoded_checksum": None, "parts": parts}
+    assert second == {"checksum": 7, "decoded_checksum": "sha256:" + hexb, "parts": []}
+    assert third == {"checksum": "xxh3:" + "0" * 16, "parts": [{"checksum": "xxh3:" + "1" * 16}]}
+    assert manifest["options"] == {"sha256": "left alone"}
+    for odd in (None, [], "x", {"tensors": "x", "source": 3}):  # damaged manifests: no crash
+        schema.upgrade(odd)
 
 
 def test_json_schema_structure(committed):
     """The committed JSON Schema describes the fields FORMAT.md §4 and §8.2 name, and allows unknown ones."""
     defs = committed["$defs"]
     assert committed["$ref"] == "#/$defs/Manifest"
-    hex64 = {"pattern": "^[0-9a-f]{64}$", "type": "string"}
-    assert defs["Part"]["properties"]["sha256"] == hex64
-    assert defs["Tensor"]["properties"]["sha256"] == hex64
-    assert defs["Tensor"]["properties"]["decoded_sha256"]["anyOf"] == [hex64, {"type": "null"}]
-    assert "decoded_sha256" not in defs["Tensor"]["required"]  # 1.0 and 2.0 records have none
-    assert set(defs["Part"]["required"]) == {"name", "key", "dtype", "shape", "codec", "nbytes", "sha256"}
+    # §8.6; (?!\n): Python's "$" would also match before a final newline (a JSON Schema's does not)
+    checksum = {"pattern": "^(xxh3:[0-9a-f]{16}|sha256:[0-9a-f]{64})(?!\n)$", "type": "string"}
+    assert defs["Part"]["properties"]["checksum"] == checksum
+    assert defs["Blob"]["properties"]["checksum"] == checksum
+    assert defs["Blob"]["properties"]["content_checksum"]["anyOf"] == [checksum, {"type": "null"}]
+    assert defs["Tensor"]["properties"]["checksum"] == checksum
+    assert defs["Source"]["properties"]["checksum"] == checksum
+    assert defs["Tensor"]["properties"]["decoded_checksum"]["anyOf"] == [checksum, {"type": "null"}]
+    assert "decoded_checksum" not in defs["Tensor"]["required"]  # 1.0 and 2.0 records have none
+    assert not any("sha256" in record.get("properties", {}) for record in defs.values())  # 3.0's names only
+    assert set(defs["Part"]["required"]) == {"name", "key", "dtype", "shape", "codec", "nbytes", "checksum"}
+    inline = defs["Source"]["properties"]["inline"]  # §4.2: name -> text, optional (absent before 3.0)
+    assert inline["type"] == "object" and inline["additionalProperties"] == {"type": "string"}
+    assert "inline" not in defs["Source"]["required"] and "blobs" in defs["Source"]["required"]
     assert defs["View"]["properties"]["layout"]["enum"] == ["first", "last"]
     assert defs["Manifest"]["properties"]["format"]["enum"] == ["sparsify"]
     assert defs["Manifest"]["properties"]["format_version"]["pattern"] == r"^[0-9]+\.[0-9]+$"
@@ -173,6 +231,11 @@ def test_json_schema_structure(committed):
     assert not any(dtype.search(t) for t in ("f32", "float32", "|O", "<f4 ", "F32|"))
     for name, record in defs.items():  # forward compatibility: no record closes its set of fields
         assert record.get("additionalProperties") is not False, name
+    pattern = re.compile(checksum["pattern"])
+    good = ["xxh3:" + "0123456789abcdef", "sha256:" + "f" * 64]
+    bad = ["xxh3:" + "0" * 15, "xxh3:" + "0" * 17, "xxh3:" + "A" * 16, "sha256:" + "0" * 16, "0" * 64]
+    bad += ["md5:" + "0" * 32, " xxh3:" + "0" * 16, "xxh3:" + "0" * 16 + "0"]
+    assert all(pattern.search(v) for v in good) and not any(pattern.search(v) for v in bad)
 
 
 def golden(name: str = "digits_mlp.threshold.sparsify") -> bytes:
@@ -195,8 +258,18 @@ TYPED_DEFECTS = {
     "negative count": (_tensor(1, "parts", 0, "nbytes", value=-1), "tensors[1].parts[0].nbytes", ">= 0"),
     "float for an int": (_tensor(3, "original_bytes", value=131072.0), "tensors[3].original_bytes", "int"),
     "bool for an int": (_tensor(5, "shape", value=[True, 128]), "tensors[5].shape[0]", "int"),
-    "uppercase checksum": (_tensor(1, "parts", 1, "sha256", value="A" * 64), "tensors[1].parts[1].sha256", "match"),
-    "bad decoded checksum": (_tensor(3, "decoded_sha256", value="1234"), "tensors[3].decoded_sha256", "match"),
+    "uppercase checksum": (
+        _tensor(1, "parts", 1, "checksum", value="xxh3:" + "A" * 16),
+        "tensors[1].parts[1].checksum",
+        "match",
+    ),
+    "bare hex checksum": (_tensor(1, "checksum", value="0" * 64), "tensors[1].checksum", "match"),  # 2.x's form
+    "unknown algorithm": (_tensor(0, "checksum", value="md5:" + "0" * 32), "tensors[0].checksum", "match"),
+    "short xxh3": (_tensor(2, "parts", 0, "checksum", value="xxh3:1234"), "tensors[2].parts[0].checksum", "match"),
+    "bad decoded checksum": (_tensor(3, "decoded_checksum", value="1234"), "tensors[3].decoded_checksum", "match"),
+    "source checksum": (lambda m: m["source"].update(checksum=None), "source.checksum", "str"),
+    # msgspec names a dict's values "inline[...]"
+    "inline not text": (lambda m: m["source"]["inline"].update(header=[1]), "source.inline", "str"),
     "unknown layout": (_tensor(2, "view", "layout", value="middle"), "tensors[2].view.layout", "enum"),
     "no stages": (_tensor(1, "stages", value=[]), "tensors[1].stages", "length"),
     "stage values a list": (_tensor(1, "stages", 0, "values", value=[]), "tensors[1].stages[0].values", "object"),
@@ -322,10 +395,14 @@ def test_decompress_refuses_a_consistently_renamed_tensor(tmp_path):
     _decompress_refused(tmp_path, edited, "fc1")  # ... that does not rebuild its source
 
 
-@pytest.mark.parametrize("field, value", [("sha256", "0" * 64), ("size", 203841)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("checksum", "xxh3:" + "0" * 16), ("checksum", "sha256:" + "0" * 64), ("size", 203841)],
+    ids=["xxh3", "sha256", "size"],
+)
 def test_decompress_checks_the_rebuilt_file(tmp_path, field, value):
     """§8.5: every tensor exact, same format, safetensors: the rebuilt file must have source.size and
-    source.sha256, else a corrupt-archive error and no output."""
+    source.checksum (in the algorithm the string names), else a corrupt-archive error and no output."""
     edited = rewrite_manifest(golden("digits_mlp.keep.sparsify"), lambda m: m["source"].update({field: value}))
     _decompress_refused(tmp_path, edited, "differs from the file that was compressed")
 
@@ -333,7 +410,7 @@ def test_decompress_checks_the_rebuilt_file(tmp_path, field, value):
 def test_decompress_whole_file_check_applies_only_where_bytes_are_rebuilt(tmp_path):
     """§8.5: no whole-file check for lossy archives, for another output format, or for HDF5 (rebuilt
     tree-identical only); npz with stored members is checked."""
-    wrong = lambda m: m["source"].update(sha256="0" * 64)  # noqa: E731
+    wrong = lambda m: m["source"].update(checksum="xxh3:" + "0" * 16)  # noqa: E731
     out = tmp_path / "out"
     out.mkdir()
     lossy = tmp_path / "lossy.sparsify"

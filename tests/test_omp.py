@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import orthogonal_mp_gram
 
-from sparsify.omp import batch_omp, batch_omp_support, codes_to_dense
+from sparsify.omp import batch_omp, batch_omp_support, codes_to_dense, omp_signals
 
 
 def problem(length: int, atoms: int, signals: int, seed: int):
@@ -102,3 +102,41 @@ def test_chunking_does_not_change_the_result(monkeypatch):
     whole = batch_omp(gram, xy, 5)
     monkeypatch.setattr(sparsify.omp, "_CHUNK_ELEMENTS", 1000)
     assert np.array_equal(batch_omp(gram, xy, 5), whole)
+
+
+@pytest.mark.parametrize(
+    "length, atoms, signals, nnz, seed",
+    [(16, 256, 2000, 4, 5), (8, 32, 500, 8, 6), (32, 64, 400, 6, 7), (64, 128, 300, 5, 8), (12, 12, 200, 12, 9)],
+)
+def test_signal_side_omp_matches_sklearn_and_its_residuals_are_exact(length, atoms, signals, nnz, seed):
+    """omp_signals (signal space for short signals, Gram rows for long ones): sklearn's supports and
+    coefficients, and residuals y - D x."""
+    dictionary, y = problem(length, atoms, signals, seed)
+    codes = omp_signals(dictionary, np.ascontiguousarray(y.T), nnz, residual=True)
+    dense = codes_to_dense(codes.support, codes.coefs, atoms)
+    reference = sklearn_omp(dictionary.T @ dictionary, dictionary.T @ y, n_nonzero_coefs=nnz)
+    assert np.array_equal(dense != 0, reference != 0)
+    np.testing.assert_allclose(dense, reference, rtol=0, atol=1e-8)
+    residual = y.T - (dictionary @ dense).T
+    np.testing.assert_allclose(codes.residual, residual, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(codes.residual_sq, np.einsum("sl,sl->s", residual, residual), rtol=1e-9, atol=1e-12)
+    without = omp_signals(dictionary, np.ascontiguousarray(y.T), nnz)
+    assert without.residual is None and np.array_equal(without.support, codes.support)
+
+
+def test_signal_side_omp_chunking_zero_and_exact_signals(monkeypatch):
+    import sparsify.omp
+
+    dictionary, y = problem(16, 40, 700, 10)
+    y[:, :3] = 0.0
+    y[:, 3:6] = dictionary[:, :3] * 2.5  # one atom each: coded exactly with one nonzero
+    signals = np.ascontiguousarray(y.T)
+    whole = omp_signals(dictionary, signals, 5, residual=True)
+    assert (whole.support[:3] == -1).all() and not whole.coefs[:3].any()
+    assert (whole.support[3:6, 0] == [0, 1, 2]).all() and (whole.support[3:6, 1:] == -1).all()
+    np.testing.assert_allclose(whole.coefs[3:6, 0], 2.5, rtol=1e-12)
+    monkeypatch.setattr(sparsify.omp, "_SIGNAL_CHUNK_ELEMENTS", 1000)
+    small = omp_signals(dictionary, signals, 5, residual=True)
+    assert np.array_equal(small.support, whole.support) and np.array_equal(small.coefs, whole.coefs)
+    with pytest.raises(ValueError, match="do not fit"):
+        omp_signals(dictionary, y, 5)

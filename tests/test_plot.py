@@ -38,7 +38,7 @@ def tensor_row(i: int, *, numel: int = 4096, rel_error: float | None = 0.05, exa
 
 def make_report(rows: list[dict], *, bits: float | None = 4.2, error: float | None = 0.03) -> dict:
     return {
-        "source": {"name": "toy.safetensors", "format": "safetensors", "size": 1000, "sha256": "0" * 64},
+        "source": {"name": "toy.safetensors", "format": "safetensors", "size": 1000, "checksum": "xxh3:" + "0" * 16},
         "options": {"pipeline": "threshold:sparsity=0.9+zstd"},
         "tensors": rows,
         "totals": {

@@ -230,3 +230,14 @@ def test_rate_distortion_curves():
     best = sorted((p["bits_per_weight"], p["rel_error"]) for p in curves[0]["points"])
     assert len(best) >= 10
     assert all(e2 <= e1 + 1e-12 for (_, e1), (_, e2) in zip(best, best[1:], strict=False))
+
+
+def test_small_tensors_are_planned_as_by_the_exhaustive_reference(tmp_path, monkeypatch):
+    """Tensors too small to sample are measured exactly whatever the planner: the estimated plan of
+    the digits MLP is the exhaustive one, byte for byte."""
+    from sparsify.planner import RATE_CONTROL_ENV
+
+    sparsify.compress(BF16, tmp_path / "new.sparsify", target_ratio=8)
+    monkeypatch.setenv(RATE_CONTROL_ENV, "exhaustive")
+    sparsify.compress(BF16, tmp_path / "ref.sparsify", target_ratio=8)
+    assert (tmp_path / "new.sparsify").read_bytes() == (tmp_path / "ref.sparsify").read_bytes()

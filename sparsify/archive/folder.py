@@ -3,8 +3,9 @@
 ``DIR.sparsify/`` mirrors the model folder ``DIR``: each weight file ``NAME`` (``model-00001-of-00004
 .safetensors``, ``text_encoder/model.safetensors``) becomes the archive ``NAME.sparsify`` -- a
 complete archive of its own -- and every other file is copied as it is. ``sparsify.index.json``
-lists them all with sizes and SHA-256 checksums, the options and the plan chosen for the whole model,
-and the gate; its own checksum covers everything else in it (docs/FORMAT.md §13).
+lists them all with sizes and checksums (XXH3-64 in index format 2.0, SHA-256 in 1.0), the options and
+the plan chosen for the whole model, and the gate; its own checksum covers everything else in it
+(docs/FORMAT.md §13).
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from sparsify.archive.reader import Archive
+from sparsify.checksum import PATTERN as CHECKSUM_PATTERN
+from sparsify.checksum import checksum, matches
 from sparsify.errors import CorruptArchiveError, InputError
 
 INDEX_NAME = "sparsify.index.json"
 INDEX_FORMAT = "sparsify-model"
-INDEX_VERSION = "1.0"
+INDEX_VERSION = "2.0"
 ARCHIVE_SUFFIX = ".sparsify"
 MAX_INDEX_BYTES = 256 << 20
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CHECKSUM = re.compile(CHECKSUM_PATTERN)
+# Index format 1.0 named its SHA-256 digests after the algorithm; 2.0 has self-describing checksums.
+_RENAMED = {"sha256": "checksum", "archive_sha256": "archive_checksum"}
 
 
 def archive_name(weight_name: str) -> str:
@@ -36,11 +41,15 @@ def is_folder_archive(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / INDEX_NAME).is_file()
 
 
-def index_checksum(index: dict[str, Any]) -> str:
-    """SHA-256 of the index without its ``checksum``, as canonical JSON (sorted keys, compact, UTF-8)."""
+def _canonical(index: dict[str, Any]) -> bytes:
+    """The index without its ``checksum``, as canonical JSON (sorted keys, compact, UTF-8)."""
     body = {k: v for k, v in index.items() if k != "checksum"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def index_checksum(index: dict[str, Any]) -> str:
+    """The index's own checksum: XXH3-64 of :func:`_canonical` (``"xxh3:..."``)."""
+    return checksum(_canonical(index))
 
 
 def index_text(index: dict[str, Any]) -> bytes:
@@ -71,12 +80,36 @@ def read_index(folder: Path) -> dict[str, Any]:
     if int(version.split(".")[0]) > int(INDEX_VERSION.split(".")[0]):
         raise CorruptArchiveError(
             f"{what}: folder archive format {version} is newer than this sparsify reads "
-            f"({INDEX_VERSION}); upgrade sparsify"
+            f"({INDEX_VERSION.split('.')[0]}.x); upgrade sparsify"
         )
-    if index.get("checksum") != index_checksum(index):
+    if not _checksum_holds(index):
         raise CorruptArchiveError(f"{what}: checksum mismatch (the index was changed or damaged)")
+    if version.startswith("1."):
+        _upgrade(index)
     _check_index(index, what)
     return index
+
+
+def _checksum_holds(index: dict[str, Any]) -> bool:
+    """Whether the index's ``checksum`` is that of the rest: in 1.0 the bare hex SHA-256, in 2.0 a
+    checksum string."""
+    expected = index.get("checksum")
+    if not isinstance(expected, str):
+        return False
+    if str(index.get("format_version")).startswith("1."):
+        return expected == hashlib.sha256(_canonical(index)).hexdigest()
+    return bool(_CHECKSUM.fullmatch(expected)) and matches(_canonical(index), expected)
+
+
+def _upgrade(index: dict[str, Any]) -> None:
+    """A 1.0 index in 2.0's field names, in place: ``"sha256": "<hex>"`` becomes ``"checksum":
+    "sha256:<hex>"`` (and ``archive_sha256`` likewise), so one reader serves both."""
+    for entry in [*(index.get("weights") or []), *(index.get("files") or [])]:
+        if isinstance(entry, dict):
+            for old, new in _RENAMED.items():
+                if old in entry:
+                    value = entry.pop(old)
+                    entry[new] = f"sha256:{value}" if isinstance(value, str) else value
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -104,7 +137,9 @@ def _check_index(index: dict[str, Any], what: str) -> None:
     seen: set[str] = {INDEX_NAME}
     for entry in weights:
         _check_entry(
-            entry, ("name", "format", "size", "sha256", "tensors", "archive", "archive_bytes", "archive_sha256"), what
+            entry,
+            ("name", "format", "size", "checksum", "tensors", "archive", "archive_bytes", "archive_checksum"),
+            what,
         )
         if entry["format"] not in ("safetensors", "hdf5", "npz"):
             raise CorruptArchiveError(f"{what}: weight file {entry['name']!r} has unknown format {entry['format']!r}")
@@ -113,7 +148,7 @@ def _check_index(index: dict[str, Any], what: str) -> None:
         for key in ("name", "archive"):
             _check_name(entry[key], seen, what)
     for entry in files:
-        _check_entry(entry, ("name", "size", "sha256"), what)
+        _check_entry(entry, ("name", "size", "checksum"), what)
         _check_name(entry["name"], seen, what)
 
 
@@ -125,9 +160,9 @@ def _check_entry(entry: Any, keys: tuple[str, ...], what: str) -> None:
         if key in ("size", "archive_bytes", "tensors"):
             if type(value) is not int or value < 0:
                 raise CorruptArchiveError(f"{what}: {key} of {entry.get('name')!r} is not a size")
-        elif key in ("sha256", "archive_sha256"):
-            if not isinstance(value, str) or not _HEX64.fullmatch(value):
-                raise CorruptArchiveError(f"{what}: {key} of {entry.get('name')!r} is not a SHA-256")
+        elif key in ("checksum", "archive_checksum"):
+            if not isinstance(value, str) or not _CHECKSUM.fullmatch(value):
+                raise CorruptArchiveError(f"{what}: {key} of {entry.get('name')!r} is not a checksum")
         elif not isinstance(value, str):
             raise CorruptArchiveError(f"{what}: {key} of an entry is not a string")
 
@@ -175,8 +210,8 @@ def open_member(folder: Path, weight: dict[str, Any]) -> Archive:
         raise CorruptArchiveError(f"{folder}: {weight['archive']} is missing")
     opened = Archive(path)
     source = opened.manifest["source"]
-    listed = (weight["archive_bytes"], weight["sha256"], weight["format"])
-    if (opened.size, source["sha256"], source["format"]) != listed:
+    listed = (weight["archive_bytes"], weight["checksum"], weight["format"])
+    if (opened.size, source["checksum"], source["format"]) != listed:
         opened.close()
         raise CorruptArchiveError(f"{path}: not the archive the index lists (size, source checksum or format differ)")
     return opened

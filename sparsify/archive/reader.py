@@ -22,6 +22,7 @@ from sparsify.archive.version import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_CODEC,
+    MANIFEST_CODECS,
     MAX_MANIFEST_BYTES,
     METADATA_KEY,
     major,
@@ -74,14 +75,14 @@ class Archive:
 
     def stored_bytes(self, part: Mapping[str, Any]) -> np.ndarray:
         """A part's bytes as stored, after checking its checksum."""
-        from sparsify.codec import sha256
+        from sparsify.checksum import matches
 
         entry = self._entries[part["key"]]
         try:
             raw = container.read_bytes(self._file, self.layout, entry)
         except OSError as exc:
             raise CorruptArchiveError(f"{self.path}: cannot read part {part['key']!r}: {exc}") from None
-        if sha256(raw) != part["sha256"]:
+        if not matches(raw, part["checksum"]):
             raise CorruptArchiveError(f"{self.path}: checksum mismatch in part {part['key']!r} (corrupt archive)")
         return raw
 
@@ -105,15 +106,18 @@ class Archive:
 
     def source_meta(self) -> SourceMeta:
         """The source file's metadata and rebuild blobs, as its reader gave them."""
-        from sparsify.codec import decode_part, sha256
+        from sparsify.checksum import matches
+        from sparsify.codec import decode_part
 
         source = self.manifest["source"]
         blobs = {}
         for name, part in source["blobs"].items():
             blobs[name] = decode_part(part, self.stored_bytes(part)).tobytes()
-            expected = part.get("content_sha256")  # format 2.1
-            if expected is not None and sha256(blobs[name]) != expected:
+            expected = part.get("content_checksum")  # format 2.1
+            if expected is not None and not matches(blobs[name], expected):
                 raise CorruptArchiveError(f"{self.path}: source blob {name!r} differs from its recorded checksum")
+        for name, text in source.get("inline", {}).items():  # format 3.0
+            blobs[name] = text.encode("utf-8")
         return SourceMeta(summary=source["summary"], rebuild=source["rebuild"], blobs=blobs)
 
     def close(self) -> None:
@@ -138,6 +142,8 @@ def _load_manifest(layout: container.Layout, what: str) -> dict[str, Any]:
         _check_format(manifest, what)  # a newer major version may pack its manifest in ways unknown here
         manifest = unpack_manifest(manifest, what)
     _check_format(manifest, what)
+    if major(manifest["format_version"]) < 3:  # SHA-256 digests under their 2.x names
+        schema.upgrade(manifest)
     return manifest
 
 
@@ -158,10 +164,12 @@ def _check_format(manifest: Any, what: str) -> None:
 
 
 def unpack_manifest(envelope: dict[str, Any], what: str) -> Any:
-    """The manifest inside a format 2.0 envelope (zstd-compressed JSON, base64), size-checked first."""
+    """The manifest inside an envelope (format 2.x and 3.0: zstd-compressed JSON, with 3.0's dictionary
+    where its codec says so, in base64), size-checked first."""
     if envelope.get("format") != FORMAT_NAME:
         raise CorruptArchiveError(f"{what}: manifest does not declare format {FORMAT_NAME!r}")
-    if envelope.get("manifest_codec") != MANIFEST_CODEC:
+    codec = envelope.get("manifest_codec")
+    if codec not in MANIFEST_CODECS:
         version = envelope.get("format_version")
         raise CorruptArchiveError(
             f"{what}: manifest packed as {envelope.get('manifest_codec')!r}, which this sparsify cannot read "
@@ -172,7 +180,13 @@ def unpack_manifest(envelope: dict[str, Any], what: str) -> Any:
         size = zstandard.get_frame_parameters(packed).content_size
         if size == zstandard.CONTENTSIZE_UNKNOWN or size > MAX_MANIFEST_BYTES:
             raise CorruptArchiveError(f"{what}: packed manifest declares no size or more than {MAX_MANIFEST_BYTES}")
-        text = zstandard.ZstdDecompressor().decompress(packed, max_output_size=size)
+        if codec == MANIFEST_CODEC:  # 3.0: compressed against the format's dictionary
+            from sparsify.archive.dictionary import manifest_dictionary
+
+            decompressor = zstandard.ZstdDecompressor(dict_data=manifest_dictionary())
+        else:
+            decompressor = zstandard.ZstdDecompressor()
+        text = decompressor.decompress(packed, max_output_size=size)
         manifest = json.loads(text)
     except CorruptArchiveError:
         raise

@@ -18,11 +18,13 @@ import msgspec
 
 from sparsify import dtypes
 from sparsify.archive.version import SOURCE_BLOB_PREFIX
+from sparsify.checksum import PATTERN as CHECKSUM_PATTERN
 from sparsify.errors import CorruptArchiveError, SparsifyError
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Shape = list[Count]
-Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+# "xxh3:<16 hex>" (format 3.0), or "sha256:<64 hex>" once an older archive's digests are upgraded
+Checksum = Annotated[str, msgspec.Meta(pattern=CHECKSUM_PATTERN)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1)]
 # safetensors names, or a plain numpy type string ('>f4', '<c16', '|S8', '|V2') for what it cannot name
@@ -47,11 +49,11 @@ class Part(_Record):
     shape: Shape
     codec: Union[Codec, None]  # noqa: UP007 (msgspec reads the annotation at run time on 3.10 too)
     nbytes: Count
-    sha256: Sha256
+    checksum: Checksum
 
 
 class Blob(Part):
-    content_sha256: Union[Sha256, None] = None  # noqa: UP007 (format 2.1: the blob's own bytes)
+    content_checksum: Union[Checksum, None] = None  # noqa: UP007 (format 2.1: the blob's own bytes)
 
 
 class View(_Record):
@@ -95,7 +97,7 @@ class Tensor(_Record):
     name: Name
     dtype: Dtype
     shape: Shape
-    sha256: Sha256
+    checksum: Checksum
     original_bytes: Count
     view: View
     pipeline: str
@@ -107,7 +109,7 @@ class Tensor(_Record):
     metrics: Metrics
     value_coder: Union[str, None] = None  # noqa: UP007 (format 2.0)
     budget_scale: Annotated[float, msgspec.Meta(gt=0, le=1)] = 1.0
-    decoded_sha256: Union[Sha256, None] = None  # noqa: UP007 (format 2.1: lossy tensors' decoded bytes)
+    decoded_checksum: Union[Checksum, None] = None  # noqa: UP007 (format 2.1: lossy tensors' decoded bytes)
 
 
 class NpzMember(_Record):
@@ -139,10 +141,11 @@ class Source(_Record):
     name: Name
     format: Literal["safetensors", "hdf5", "npz"]
     size: Count
-    sha256: Sha256
+    checksum: Checksum
     summary: dict[str, Any]
     rebuild: dict[str, Any]
     blobs: dict[str, Blob]
+    inline: dict[str, str] = {}  # (3.0) source blobs held in the manifest as text
 
 
 class Rule(_Record):
@@ -201,6 +204,38 @@ def json_schema() -> dict[str, Any]:
     return msgspec.json.schema(Manifest)
 
 
+_RENAMED = {"sha256": "checksum", "content_sha256": "content_checksum", "decoded_sha256": "decoded_checksum"}
+
+
+def upgrade(manifest: Any) -> Any:
+    """A manifest of format 2.x or 1.0 in the field names of 3.0, in place: each SHA-256 digest
+    (``"sha256": "<hex>"``, ``content_sha256``, ``decoded_sha256``) becomes a checksum string
+    (``"checksum": "sha256:<hex>"``, ...), so that one reader serves every version. A value that is not
+    a string moves as it is, for :func:`validate` to refuse by its new name."""
+
+    def move(record: Any) -> None:
+        if isinstance(record, dict):
+            for old, new in _RENAMED.items():
+                if old in record:
+                    value = record.pop(old)
+                    record[new] = f"sha256:{value}" if isinstance(value, str) else value
+
+    if not isinstance(manifest, dict):
+        return manifest
+    source = manifest.get("source")
+    move(source)
+    blobs = source.get("blobs") if isinstance(source, dict) else None
+    for blob in blobs.values() if isinstance(blobs, dict) else ():
+        move(blob)
+    tensors = manifest.get("tensors")
+    for tensor in tensors if isinstance(tensors, list) else ():
+        move(tensor)
+        parts = tensor.get("parts") if isinstance(tensor, dict) else None
+        for part in parts if isinstance(parts, list) else ():
+            move(part)
+    return manifest
+
+
 def validate(manifest: Any, entries: Mapping[str, Any], what: str) -> None:
     """Check ``manifest`` (decoded JSON) against the schema and the container's ``entries`` (name ->
     :class:`sparsify.container.Entry`). CorruptArchiveError naming the first field that is off."""
@@ -256,10 +291,15 @@ def _cross_check(manifest: Manifest, entries: Mapping[str, Any]) -> None:
     for name, blob in source.blobs.items():
         where = f"source.blobs.{name}"
         _check(blob.name == name, f"{where}.name is {blob.name!r}")
-        _check(version < (2, 1) or blob.content_sha256 is not None, f"{where}.content_sha256 is missing")
+        _check(version < (2, 1) or blob.content_checksum is not None, f"{where}.content_checksum is missing")
         check_part(blob, _record_of(blob), where, SOURCE_BLOB_PREFIX + name)
     if source.format == "safetensors":
-        _check("header" in source.blobs, "source.blobs: a safetensors source needs its 'header' blob")
+        _check(
+            "header" in source.blobs or "header" in source.inline,
+            "source.blobs: a safetensors source needs its 'header' blob",
+        )
+    both = sorted(set(source.blobs) & set(source.inline))
+    _check(not both, f"source.inline.{both[0]} is also a stored blob" if both else "")
 
     names: set[str] = set()
     previous_end = 0
@@ -279,9 +319,9 @@ def _cross_check(manifest: Manifest, entries: Mapping[str, Any]) -> None:
         _check(not tensor.metrics.exact or tensor.metrics.rel_error == 0, f"{where}.metrics: exact with an error")
         if version >= (2, 1):  # what a decode must give: the original's checksum, or the decoded one
             _check(
-                (tensor.decoded_sha256 is None) == tensor.metrics.exact,
-                f"{where}.decoded_sha256 must be {'null for an exact' if tensor.metrics.exact else 'set for a lossy'} "
-                "tensor",
+                (tensor.decoded_checksum is None) == tensor.metrics.exact,
+                f"{where}.decoded_checksum must be "
+                f"{'null for an exact' if tensor.metrics.exact else 'set for a lossy'} tensor",
             )
         for j, part in enumerate(tensor.parts):
             check_part(part, _record_of(part), f"{where}.parts[{j}]", f"{tensor.name}/{part.name}")

@@ -9,12 +9,17 @@ not find it: hence a new major version); value coders (``values`` in stage recor
 method, the ``csr-delta`` sparse layout, the ``zstd+planes`` codec, the manifest's ``plan``.
 2.1 -- ``decoded_sha256`` in lossy tensors' records (what every decode must give, byte for byte); the
 manifest validated by a schema (docs/manifest.schema.json); figures summed the same on every machine.
+3.0 -- XXH3-64 checksums as self-describing strings (``"checksum": "xxh3:..."``; 2.x's ``sha256`` fields
+are read as ``"sha256:..."`` checksums); the manifest compressed with a dictionary (``zstd+dict+base64``);
+small text source blobs in the manifest (``source.inline``); the ``zstd+planes2`` codec; zstd frames
+without their own checksum. A 2.x reader cannot check 3.0's checksums: hence a new major version.
 """
 
 FORMAT_NAME = "sparsify"
-FORMAT_VERSION = "2.1"
+FORMAT_VERSION = "3.0"
 METADATA_KEY = "sparsify"
-MANIFEST_CODEC = "zstd+base64"  # how the manifest is packed in the metadata (format 2.0; 1.0: plain JSON)
+MANIFEST_CODEC = "zstd+dict+base64"  # how the manifest is packed (3.0: with archive/manifest-3.0.dict)
+MANIFEST_CODECS = ("zstd+base64", MANIFEST_CODEC)  # every packing a reader knows (2.x; 1.0: plain JSON)
 MAX_MANIFEST_BYTES = 1 << 30  # a packed manifest may not claim to unpack to more than this
 SOURCE_BLOB_PREFIX = "__sparsify__/source/"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import math
 import os
@@ -15,26 +14,48 @@ import numpy as np
 import zstandard
 
 from sparsify import dtypes
+from sparsify.archive.dictionary import manifest_dictionary
 from sparsify.archive.version import MANIFEST_CODEC, METADATA_KEY, SOURCE_BLOB_PREFIX
+from sparsify.checksum import checksum
 from sparsify.codec import CodedPart, EncodedTensor, SpooledPart, code_part
 from sparsify.coders.zstd import Zstd
-from sparsify.container import Entry, SpooledContainer, encode_header
+from sparsify.container import PAGE, DirectContainer, Entry, SpooledContainer, encode_header
 from sparsify.errors import InputError
+
+# Archives of sources this large have their buffer page-aligned (docs/FORMAT.md §2.1): their parts are
+# written straight into the archive behind pages reserved for the header (no spool, no copy).
+ALIGNED_SOURCE_BYTES = 32 << 20
+# Header bytes reserved per tensor (and in all) before the parts of an aligned archive are written; a
+# header that needs other whole pages moves the parts by whole pages, in place where the system can.
+_RESERVE_PER_TENSOR, _RESERVE_BASE = 512, 8192
+
+
+def is_aligned(source_size: int) -> bool:
+    """Whether the archive of a source of ``source_size`` bytes has its buffer page-aligned."""
+    return source_size >= ALIGNED_SOURCE_BYTES
 
 
 class ArchiveWriter:
     """Writes an archive to ``path`` tensor by tensor; memory holds one tensor's parts at a time.
 
     The caller owns ``path`` (a temporary name it renames on success, see :mod:`sparsify.atomic`).
+    ``source_size``: the source file's size, which decides the layout (:func:`is_aligned`);
+    ``tensors``: how many tensors it has (the header's room is reserved by it).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, source_size: int = 0, tensors: int = 0) -> None:
         self.path = Path(path)
+        self._aligned = is_aligned(source_size)
+        self._sources: dict[str, Any] = {}  # workers' spool files, open for reading
+        if self._aligned:
+            self._spool = open(self.path, "w+b")
+            reserve = -(-(_RESERVE_BASE + _RESERVE_PER_TENSOR * tensors) // PAGE) * PAGE
+            self._container = DirectContainer(self._spool, reserve)
+            return
         # Unnamed where the system allows (O_TMPFILE); else briefly named after ``path``, so that one a
         # kill -9 leaves in that moment is known as the temporary file's own (see sparsify.atomic).
         self._spool = tempfile.TemporaryFile(dir=self.path.parent, prefix=f"{self.path.name}.spool-")
         self._container = SpooledContainer(self._spool)
-        self._sources: dict[str, Any] = {}  # workers' spool files, open for reading
 
     def add_blob(self, name: str, data: bytes) -> dict[str, Any]:
         """Store a source blob (:func:`code_blob`); returns its part record."""
@@ -72,11 +93,20 @@ class ArchiveWriter:
             raise InputError(f"cannot store part {part.record['key']!r}: {exc} (tensor names collide?)") from None
 
     def finish(self, manifest: dict[str, Any]) -> int:
-        """Write the header with ``manifest`` and the spooled parts; fsync. Returns the file size."""
-        with open(self.path, "wb") as out:
-            size = self._container.write_to(out, {METADATA_KEY: manifest_text(manifest)})
+        """Write the header with ``manifest`` (and the spooled parts); fsync. Returns the file size."""
+        if is_aligned(manifest["source"]["size"]) != self._aligned:
+            raise ValueError("the manifest's source size does not match the writer's layout")
+        metadata = {METADATA_KEY: manifest_text(manifest)}
+        if self._aligned:
+            out = self._spool
+            size = self._container.write_to(out, metadata)
             out.flush()
             os.fsync(out.fileno())
+        else:
+            with open(self.path, "wb") as out:
+                size = self._container.write_to(out, metadata)
+                out.flush()
+                os.fsync(out.fileno())
         self.close()
         return size
 
@@ -89,12 +119,28 @@ class ArchiveWriter:
 
 def code_blob(name: str, data: bytes) -> tuple[CodedPart, dict[str, Any]]:
     """A source blob coded for storing (zstd where smaller) and its part record for the manifest,
-    with the checksum of the blob itself (``content_sha256``, format 2.1) beside that of its stored
+    with the checksum of the blob itself (``content_checksum``, format 2.1) beside that of its stored
     bytes."""
     part = code_part(
         name, np.frombuffer(data, dtype=np.uint8), SOURCE_BLOB_PREFIX.rstrip("/"), (Zstd(level=9, bytegroup=False),)
     )
-    return part, {**part.record, "content_sha256": hashlib.sha256(data).hexdigest()}
+    return part, {**part.record, "content_checksum": checksum(data)}
+
+
+# Source blobs up to this size that are UTF-8 text (a safetensors file's JSON header) are held in the
+# manifest itself: compressed with it, they share its tensor names and cost no part of their own.
+INLINE_MAX = 1 << 20
+
+
+def inline_text(data: bytes) -> str | None:
+    """A source blob as the text the manifest holds it as (``source.inline``), or None if it is
+    not text or too large to hold there (it is then stored as a part)."""
+    if len(data) > INLINE_MAX:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def container_entry(record: dict[str, Any]) -> tuple[str, str, tuple[int, ...]]:
@@ -108,11 +154,13 @@ def container_entry(record: dict[str, Any]) -> tuple[str, str, tuple[int, ...]]:
 
 def manifest_text(manifest: dict[str, Any]) -> str:
     """The string stored under ``__metadata__["sparsify"]``: a small JSON object with the format, its
-    version and the manifest (compact JSON, non-finite floats as null) zstd-compressed and base64-coded
-    (docs/FORMAT.md §4): JSON inside a JSON string is escaped and full of checksums, so the plain text
-    would cost small models more than a bit per weight."""
+    version and the manifest (compact JSON, non-finite floats as null) zstd-compressed with the format's
+    dictionary (:mod:`sparsify.archive.dictionary`) and base64-coded (docs/FORMAT.md §4): JSON inside a
+    JSON string is escaped and full of checksums, so the plain text would cost small models more than a
+    bit per weight."""
     text = json.dumps(_jsonable(manifest), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    packed = zstandard.ZstdCompressor(level=19, write_checksum=True).compress(text.encode("utf-8"))
+    compressor = zstandard.ZstdCompressor(level=19, write_checksum=True, dict_data=manifest_dictionary())
+    packed = compressor.compress(text.encode("utf-8"))
     envelope = {
         "format": manifest["format"],
         "format_version": manifest["format_version"],
@@ -130,7 +178,8 @@ def archive_size(manifest: dict[str, Any], parts: list[dict[str, Any]]) -> int:
         key, dtype, shape = container_entry(record)
         entries.append(Entry(key, dtype, shape, position, position + record["nbytes"]))
         position += record["nbytes"]
-    return 8 + len(encode_header(entries, {METADATA_KEY: manifest_text(manifest)})) + position
+    align = PAGE if is_aligned(manifest["source"]["size"]) else 8
+    return 8 + len(encode_header(entries, {METADATA_KEY: manifest_text(manifest)}, align)) + position
 
 
 def _jsonable(value: Any) -> Any:

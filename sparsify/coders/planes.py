@@ -26,6 +26,21 @@ of indices into the palette, ``8 / b`` per byte, element ``i`` in bits ``b * (i 
 
 Every decoded plane holds ``n = size / k`` bytes. Everything is vectorised numpy and deterministic.
 
+Version 2 (``zstd+planes2``, format 3.0, :func:`encode_planes2`) has the same planes and methods and
+a compact header that orders the payloads freely:
+
+====================  ==========================================================================
+``u8 flags``          as above
+``u8 k``              as above
+``k x (u8, u8, var)`` per payload: its plane ``j``, its method, its stored length (LEB128)
+payloads              back to back, in the order of the entries (every plane exactly once)
+====================  ==========================================================================
+
+For a part it plans on a sample (a large one) the writer puts the raw planes first, so that they are
+written into the part as they are split from the elements (one pass, no copy); small parts keep plane
+order. It leaves the zstd frames without their own checksum (the part's
+checksum covers them).
+
 >>> coded = encode_planes(np.arange(8, dtype=np.uint8), 2, rotate=False, methods=[RAW, RAW])
 >>> bytes(coded[:2]), decode_planes(memoryview(coded), 8, 2) == bytes(range(8))
 (b'\\x00\\x02', True)
@@ -118,8 +133,9 @@ def encode_planes(
     compressors: Sequence[zstandard.ZstdCompressor] = (),
     max_palette: int = MAX_PALETTE,
 ) -> memoryview:
-    """``data`` coded as planes; ``methods[j]`` is ``RAW``, ``PACKED`` or the index + 1 of
-    the compressor (a :class:`Choice`'s ``method``) for plane j.
+    """``data`` coded as version 1 planes (what format 2.x wrote; sparsify now writes
+    :func:`encode_planes2`, and keeps this to make version 1 parts for the reader's tests);
+    ``methods[j]`` is ``RAW``, ``PACKED`` or the index + 1 of the compressor for plane j.
 
     A plane whose coding is not smaller than the plane itself is stored raw instead; a plane that was
     to be packed but holds more values than the sample did is compressed with ``compressors[0]``.
@@ -299,10 +315,10 @@ def coded_size(coded: Sequence[tuple[int, bytes | memoryview]]) -> int:
     return header_size(len(coded)) + sum(len(stored) for _, stored in coded)
 
 
-def decode_planes(data: memoryview, size: int, itemsize: int) -> bytearray:
-    """The ``size`` raw bytes of a planes-coded part (a bytearray: no final copy); CorruptArchiveError on
-    anything malformed."""
-    flags, segments, n = _parse(data, size, itemsize)
+def decode_planes(data: memoryview, size: int, itemsize: int, version: int = 1) -> memoryview:
+    """The ``size`` raw bytes of a planes-coded part of ``version`` 1 or 2 (a writable buffer: no
+    final copy); CorruptArchiveError on anything malformed."""
+    flags, segments, n = (_parse if version == 1 else parse_planes2)(data, size, itemsize)
     decompressor = zstandard.ZstdDecompressor()
     planes = []  # raw planes are read in place
     for kind, stored in segments:
@@ -312,24 +328,26 @@ def decode_planes(data: memoryview, size: int, itemsize: int) -> bytearray:
             planes.append(np.frombuffer(decompress_exact(decompressor, stored, n), dtype=np.uint8))
         else:
             planes.append(unpack(stored, kind, n, decompressor))
-    result = bytearray(size)
-    _interleave(planes, np.frombuffer(result, dtype=np.uint8), bool(flags & ROTATED))
-    return result
+    result = np.empty(size, dtype=np.uint8)  # not bytearray(size): zero-filling it costs as much as the join
+    _interleave(planes, result, bool(flags & ROTATED))
+    return result.data
 
 
-def iter_planes(data: memoryview, size: int, itemsize: int, block: int = 1 << 20) -> Iterator[np.ndarray]:
+def iter_planes(
+    data: memoryview, size: int, itemsize: int, block: int = 1 << 20, version: int = 1
+) -> Iterator[np.ndarray]:
     """The raw bytes of a planes-coded part in order, ``block`` elements at a time (1-D uint8 arrays
     of ``block * itemsize`` bytes, the last one shorter): zstd planes are decompressed as a stream, so
     memory holds a block of each plane, not the part (packed planes, which are small, are unpacked
     whole). The same bytes as :func:`decode_planes`, and the same checks."""
-    flags, segments, n = _parse(data, size, itemsize)
+    flags, segments, n = (_parse if version == 1 else parse_planes2)(data, size, itemsize)
     decompressor = zstandard.ZstdDecompressor()
     sources = []
     for kind, stored in segments:
         if kind == RAW:
             sources.append(np.frombuffer(stored, dtype=np.uint8))
-        elif kind == ZSTD:
-            sources.append(FrameStream(decompressor, stored, n))
+        elif kind == ZSTD:  # a decompressor each: frames read in turn must not share one's state
+            sources.append(FrameStream(zstandard.ZstdDecompressor(), stored, n))
         else:
             sources.append(unpack(stored, kind, n, decompressor))
     for start in range(0, n, block):
@@ -375,6 +393,22 @@ class FrameStream:
 def _parse(data: memoryview, size: int, itemsize: int) -> tuple[int, list[tuple[int, memoryview]], int]:
     """A planes part's flags, its planes' (method, stored bytes) and elements, every plane checked
     before anything is allocated; CorruptArchiveError on anything malformed."""
+    flags, k, n = _parse_head(data, size, itemsize)
+    head = header_size(k)
+    if len(data) < head:
+        raise CorruptArchiveError("planes part is too short for its header")
+    entries = [_ENTRY.unpack_from(data, 2 + _ENTRY.size * j) for j in range(k)]
+    if sum(length for _, length in entries) != len(data) - head:
+        raise CorruptArchiveError("planes part: plane lengths do not add up to the stored size")
+    segments, offset = [], head
+    for j, (kind, length) in enumerate(entries):
+        segments.append((kind, _checked_segment(data[offset : offset + length], kind, n, j)))
+        offset += length
+    return flags, segments, n
+
+
+def _parse_head(data: memoryview, size: int, itemsize: int) -> tuple[int, int, int]:
+    """(flags, k, n) from the first two bytes of a planes part of either version, checked."""
     if len(data) < 2:
         raise CorruptArchiveError("planes part is too short for its header")
     flags, k = data[0], data[1]
@@ -386,27 +420,21 @@ def _parse(data: memoryview, size: int, itemsize: int) -> tuple[int, list[tuple[
         raise CorruptArchiveError(f"planes part rotates {k}-byte elements")
     if size % k:
         raise CorruptArchiveError(f"planes part of {size} bytes does not hold {k}-byte elements")
-    n = size // k
-    head = header_size(k)
-    if len(data) < head:
-        raise CorruptArchiveError("planes part is too short for its header")
-    entries = [_ENTRY.unpack_from(data, 2 + _ENTRY.size * j) for j in range(k)]
-    if sum(length for _, length in entries) != len(data) - head:
-        raise CorruptArchiveError("planes part: plane lengths do not add up to the stored size")
-    segments, offset = [], head
-    for j, (kind, length) in enumerate(entries):
-        stored = data[offset : offset + length]
-        offset += length
-        if kind == RAW and length != n:
-            raise CorruptArchiveError(f"planes part: raw plane {j} has {length} bytes, expected {n}")
-        if kind == ZSTD and n > max_frame_output(length):
-            raise CorruptArchiveError(f"planes part: zstd plane {j} of {length} bytes cannot hold {n} bytes")
-        if kind in (PACKED, PACKED_ZSTD) and -(-n // 8) > max_frame_output(length):
-            raise CorruptArchiveError(f"planes part: packed plane {j} of {length} bytes cannot hold {n} bytes")
-        if kind not in (RAW, ZSTD, PACKED, PACKED_ZSTD):
-            raise CorruptArchiveError(f"planes part: plane {j} has unknown method {kind}")
-        segments.append((kind, stored))
-    return flags, segments, n
+    return flags, k, size // k
+
+
+def _checked_segment(stored: memoryview, kind: int, n: int, j: int) -> memoryview:
+    """Plane ``j``'s stored bytes, if their method and length can hold its ``n`` bytes."""
+    length = len(stored)
+    if kind == RAW and length != n:
+        raise CorruptArchiveError(f"planes part: raw plane {j} has {length} bytes, expected {n}")
+    if kind == ZSTD and n > max_frame_output(length):
+        raise CorruptArchiveError(f"planes part: zstd plane {j} of {length} bytes cannot hold {n} bytes")
+    if kind in (PACKED, PACKED_ZSTD) and -(-n // 8) > max_frame_output(length):
+        raise CorruptArchiveError(f"planes part: packed plane {j} of {length} bytes cannot hold {n} bytes")
+    if kind not in (RAW, ZSTD, PACKED, PACKED_ZSTD):
+        raise CorruptArchiveError(f"planes part: plane {j} has unknown method {kind}")
+    return stored
 
 
 def _interleave(planes: list[np.ndarray], out: np.ndarray, rotated: bool) -> None:
@@ -464,3 +492,184 @@ def _check_frame(frame: memoryview, size: int) -> None:
         raise CorruptArchiveError(f"zstd part cannot be decoded: {exc}") from None
     if params.content_size != size:
         raise CorruptArchiveError(f"zstd frame holds {params.content_size} bytes, the part needs {size}")
+
+
+# -- version 2 (zstd+planes2, format 3.0) ---------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    """``value`` (>= 0) as LEB128: 7 bits a byte, least significant first, high bit set on all but the last."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(data: memoryview, offset: int) -> tuple[int, int]:
+    """(value, next offset) of the LEB128 integer at ``offset``; CorruptArchiveError if it runs past
+    the data or past 63 bits."""
+    value = shift = 0
+    while True:
+        if offset >= len(data) or shift > 56:
+            raise CorruptArchiveError("planes part: plane length runs past the header")
+        byte = data[offset]
+        value |= (byte & 0x7F) << shift
+        offset, shift = offset + 1, shift + 7
+        if not byte & 0x80:
+            return value, offset
+
+
+def header_size2(lengths: Sequence[int]) -> int:
+    """Bytes of a version 2 header whose payloads have these lengths."""
+    return 2 + sum(2 + len(_varint(length)) for length in lengths)
+
+
+def _split_block(words: np.ndarray, j: int, k: int, rotate: bool, out: np.ndarray, scratch: np.ndarray) -> None:
+    """Plane ``j`` of a block of little-endian ``8k``-bit ``words`` (rotated left by one bit first if
+    asked) into ``out``: one shift and one narrowing copy, no rotated temporary of the block."""
+    bits = 8 * k
+    work = scratch[: words.size]
+    if not rotate:
+        np.right_shift(words, 8 * j, out=work)
+    elif j == 0:  # the low byte of the rotated word: the element's low 7 bits, then its top bit
+        np.left_shift(words, 1, out=work)
+        work |= words >> (bits - 1)
+    else:  # byte j of (w << 1 | w >> (bits - 1)) is bits 8j - 1 ... 8j + 6 of w
+        np.right_shift(words, 8 * j - 1, out=work)
+    np.copyto(out, work, casting="unsafe")  # keeps the low byte
+
+
+def split_planes(data: np.ndarray, itemsize: int, rotate: bool, targets: Sequence[np.ndarray | None]) -> None:
+    """Write plane ``j`` of ``data`` (1-D uint8 of ``n`` elements of ``itemsize`` bytes, rotated left
+    by one bit first if asked) into ``targets[j]`` (``n`` bytes; None: not wanted), in one pass over
+    ``data`` block by block, so that each block is read from memory once."""
+    n = data.size // itemsize
+    word = _WORDS.get(itemsize)
+    wanted = [(j, target) for j, target in enumerate(targets) if target is not None]
+    if word is None:  # no word type (3, 16 bytes): strided copies, never rotated
+        grid = data.reshape(n, itemsize)
+        for start in range(0, n, _BLOCK):
+            for j, target in wanted:
+                target[start : start + _BLOCK] = grid[start : start + _BLOCK, j]
+        return
+    words = data.view(word)
+    scratch = np.empty(min(n, _BLOCK), dtype=word)
+    for start in range(0, n, _BLOCK):
+        block = words[start : start + _BLOCK]
+        for j, target in wanted:
+            _split_block(block, j, itemsize, rotate, target[start : start + _BLOCK], scratch)
+
+
+def encode_planes2(
+    data: np.ndarray,
+    itemsize: int,
+    rotate: bool,
+    methods: Sequence[int],
+    compressors: Sequence[zstandard.ZstdCompressor],
+    max_palette: int = MAX_PALETTE,
+) -> memoryview:
+    """``data`` coded as version 2 planes; ``methods[j]`` as for :func:`encode_planes`.
+
+    One pass splits the elements: raw planes go straight to their place in the output, the others to
+    a plane of their own, which is then coded -- and decoded again and compared, so that the part is
+    known to hold the data without decoding it whole (raw planes are the split itself). A plane whose
+    coding is not smaller than the plane is stored raw after the coded ones."""
+    n = data.size // itemsize
+    k = len(methods)
+    early_raw = [j for j in range(k) if methods[j] == RAW]
+    reserve = header_size2([n] * k)  # an upper bound: every length is at most n
+    out = np.empty(reserve + k * n, dtype=np.uint8)
+    targets: list[np.ndarray | None] = [None] * k
+    for slot, j in enumerate(early_raw):
+        targets[j] = out[reserve + slot * n : reserve + (slot + 1) * n]
+    coded_planes = {j: np.empty(n, dtype=np.uint8) for j in range(k) if methods[j] != RAW}
+    for j, plane in coded_planes.items():
+        targets[j] = plane
+    split_planes(data, itemsize, rotate, targets)
+    entries = [(j, RAW, n) for j in early_raw]
+    position = reserve + len(early_raw) * n
+    decompressor = zstandard.ZstdDecompressor()
+    for j in sorted(coded_planes):
+        plane = coded_planes.pop(j)
+        kind, stored = code_plane(plane, methods[j], compressors, max_palette)
+        size = len(stored)
+        out[position : position + size] = np.frombuffer(stored, dtype=np.uint8)
+        del stored  # checked in place: memory holds the part, this plane and a block
+        if kind != RAW:
+            _check_coded(kind, out.data[position : position + size], plane, decompressor)
+        entries.append((j, kind, size))
+        position += size
+        del plane
+    head = bytes((ROTATED if rotate else 0, k)) + b"".join(
+        bytes((j, kind)) + _varint(length) for j, kind, length in entries
+    )
+    start = reserve - len(head)
+    out[start:reserve] = np.frombuffer(head, dtype=np.uint8)
+    return out.data[start:position]
+
+
+# Bytes of a zstd plane decoded at a time when the encoder checks it.
+_CHECK_BLOCK = 1 << 22
+
+
+def _check_coded(kind: int, stored: bytes | memoryview, plane: np.ndarray, decompressor) -> None:
+    """The coded plane decodes to ``plane`` (a zstd frame block by block, so that the check holds no
+    second plane); AssertionError (a defect of this code) otherwise."""
+    if kind == ZSTD:
+        stream = FrameStream(decompressor, memoryview(stored), plane.size)
+        for start in range(0, plane.size, _CHECK_BLOCK):
+            piece = stream.read(min(_CHECK_BLOCK, plane.size - start))
+            if not np.array_equal(piece, plane[start : start + piece.size]):
+                raise AssertionError("a coded byte plane does not decode to the plane")
+        stream.close()
+        return
+    if not np.array_equal(unpack(memoryview(stored), kind, plane.size, decompressor), plane):
+        raise AssertionError("a coded byte plane does not decode to the plane")
+
+
+def parse_planes2(data: memoryview, size: int, itemsize: int) -> tuple[int, list[tuple[int, memoryview]], int]:
+    """:func:`_parse` for version 2: flags, per plane in plane order (method, stored bytes), elements."""
+    flags, k, n = _parse_head(data, size, itemsize)
+    offset, entries, seen = 2, [], set()
+    for _ in range(k):
+        if offset + 2 > len(data):
+            raise CorruptArchiveError("planes part is too short for its header")
+        j, kind = data[offset], data[offset + 1]
+        length, offset = _read_varint(data, offset + 2)
+        if j >= k or j in seen:
+            raise CorruptArchiveError(f"planes part: plane {j} is listed twice or does not exist")
+        seen.add(j)
+        entries.append((j, kind, length))
+    if sum(length for _, _, length in entries) != len(data) - offset:
+        raise CorruptArchiveError("planes part: plane lengths do not add up to the stored size")
+    segments: list[tuple[int, memoryview] | None] = [None] * k
+    for j, kind, length in entries:
+        segments[j] = (kind, _checked_segment(data[offset : offset + length], kind, n, j))
+        offset += length
+    return flags, segments, n
+
+
+def assemble2(rotate: bool, coded: list[tuple[int, bytes | memoryview]]) -> memoryview:
+    """A version 2 part of ``coded`` = per plane (kind, stored bytes), payloads in plane order."""
+    head = bytes((ROTATED if rotate else 0, len(coded))) + b"".join(
+        bytes((j, kind)) + _varint(len(stored)) for j, (kind, stored) in enumerate(coded)
+    )
+    return memoryview(head + b"".join(bytes(stored) for _, stored in coded))
+
+
+def coded_size2(coded: Sequence[tuple[int, bytes | memoryview]]) -> int:
+    """Bytes that :func:`assemble2` makes of ``coded``."""
+    return header_size2([len(stored) for _, stored in coded]) + sum(len(stored) for _, stored in coded)
+
+
+def verify_coded(coded: Sequence[tuple[int, bytes | memoryview]], planes: np.ndarray) -> None:
+    """Each coded plane of ``coded`` decodes to its plane of ``planes`` (``(k, n)``); AssertionError
+    (a defect of this code) otherwise."""
+    decompressor = zstandard.ZstdDecompressor()
+    for (kind, stored), plane in zip(coded, planes, strict=True):
+        if kind != RAW:
+            _check_coded(kind, stored, plane, decompressor)

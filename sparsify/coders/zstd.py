@@ -11,15 +11,16 @@ from sparsify.coders.bytegroup import ungroup_bytes
 from sparsify.coders.planes import (
     RAW,
     FrameStream,
-    assemble,
+    assemble2,
     choose_methods,
-    coded_size,
+    coded_size2,
     decode_planes,
     decompress_exact,
-    encode_planes,
+    encode_planes2,
     entropy_bits,
     iter_planes,
     to_planes,
+    verify_coded,
 )
 from sparsify.errors import CorruptArchiveError
 from sparsify.methods.base import Coder
@@ -27,7 +28,8 @@ from sparsify.params import Param
 
 PLAIN = "zstd"
 GROUPED = "zstd+bytegroup"  # written by earlier versions; still decoded
-PLANES = "zstd+planes"
+PLANES = "zstd+planes"  # written by format 2.x; still decoded
+PLANES2 = "zstd+planes2"  # format 3.0: a compact header, raw planes first
 
 # Parts of up to SAMPLE_CHUNKS * SAMPLE_RUN elements are coded every way in full; larger ones are
 # planned on a sample: SAMPLE_CHUNKS runs of SAMPLE_RUN elements spread evenly over the part.
@@ -52,7 +54,7 @@ def entropy_compressor() -> zstandard.ZstdCompressor:
         target_length=0,
         strategy=zstandard.STRATEGY_FAST,
         write_content_size=1,
-        write_checksum=1,
+        write_checksum=0,  # the part's checksum covers the frame
     )
     return zstandard.ZstdCompressor(compression_params=params)
 
@@ -65,8 +67,8 @@ class Zstd(Coder):
     mantissa, exponent in a byte of its own) or not, then each plane raw or zstd-coded. Small parts are
     coded every way and the smallest kept; for large ones the choice (plain or planes, rotation, each
     plane's coding) is made on an evenly spread sample, then only the chosen coding is run on the part.
-    Frames record their content size and a checksum; decoding refuses a frame whose size is not the
-    expected one before allocating anything bigger.
+    Frames record their content size (not a checksum of their own: the part's covers them); decoding
+    refuses a frame whose size is not the expected one before allocating anything bigger.
     """
 
     name = "zstd"
@@ -78,10 +80,11 @@ class Zstd(Coder):
         ),
     )
     example = "keep+zstd:level=9"
+    verified = frozenset({PLANES2})
 
     def encode(self, data: np.ndarray, itemsize: int) -> list[tuple[str, bytes]]:
         level = self.config["level"]
-        plain = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+        plain = zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True)
         if not (self.config["bytegroup"] and itemsize > 1 and data.size and data.size % itemsize == 0):
             return [(PLAIN, _plain(data, itemsize, plain))]
         compressors = [entropy_compressor(), plain]
@@ -93,20 +96,21 @@ class Zstd(Coder):
         planes = to_planes(sample, itemsize, rotate)
         if whole:  # the sample is the part: code it every way, keep the smallest
             _, coded = choose_methods(planes, compressors)
-            return [(PLAIN, _plain(data, itemsize, plain)), (PLANES, assemble(rotate, coded))]
+            verify_coded(coded, planes)
+            return [(PLAIN, _plain(data, itemsize, plain)), (PLANES2, assemble2(rotate, coded))]
         # On a sample the level-L compressor looks better than it is (it lacks the history in which it
         # finds costly chance matches), so at the default level planes use the tuned compressor only.
         # Packing is planned only for planes of one or two values: more need a slow histogram of the part.
         methods, coded = choose_methods(planes, compressors if level > 3 else compressors[:1], KEEP, max_palette=2)
-        if all(m == RAW for m in methods) or len(plain.compress(memoryview(sample))) < coded_size(coded):
+        if all(m == RAW for m in methods) or len(plain.compress(memoryview(sample))) < coded_size2(coded):
             return [(PLAIN, plain.compress(memoryview(data)))]
-        return [(PLANES, encode_planes(data, itemsize, rotate, methods, compressors, max_palette=2))]
+        return [(PLANES2, encode_planes2(data, itemsize, rotate, methods, compressors, max_palette=2))]
 
     def decode_blocks(self, codec: str, data: memoryview, size: int, itemsize: int) -> Iterator[np.ndarray]:
         """:meth:`decode` streamed: planes and plain frames a block at a time (see
         :func:`sparsify.coders.planes.iter_planes`); the old byte-grouped variant whole."""
-        if codec == PLANES:
-            yield from iter_planes(data, size, itemsize)
+        if codec in (PLANES, PLANES2):
+            yield from iter_planes(data, size, itemsize, version=1 if codec == PLANES else 2)
         elif codec == PLAIN:
             stream = FrameStream(zstandard.ZstdDecompressor(), data, size)
             for start in range(0, size, STREAM_BLOCK):
@@ -115,9 +119,9 @@ class Zstd(Coder):
         else:
             yield np.frombuffer(self.decode(codec, data, size, itemsize), dtype=np.uint8)
 
-    def decode(self, codec: str, data: memoryview, size: int, itemsize: int) -> bytes | bytearray:
-        if codec == PLANES:
-            return decode_planes(data, size, itemsize)
+    def decode(self, codec: str, data: memoryview, size: int, itemsize: int) -> bytes | bytearray | memoryview:
+        if codec in (PLANES, PLANES2):
+            return decode_planes(data, size, itemsize, version=1 if codec == PLANES else 2)
         if codec not in (PLAIN, GROUPED):
             raise CorruptArchiveError(f"unknown zstd variant {codec!r}")
         if codec == GROUPED and (itemsize < 1 or size % itemsize):

@@ -141,8 +141,12 @@ class Coder(Stage):
         """Candidate codings ``(codec id, bytes)`` of ``data`` (1-D uint8; elements of ``itemsize`` bytes)."""
 
     @abstractmethod
-    def decode(self, codec: str, data: memoryview, size: int, itemsize: int) -> bytes:
+    def decode(self, codec: str, data: memoryview, size: int, itemsize: int) -> bytes | bytearray | memoryview:
         """The ``size`` original bytes of ``data`` coded as ``codec`` (CorruptArchiveError when they do not fit)."""
+
+    verified: frozenset[str] = frozenset()
+    """Codec ids whose :meth:`encode` has itself checked that its coding decodes to the data (the
+    lossless check then need not decode them again)."""
 
     def decode_blocks(self, codec: str, data: memoryview, size: int, itemsize: int) -> Iterator[np.ndarray]:
         """The same bytes as :meth:`decode`, in consecutive pieces (1-D uint8), for checks that need

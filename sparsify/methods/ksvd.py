@@ -7,7 +7,8 @@ The signals Y (L x S) are the matrix's columns, or consecutive pieces of ``segme
 
     \\min_{D, X} \\|Y - D X\\|_F^2 \\quad \\text{s.t.} \\quad \\|d_j\\|_2 = 1, \\ \\|x_s\\|_0 \\le \\text{nnz}
 
-* sparse coding: X by batch OMP (:mod:`sparsify.omp`) against the Gram matrix DᵀD; a signal keeps
+* sparse coding: X by batch OMP (:func:`sparsify.omp.omp_signals`: against the Gram matrix DᵀD, in
+  signal space for short signals, all signals of a chunk at once, with their residuals); a signal keeps
   its previous code where that is still better (OMP is greedy), so the error never increases;
 * dictionary update, atom by atom: with E the residual of the signals that use atom j plus that atom's
   contribution, (d_j, x_j) becomes the rank-1 fit of E on the same support (one step of the power
@@ -56,7 +57,7 @@ import numpy as np
 from sparsify import sparse
 from sparsify.errors import CorruptArchiveError, UsageError
 from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
-from sparsify.omp import batch_omp_support
+from sparsify.omp import omp_signals
 from sparsify.params import Param
 from sparsify.reproducible import sparse_matmul
 from sparsify.signals import from_signals, to_signals
@@ -136,19 +137,17 @@ def ksvd(signals: np.ndarray, atoms: int, nnz: int, iters: int, seed: int, sampl
     support = np.full((y.shape[0], width), -1, dtype=np.int64)
     if length == 0 or y.shape[0] == 0:
         return KSVDResult(dictionary, [0.0] * iters, train, support)
-    y_sq = np.einsum("sl,sl->s", y, y)
     coefs = residual = None
     for _ in range(iters):
-        new = batch_omp_support(dictionary.T @ dictionary, y @ dictionary, width, y_sq=y_sq)
-        new_residual = y - reconstruct_signals(dictionary, new.support, new.coefs)
+        new = omp_signals(dictionary, y, width, residual=True)
         if residual is None:
-            support, coefs, residual = new.support, new.coefs, new_residual
+            support, coefs, residual = new.support, new.coefs, new.residual
         else:
-            better = np.einsum("sl,sl->s", new_residual, new_residual) < np.einsum("sl,sl->s", residual, residual)
+            better = new.residual_sq < np.einsum("sl,sl->s", residual, residual)
             support[better], coefs[better], residual[better] = (
                 new.support[better],
                 new.coefs[better],
-                new_residual[better],
+                new.residual[better],
             )
         _update_atoms(dictionary, support, coefs, residual)
         errors.append(float(np.einsum("sl,sl->", residual, residual)))
@@ -363,7 +362,7 @@ class KSVD(Method):
         stored = learned.dictionary.astype(ctx.float_dtype)
         dictionary = stored.astype(np.float64)
         y = np.ascontiguousarray(signals.T)
-        codes = batch_omp_support(dictionary.T @ dictionary, y @ dictionary, nnz)
+        codes = omp_signals(dictionary, y, nnz)
         support, coefs = codes.support, codes.coefs
         if iters:
             # The training codes, refit to the stored dictionary, where they beat OMP's greedy choice.

@@ -15,8 +15,9 @@ Dictionaries (``dict``):
 * ``dct``      -- D the orthonormal DCT-II (``scipy.fft.dct(norm="ortho")``): x = soft_threshold(Dᵀy,
   alpha); only the codes are stored, the transform is implied by the config;
 * ``learned``  -- D (L x ``atoms``) learned on the tensor by K-SVD (:mod:`sparsify.methods.ksvd`) and
-  stored dense; the codes come from :func:`sparsify.lasso_solver.fista_lasso`, all signals at once
-  (during an ``nnz`` / ``max_error`` search warm-started from the solution at the nearest alpha tried).
+  stored dense; the codes come from :func:`sparsify.lasso_solver.fista_lasso`, all signals at once (for
+  segments the homotopy path, :func:`sparsify.lasso_solver.homotopy_lasso`; otherwise float32 FISTA,
+  during an ``nnz`` / ``max_error`` search warm-started from the solution at the nearest alpha tried).
 
 Budgets (exactly one): ``alpha``; ``nnz`` -- the smallest alpha whose mean nonzero count per signal is
 <= nnz (exact from the sorted coefficients for orthonormal D, by bisection otherwise); ``max_error`` --

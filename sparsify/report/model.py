@@ -13,7 +13,7 @@ from typing import Any
 from sparsify import __version__
 from sparsify.metrics import weighted_rel_error
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: source.sha256 became source.checksum (archive format 3.0)
 
 PART_KINDS = ("values", "indices", "dictionary", "scales", "overhead")
 _INDEX_PARTS = {"indptr", "indices", "deltas", "mask", "ranks"}
@@ -71,7 +71,7 @@ def build_report(archive, command: str) -> dict[str, Any]:
         "command": command,
         "tool_version": __version__,
         "archive": {"path": str(archive.path), "format_version": manifest["format_version"], "bytes": archive.size},
-        "source": {k: source[k] for k in ("name", "format", "size", "sha256")},
+        "source": {k: source[k] for k in ("name", "format", "size", "checksum")},
         "options": manifest["options"],
         "tensors": rows,
         "totals": totals,
@@ -195,7 +195,7 @@ def build_folder_report(folder, index: dict[str, Any], reports: list[tuple[dict[
         "command": command,
         "tool_version": __version__,
         "archive": {"path": str(folder), "format_version": index["format_version"], "bytes": stored, "folder": True},
-        "source": {"name": index["source"]["name"], "format": "folder", "size": source_bytes, "sha256": None},
+        "source": {"name": index["source"]["name"], "format": "folder", "size": source_bytes, "checksum": None},
         "options": index["options"],
         "files": {
             "weights": [

@@ -165,7 +165,7 @@ def render_markdown(report: dict[str, Any], out: TextIO) -> None:
 
 
 def render_json(report: dict[str, Any], out: TextIO) -> None:
-    """The report as JSON (``schema_version`` 1, docs/REPORT.md); non-finite numbers as null."""
+    """The report as JSON (``schema_version`` 2, docs/REPORT.md); non-finite numbers as null."""
     json.dump(_finite(report), out, indent=2, allow_nan=False)
     out.write("\n")
 

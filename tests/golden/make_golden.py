@@ -27,9 +27,17 @@ OLDER = {
     "v1.0/digits_mlp.threshold.sparsify": "digits_mlp.safetensors",
     "v1.0/digits_mlp_bf16.threshold.sparsify": "digits_mlp_bf16.safetensors",
     **{f"v2.0/{name}": source for name, (source, _) in GOLDEN.items()},
+    **{f"v2.1/{name}": source for name, (source, _) in GOLDEN.items()},
 }
+
+# Folder archives (a model folder: weights, config, a file in a sub-folder) -> their source folder here.
+FOLDERS = {"digits-folder.sparsify": "digits-folder-source"}
+OLDER_FOLDERS = {"v2.1/digits-folder.sparsify": "digits-folder-source"}  # index format 1.0, archives 2.1
 
 if __name__ == "__main__":
     for archive, (source, options) in GOLDEN.items():
         sparsify.compress(SAMPLES / source, HERE / archive, force=True, **options)
+        print(f"wrote {archive}")
+    for archive, source in FOLDERS.items():
+        sparsify.compress(HERE / source, HERE / archive, force=True, jobs=1)
         print(f"wrote {archive}")

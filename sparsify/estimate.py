@@ -1,0 +1,205 @@
+"""Rate and distortion of rate-control candidates, estimated on a deterministic sample of a tensor.
+
+Measuring a candidate exactly (:func:`sparsify.ratecontrol.measure_candidates`) encodes, decodes and
+checks the whole tensor; the rate controller has dozens of candidates per tensor. Here each candidate
+runs through its real pipeline -- the same quantiser, value coder and byte coders, so packed codes,
+the int8/int16 choice, byte planes and zstd's own inefficiencies are all in the figure -- but on a
+sample of about :data:`SAMPLE_ELEMENTS` values of the tensor's matrix view, and its parts' bytes and
+squared error are scaled up by the number of values (both are sums over values).
+
+The sample is systematic, so that under that scaling it stands for the tensor without bias: rows
+evenly spaced over the matrix view -- as many as the sample's size allows, since rows (output
+channels) differ most -- and, in rows longer than ``2 * RUN`` values, runs of :data:`RUN` consecutive
+values evenly spaced along each row, starting at multiples of :data:`RUN` (so the scales of RTN groups
+of up to 128 values are those of the full row) and shifted from one sampled row to the next so that
+the runs of all rows cover the columns evenly. What a candidate computes from more than its values
+is added where it needs it, as single values that change the sums by about 1/:data:`RUN`:
+
+* a per-row scale (``quant:bits=8``, one scale per row) is set by the row's value of largest
+  magnitude: each sampled row gets it as one more column;
+* a whole-tensor quantiser (``quant:step=``, ``quant:codebook=``) takes the code width of the uniform
+  quantiser's codes and k-means' initial range from the tensor's largest and smallest value: these
+  two are appended to the sample's values.
+
+Every choice is integer arithmetic on positions (argmax/argmin, no sums), so the sample -- and every
+estimate, measured by the codec's own reproducible sums -- is the same on every machine. Tensors of
+at most :data:`EXACT_ELEMENTS` values, and tensors with non-finite values, are not sampled: the
+caller measures them exactly. An estimate is within a few per cent of the exact figure for the
+uniform quantiser and RTN (tests/test_estimate.py); k-means codebooks fitted on the sample come
+out a few per cent worse than on the tensor. The planner measures exactly what the allocation on the
+estimates chooses, and chooses in the end among exact figures only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsify.codec import Original
+from sparsify.io.base import TensorInfo
+from sparsify.pipeline import parse_pipeline
+from sparsify.ratecontrol import Point, TensorPlan, measure_candidates, plan_tensor
+
+SAMPLE_ELEMENTS = 1 << 15
+"""About how many values a sample holds (a few more where whole rows are taken)."""
+EXACT_ELEMENTS = 1 << 17
+"""Tensors with at most this many values are measured exactly (a sample would be most of them)."""
+RUN = 512
+"""Values per run in a long row: a multiple of every RTN group of the ladder (64, 128)."""
+
+
+def matrix_view(array: np.ndarray, layout: str) -> np.ndarray:
+    """The (rows, cols) matrix view of ``array`` in its own dtype (see :func:`sparsify.codec.to_matrix`):
+    output channels on the rows -- the first axis, or the last for ``layout="last"``."""
+    if layout == "last" and array.ndim >= 2:
+        array = np.moveaxis(array, -1, 0)
+    if array.ndim == 0:
+        return array.reshape(1, 1)
+    if array.ndim == 1:
+        return array.reshape(1, -1)
+    return array.reshape(array.shape[0], -1)
+
+
+def _comparable(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` in a numpy float type that orders the same values the same way (2-byte floats,
+    ml_dtypes' included, widen exactly to float32; other non-float types to float64)."""
+    if matrix.dtype in (np.float32, np.float64):
+        return matrix
+    if matrix.dtype.itemsize <= 2 and matrix.dtype.kind not in "iub":
+        return matrix.astype(np.float32)
+    return matrix.astype(np.float64)
+
+
+def evenly_spaced(count: int, length: int) -> np.ndarray:
+    """``count`` distinct indices in [0, length), evenly spaced and centred (int64, ascending)."""
+    count = min(count, length)
+    return (np.arange(count, dtype=np.int64) * length + length // 2) // max(count, 1)
+
+
+def sample_positions(n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where the systematic sample of the module docstring lies in a (rows, cols) matrix: (row
+    indices (r,), column indices (r, m)), the sample being ``matrix[rows[:, None], cols]``. None when
+    the matrix is small enough to measure exactly (or the sample would be most of it).
+
+    As many rows as runs allow (rows differ more than the columns of a row: per-channel scales), so
+    whole rows up to ``2 * RUN`` values, else up to ``SAMPLE_ELEMENTS / RUN`` rows of one or more runs."""
+    if n_rows * n_cols <= EXACT_ELEMENTS:
+        return None
+    if n_cols <= 2 * RUN:  # short rows: whole rows
+        rows = evenly_spaced(-(-SAMPLE_ELEMENTS // n_cols), n_rows)
+        if 2 * rows.size > n_rows:
+            return None
+        return rows, np.broadcast_to(np.arange(n_cols, dtype=np.int64), (rows.size, n_cols))
+    rows = evenly_spaced(-(-SAMPLE_ELEMENTS // RUN), n_rows)
+    slots = n_cols // RUN
+    runs = min(slots, -(-SAMPLE_ELEMENTS // (rows.size * RUN)))
+    if 2 * rows.size * runs * RUN > n_rows * n_cols:
+        return None
+    # each row's runs evenly spaced, and shifted from row to row so that together they cover the
+    # columns evenly too (the same columns in every row would miss whatever varies along them)
+    shift = (np.arange(rows.size, dtype=np.int64) * slots) // (rows.size * runs)
+    starts = (evenly_spaced(runs, slots)[None, :] + shift[:, None]) % slots * RUN
+    cols = (starts[:, :, None] + np.arange(RUN, dtype=np.int64)).reshape(rows.size, -1)
+    return rows, np.sort(cols, axis=1)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What the estimates of one tensor are measured on (all in the tensor's dtype).
+
+    values:    (r, m) the systematic sample of the matrix view.
+    peaks:     (r, 1) each sampled row's value of largest magnitude (None: whole rows, which hold it).
+    extremes:  (2,) the tensor's largest and smallest value.
+    """
+
+    values: np.ndarray
+    peaks: np.ndarray | None
+    extremes: np.ndarray
+
+
+def take_sample(array: np.ndarray, layout: str) -> Sample | None:
+    """The :class:`Sample` of ``array`` seen as a matrix with ``layout``, or None (measure the tensor
+    exactly: small, or with non-finite values)."""
+    matrix = matrix_view(np.asarray(array), layout)
+    positions = sample_positions(*matrix.shape)
+    if positions is None:
+        return None
+    comparable = _comparable(matrix)
+    if not np.isfinite(comparable).all():
+        return None
+    rows, cols = positions
+    values = np.ascontiguousarray(matrix[rows[:, None], cols])
+    extremes = matrix.reshape(-1)[[int(np.argmax(comparable)), int(np.argmin(comparable))]]
+    peaks = None
+    if cols.shape[1] < matrix.shape[1]:
+        largest = np.argmax(np.abs(comparable[rows]), axis=1)
+        peaks = np.ascontiguousarray(matrix[rows, largest][:, None])
+    return Sample(values, peaks, extremes)
+
+
+def sampled_matrix(sample: Sample, pipeline: str) -> np.ndarray:
+    """The matrix that ``pipeline`` is measured on: the sample, with what it needs beyond its values
+    (module docstring) -- row peaks for a per-row RTN scale, the extremes for a whole-tensor quantiser."""
+    method = parse_pipeline(pipeline).methods[0]
+    config = method.config if method.name == "quant" else {}
+    if "bits" in config:
+        group = config.get("group", 0 if config["bits"] == 8 else 128)
+        if group <= 0 and sample.peaks is not None:
+            return np.concatenate((sample.values, sample.peaks), axis=1)
+        return sample.values
+    if "step" in config or "codebook" in config or "max_error" in config:
+        return np.concatenate((sample.values.reshape(-1), sample.extremes))[None, :]
+    return sample.values
+
+
+def estimate_candidates(
+    array: np.ndarray, info: TensorInfo, candidates: Iterable[str], seed: int, sq_norm: float
+) -> list[Point] | None:
+    """Every candidate's estimated :class:`~sparsify.ratecontrol.Point` (``exact=False``, no record),
+    in candidate order (those that do not apply left out): measured on :func:`sampled_matrix`, the
+    parts' bytes and the squared error scaled by the tensor's values over the sample's, plus the
+    sampled record's manifest share. ``sq_norm``: the tensor's squared norm (for the rel. error).
+    None when the tensor is to be measured exactly (see :func:`take_sample`)."""
+    sample = take_sample(array, info.layout)
+    return None if sample is None else _estimate(sample, info, candidates, seed, sq_norm)
+
+
+def _estimate(sample: Sample, info: TensorInfo, candidates: Iterable[str], seed: int, sq_norm: float) -> list[Point]:
+    """:func:`estimate_candidates` on the tensor's sample."""
+    prepared: dict[tuple[int, ...], tuple[np.ndarray, Original]] = {}
+    points = []
+    for text in candidates:
+        matrix = sampled_matrix(sample, text)
+        if matrix.shape not in prepared:  # one Original per sample shape, shared by its candidates
+            prepared[matrix.shape] = (matrix, Original(matrix))
+        matrix, original = prepared[matrix.shape]
+        sampled = TensorInfo(info.name, info.dtype, tuple(matrix.shape), "first")
+        scale = info.numel / matrix.size
+        for p in measure_candidates(matrix, sampled, [text], seed, original):
+            stored = p.record["stored_bytes"]
+            sq_error = p.sq_error * scale
+            rel_error = math.sqrt(sq_error / sq_norm) if sq_norm > 0 and math.isfinite(sq_error) else p.rel_error
+            nbytes = round(stored * scale) + p.nbytes - stored
+            points.append(Point(p.pipeline, nbytes, sq_error, rel_error, exact=False))
+    return points
+
+
+def estimate_tensor(
+    array: np.ndarray, info: TensorInfo, candidates: Iterable[str], seed: int, max_error: float | None
+) -> TensorPlan:
+    """A tensor's :class:`~sparsify.ratecontrol.TensorPlan` with its candidates estimated
+    (:func:`estimate_candidates`), those estimated above ``max_error`` dropped (unless none is
+    left) -- or, for a tensor that is not sampled, measured exactly
+    (:func:`sparsify.ratecontrol.plan_tensor`)."""
+    sample = take_sample(array, info.layout)
+    if sample is None:
+        return plan_tensor(array, info, candidates, seed, max_error)
+    sq_norm = Original(array).reference.sq_norm
+    points = _estimate(sample, info, candidates, seed, sq_norm)
+    measured = len(points)
+    if max_error is not None:
+        points = [p for p in points if p.rel_error <= max_error] or points
+    return TensorPlan(info.name, sq_norm, points, 0, measured)
