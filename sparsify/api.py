@@ -216,7 +216,11 @@ def _write_archives(
     total, done, finished = sum(sizes), 0, 0
     if progress:
         progress("encoding", 0, len(jobs), 0, total)
-    results = iter(zip(read.items, sizes, ordered_map(executor, work.encode, jobs, read.window), strict=True))
+    # Spooled results are records of parts on disk: every job may be queued at once, so that a worker is
+    # never idle behind a big tensor still encoding (results are consumed in order). Results that carry
+    # their bytes (a cluster's) keep to the window that bounds memory.
+    window = max(len(jobs), 1) if spool is not None else read.window
+    results = iter(zip(read.items, sizes, ordered_map(executor, work.encode, jobs, window), strict=True))
     for index, head in enumerate(read.heads):
         if read.model.is_folder:
             path = destination / archive_name(read.model.weights[index].name)
