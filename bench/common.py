@@ -15,6 +15,15 @@ from hdf5_tree import assert_hdf5_trees_equal
 
 import sparsify
 
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
+SAMPLE_MODELS = [  # every sample model, as the benchmarks that run all of them list them
+    "digits_mlp.safetensors",
+    "digits_mlp_bf16.safetensors",
+    "digits_mlp.npz",
+    "digits_mlp.h5",
+    "crepe-tiny/weights.h5",
+]
+
 HDF5_SUFFIXES = {".h5", ".hdf5", ".keras"}
 
 

