@@ -180,6 +180,24 @@ def batch_omp_support(
     return OMPResult(support, coefs, residual)
 
 
+def _extend_inverse_cholesky(
+    linv: np.ndarray, k: int, cross: np.ndarray, diag_new: np.ndarray, active: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grow each signal's inverse Cholesky factor ``linv[s, :k, :k]`` of its chosen atoms' Gram matrix
+    by the atom just picked: ``cross`` (count, k) = G[chosen, new], ``diag_new`` (count,) = G[new, new].
+    Row ``k`` of ``linv`` is written in place; ``active`` (count,) is cleared, in place, for signals whose
+    new atom depends on the chosen ones. Returns ``w = L⁻¹ cross`` (0 where inactive) and the new
+    diagonal ``d`` of L (1 where inactive), shapes (count, k) and (count,)."""
+    w = np.einsum("sij,sj->si", linv[:, :k, :k], cross)
+    d_sq = diag_new - np.einsum("si,si->s", w, w)
+    active &= d_sq > eps * diag_new
+    w[~active] = 0.0
+    d = np.sqrt(np.where(active, d_sq, 1.0))
+    linv[:, k, :k] = -np.einsum("si,sij->sj", w, linv[:, :k, :k]) / d[:, None]
+    linv[:, k, k] = 1.0 / d
+    return w, d
+
+
 def _omp_block(
     gram: np.ndarray,
     diag: np.ndarray,
@@ -212,13 +230,7 @@ def _omp_block(
             active &= ~(support[:, :k] == pick[:, None]).any(axis=1)  # chosen twice: residual is orthogonal
         chosen_rows[:, k] = gram[pick]
         cross = chosen_rows[rows[:, None], np.arange(k)[None, :], pick[:, None]]  # G[I, a], shape (count, k)
-        w = np.einsum("sij,sj->si", linv[:, :k, :k], cross)
-        d_sq = diag[pick] - np.einsum("si,si->s", w, w)
-        active &= d_sq > eps * diag[pick]  # the new atom depends on the chosen ones
-        w[~active] = 0.0
-        d = np.sqrt(np.where(active, d_sq, 1.0))
-        linv[:, k, :k] = -np.einsum("si,sij->sj", w, linv[:, :k, :k]) / d[:, None]
-        linv[:, k, k] = 1.0 / d
+        w, d = _extend_inverse_cholesky(linv, k, cross, diag[pick], active, eps)
         zk = (alpha0[rows, pick] - np.einsum("si,si->s", w, z[:, :k])) / d
         zk[~active] = 0.0
         z[:, k] = zk
@@ -361,13 +373,7 @@ def _omp_block_signals(
             break
         chosen[:, k] = dictionary.T[pick]
         cross = gram[np.maximum(support[:, :k], 0), pick[:, None]]  # G[I, a], shape (count, k)
-        w = np.einsum("sij,sj->si", linv[:, :k, :k], cross)
-        d_sq = diag[pick] - np.einsum("si,si->s", w, w)
-        active &= d_sq > eps * diag[pick]  # the new atom depends on the chosen ones
-        w[~active] = 0.0
-        d = np.sqrt(np.where(active, d_sq, 1.0))
-        linv[:, k, :k] = -np.einsum("si,sij->sj", w, linv[:, :k, :k]) / d[:, None]
-        linv[:, k, k] = 1.0 / d
+        w, d = _extend_inverse_cholesky(linv, k, cross, diag[pick], active, eps)
         q = np.einsum("sj,sjl->sl", linv[:, k, : k + 1], chosen[:, : k + 1])
         zk = np.einsum("sl,sl->s", q, r)
         zk[~active] = 0.0
