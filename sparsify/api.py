@@ -44,7 +44,7 @@ from sparsify.atomic import (
     check_folder_destination,
     scratch_folder,
 )
-from sparsify.checksum import Hasher, algorithm_of, file_checksum, matches
+from sparsify.checksum import ALGORITHM, Hasher, algorithm_of, file_checksum, matches
 from sparsify.codec import measure
 from sparsify.dtypes import nbytes_of
 from sparsify.errors import CorruptArchiveError, InputError, UsageError
@@ -256,7 +256,7 @@ def _carry_files(model: Model, destination: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _copy(source: Path, target: Path, algorithm: str = "xxh3") -> tuple[int, str]:
+def _copy(source: Path, target: Path, algorithm: str = ALGORITHM) -> tuple[int, str]:
     """Copy a file, fsynced; returns its size and checksum (InputError where the source fails)."""
     digest, size = Hasher(algorithm), 0
     try:
