@@ -72,8 +72,29 @@ def _rel(w: np.ndarray, approx: np.ndarray) -> float:
     return float(np.linalg.norm(w - approx) / np.linalg.norm(w))
 
 
-def _budget_rows(name: str, w: np.ndarray, atoms: int, nnz: int, seed: int) -> list[dict]:
+def sklearn_fit_and_code(x: np.ndarray, train: np.ndarray, atoms: int, nnz: int, seed: int):
+    """The reference: scikit-learn's MiniBatchDictionaryLearning fitted on the signals ``x[train]``
+    (rows are signals) and OMP-coding every row of ``x``. Returns (components as stored: float32 values
+    in float64, shape (atoms, length); codes, shape (signals, atoms))."""
     from sklearn.decomposition import MiniBatchDictionaryLearning
+
+    learner = MiniBatchDictionaryLearning(
+        n_components=atoms,
+        alpha=1.0,
+        max_iter=10,
+        batch_size=256,
+        random_state=seed,
+        transform_algorithm="omp",
+        transform_n_nonzero_coefs=nnz,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        learner.fit(x[train])
+        codes = learner.transform(x)
+    return learner.components_.astype(np.float32).astype(np.float64), codes
+
+
+def _budget_rows(name: str, w: np.ndarray, atoms: int, nnz: int, seed: int) -> list[dict]:
     from sklearn.linear_model import orthogonal_mp_gram
 
     length, signals = w.shape
@@ -91,21 +112,8 @@ def _budget_rows(name: str, w: np.ndarray, atoms: int, nnz: int, seed: int) -> l
     x = np.ascontiguousarray(w.T)
     train = training_indices(signals, DEFAULT_SAMPLE, atoms, np.random.default_rng(seed))
     start = time.perf_counter()
-    learner = MiniBatchDictionaryLearning(
-        n_components=atoms,
-        alpha=1.0,
-        max_iter=10,
-        batch_size=256,
-        random_state=seed,
-        transform_algorithm="omp",
-        transform_n_nonzero_coefs=nnz,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        learner.fit(x[train])
-        codes = learner.transform(x)
+    components, codes = sklearn_fit_and_code(x, train, atoms, nnz, seed)
     seconds = time.perf_counter() - start
-    components = learner.components_.astype(np.float32).astype(np.float64)
     approx = (codes.astype(np.float32).astype(np.float64) @ components).T
     rows.append(
         _row(name, w, "ksvd", atoms, nnz, REFERENCE_KSVD, int(np.count_nonzero(codes)), _rel(w, approx), seconds)
@@ -267,28 +275,10 @@ def run_model_scale(seed: int = 0, repeat: int = 1, reference: bool = True) -> l
             row["before"] = dict(zip(("seconds", "rel_error"), BEFORE_MODEL_SCALE[sample], strict=True))
         rows.append(row)
     if reference:
-        from sklearn.decomposition import MiniBatchDictionaryLearning
-
         x = np.ascontiguousarray(signals.T)
         train = training_indices(count, DEFAULT_SAMPLE, atoms, np.random.default_rng(seed))
 
-        def fit_and_code():
-            learner = MiniBatchDictionaryLearning(
-                n_components=atoms,
-                alpha=1.0,
-                max_iter=10,
-                batch_size=256,
-                random_state=seed,
-                transform_algorithm="omp",
-                transform_n_nonzero_coefs=nnz,
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                learner.fit(x[train])
-                return learner, learner.transform(x)
-
-        seconds, (learner, codes) = _timed(fit_and_code, 1)
-        components = learner.components_.astype(np.float32).astype(np.float64)
+        seconds, (components, codes) = _timed(lambda: sklearn_fit_and_code(x, train, atoms, nnz, seed), 1)
         approx = (codes.astype(np.float32).astype(np.float64) @ components).reshape(-1)[: w.size].reshape(w.shape)
         nonzeros = int(np.count_nonzero(codes))
         row = _row(name, w, "ksvd", atoms, nnz, REFERENCE_KSVD, nonzeros, _rel(w, approx), seconds)
