@@ -16,6 +16,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from typing import BinaryIO
 
 import numpy as np
@@ -54,10 +55,11 @@ class Layout:
     file_size: int
 
     def entry(self, name: str) -> Entry:
-        for e in self.entries:
-            if e.name == name:
-                return e
-        raise KeyError(name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Entry]:
+        return {e.name: e for e in self.entries}
 
 
 def read_layout(f: BinaryIO, file_size: int, error: type[SparsifyError], what: str) -> Layout:

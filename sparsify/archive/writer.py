@@ -15,7 +15,7 @@ import zstandard
 
 from sparsify import dtypes
 from sparsify.archive.dictionary import manifest_dictionary
-from sparsify.archive.version import MANIFEST_CODEC, METADATA_KEY, SOURCE_BLOB_PREFIX
+from sparsify.archive.version import MANIFEST_CODEC, MANIFEST_LEVEL, METADATA_KEY, SOURCE_BLOB_PREFIX
 from sparsify.checksum import checksum
 from sparsify.codec import CodedPart, EncodedTensor, SpooledPart, code_part
 from sparsify.coders.zstd import Zstd
@@ -159,7 +159,7 @@ def manifest_text(manifest: dict[str, Any]) -> str:
     JSON string is escaped and full of checksums, so the plain text would cost small models more than a
     bit per weight."""
     text = json.dumps(_jsonable(manifest), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    compressor = zstandard.ZstdCompressor(level=19, write_checksum=True, dict_data=manifest_dictionary())
+    compressor = zstandard.ZstdCompressor(level=MANIFEST_LEVEL, write_checksum=True, dict_data=manifest_dictionary())
     packed = compressor.compress(text.encode("utf-8"))
     envelope = {
         "format": manifest["format"],

@@ -61,6 +61,8 @@ RAW = 0
 ZSTD = 1
 PACKED = 2
 PACKED_ZSTD = 3
+# Plane methods an encoder chooses (not stored): RAW, PACKED, or COMPRESSOR + i for ``compressors[i]``.
+COMPRESSOR = 16
 ROTATED = 1  # flags bit 0
 MAX_PALETTE = 16
 
@@ -82,13 +84,31 @@ def rotate_left(data: np.ndarray, itemsize: int) -> np.ndarray:
 
 
 def entropy_bits(planes: np.ndarray) -> float:
-    """Sum over the ``(k, m)`` planes of each plane's order-0 entropy in bits per byte."""
+    """Sum over the ``(k, m)`` planes of each plane's order-0 entropy in bits per byte:
+    ``(m log2 m - sum_v c_v log2 c_v) / m`` over the plane's byte counts ``c_v``, the terms looked up in
+    a table (fast for the many small parts) of values that do not depend on the CPU."""
+    k, m = planes.shape
+    if m == 0:
+        return 0.0
+    table = _count_log2_count(m)
     total = 0.0
     for plane in planes:
-        p = np.bincount(plane, minlength=256)
-        p = p[p > 0] / plane.size
-        total -= float(np.sum(p * log2(p)))  # not np.log2: the choice it makes must not depend on the CPU
-    return total
+        total += float(np.add.reduce(table[np.bincount(plane, minlength=256)]))
+    return (k * float(table[m]) - total) / m
+
+
+_COUNT_LOG2: list[np.ndarray] = [np.zeros(1)]
+
+
+def _count_log2_count(limit: int) -> np.ndarray:
+    """``c log2 c`` for the counts ``c = 0 .. limit`` (0 for 0), with :func:`sparsify.reproducible.log2`
+    (not np.log2: the choices made with it must not depend on the CPU); grown as needed, kept."""
+    table = _COUNT_LOG2[0]
+    if table.size <= limit:
+        counts = np.arange(1, max(limit + 1, 2 * table.size), dtype=np.float64)
+        table = np.concatenate(([0.0], counts * log2(counts)))
+        _COUNT_LOG2[0] = table
+    return table
 
 
 # Elements per block of the blocked rotations and transposes: a block's planes stay in the CPU cache,
@@ -135,7 +155,7 @@ def encode_planes(
 ) -> memoryview:
     """``data`` coded as version 1 planes (what format 2.x wrote; sparsify now writes
     :func:`encode_planes2`, and keeps this to make version 1 parts for the reader's tests);
-    ``methods[j]`` is ``RAW``, ``PACKED`` or the index + 1 of the compressor for plane j.
+    ``methods[j]`` is ``RAW``, ``PACKED`` or ``COMPRESSOR + i`` for ``compressors[i]``, for plane j.
 
     A plane whose coding is not smaller than the plane itself is stored raw instead; a plane that was
     to be packed but holds more values than the sample did is compressed with ``compressors[0]``.
@@ -172,24 +192,31 @@ def code_plane(
     plane: np.ndarray, method: int, compressors: Sequence[zstandard.ZstdCompressor], max_palette: int = MAX_PALETTE
 ) -> tuple[int, bytes | memoryview]:
     """(kind, stored bytes) of one plane coded by ``method`` (see :func:`encode_planes`), or raw if not smaller."""
-    n = plane.size
     if method == PACKED:
         packed = pack(plane, max_palette)
         if packed is not None:
-            head, indices = packed
-            kind, stored = PACKED, indices
-            if indices.size > 64:
-                coded = compressors[0].compress(memoryview(indices))
-                if len(coded) < indices.size:
-                    kind, stored = PACKED_ZSTD, coded
-            if len(head) + len(stored) < n:
-                return kind, head + bytes(stored)
-            return RAW, memoryview(plane)
-        method = 1
+            return _packed_coding(plane, packed, compressors)
+        method = COMPRESSOR
     if method != RAW:
-        coded = compressors[method - 1].compress(memoryview(plane))
-        if len(coded) < n:
+        coded = compressors[method - COMPRESSOR].compress(memoryview(plane))
+        if len(coded) < plane.size:
             return ZSTD, coded
+    return RAW, memoryview(plane)
+
+
+def _packed_coding(
+    plane: np.ndarray, packed: tuple[bytes, np.ndarray], compressors: Sequence[zstandard.ZstdCompressor]
+) -> tuple[int, bytes | memoryview]:
+    """(kind, stored bytes) of a plane from its :func:`pack` result: the index bytes raw or in a
+    zstd frame, whichever is smaller, or the plane raw if packing does not make it smaller."""
+    head, indices = packed
+    kind, stored = PACKED, indices
+    if indices.size > 64:
+        coded = compressors[0].compress(memoryview(indices))
+        if len(coded) < indices.size:
+            kind, stored = PACKED_ZSTD, coded
+    if len(head) + len(stored) < plane.size:
+        return kind, head + bytes(stored)
     return RAW, memoryview(plane)
 
 
@@ -216,33 +243,45 @@ def _only(plane: np.ndarray, first, second) -> bool:
     return True
 
 
-def pack(plane: np.ndarray, max_palette: int = MAX_PALETTE) -> tuple[bytes, np.ndarray] | None:
-    """(b, d, palette header; packed index bytes) of ``plane`` if it has at most ``max_palette`` values.
+# Planes up to this many bytes have their values counted at once (a histogram is cheaper than the
+# comparisons there); larger ones are compared, and counted only where more than two values may pack.
+_COUNT_MAX = 1 << 16
 
-    One or two values take two fast comparisons; more take a histogram (slower: small planes only).
-    """
-    if plane.size == 0:
-        return None
-    first = plane[0]
-    second = _other_value(plane, first)
-    if second is None:
-        palette = np.array([first], dtype=np.uint8)
-        indices = np.zeros(plane.size, dtype=np.uint8)
-    else:
+
+def palette_of(plane: np.ndarray, max_palette: int = MAX_PALETTE) -> np.ndarray | None:
+    """The distinct bytes of a non-empty ``plane``, ascending, or None if there are more than ``max_palette``.
+
+    One or two values of a large plane take two fast comparisons; more take a histogram (slower:
+    small planes, or ``max_palette`` above 2)."""
+    if plane.size > _COUNT_MAX:
+        first = plane[0]
+        second = _other_value(plane, first)
+        if second is None:
+            return np.array([first], dtype=np.uint8)
         if _only(plane, first, second):
-            palette = np.array(sorted((first, second)), dtype=np.uint8)
-            header = bytes((1, 2)) + palette.tobytes()
-            bits = [
-                np.packbits(plane[i : i + _PACK_BLOCK] == palette[1], bitorder="little")
-                for i in range(0, plane.size, _PACK_BLOCK)
-            ]
-            return header, np.concatenate(bits)
+            return np.array(sorted((first, second)), dtype=np.uint8)
         if max_palette <= 2:
             return None
-        counts = np.bincount(plane, minlength=256)
-        palette = np.flatnonzero(counts).astype(np.uint8)
-        if palette.size > max_palette:
-            return None
+    palette = np.flatnonzero(np.bincount(plane, minlength=256)).astype(np.uint8)
+    return palette if palette.size <= max_palette else None
+
+
+def pack(plane: np.ndarray, max_palette: int = MAX_PALETTE) -> tuple[bytes, np.ndarray] | None:
+    """(b, d, palette header; packed index bytes) of ``plane`` if it has at most ``max_palette`` values."""
+    if plane.size == 0:
+        return None
+    palette = palette_of(plane, max_palette)
+    if palette is None:
+        return None
+    if palette.size == 2:
+        bits = [
+            np.packbits(plane[i : i + _PACK_BLOCK] == palette[1], bitorder="little")
+            for i in range(0, plane.size, _PACK_BLOCK)
+        ]
+        return bytes((1, 2)) + palette.tobytes(), np.concatenate(bits)
+    if palette.size == 1:
+        indices = np.zeros(plane.size, dtype=np.uint8)
+    else:
         lut = np.zeros(256, dtype=np.uint8)
         lut[palette] = np.arange(palette.size, dtype=np.uint8)
         indices = lut[plane]
@@ -295,13 +334,16 @@ def choose_methods(
 ) -> tuple[list[int], list[tuple[int, bytes | memoryview]]]:
     """Per plane of these ``(k, m)`` planes the best method (raw, packed, each compressor) and its coding.
 
-    A coding is preferred to raw only when it is below ``keep`` times the plane size.
+    A coding is preferred to raw only when it is below ``keep`` times the plane size. Each method is
+    the one that made its coding (packing is proposed only for a plane that packs), so that an encoder
+    that planned on a sample repeats only that one on the whole part.
     """
     methods, coded = [], []
     for plane in planes:
         best, best_coding = RAW, (RAW, memoryview(plane))
-        options = [(PACKED, code_plane(plane, PACKED, compressors, max_palette))]
-        options += [(i + 1, code_plane(plane, i + 1, compressors)) for i in range(len(compressors))]
+        packed = pack(plane, max_palette) if plane.size else None
+        options = [(PACKED, _packed_coding(plane, packed, compressors))] if packed is not None else []
+        options += [(COMPRESSOR + i, code_plane(plane, COMPRESSOR + i, compressors)) for i in range(len(compressors))]
         for method, coding in options:
             if coding[0] != RAW and len(coding[1]) < min(len(best_coding[1]), keep * plane.size):
                 best, best_coding = method, coding

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -59,6 +60,24 @@ def entropy_compressor() -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(compression_params=params)
 
 
+_compressors = threading.local()
+
+
+def _compressor(level: int | None) -> zstandard.ZstdCompressor:
+    """This thread's compressor at ``level`` (None: :func:`entropy_compressor`), made once: a part of a
+    few hundred bytes costs less to code than a new compressor costs to set up. (A compressor resets
+    its state for every frame, so the bytes are those of a new one; it is not safe across threads.)"""
+    cache = _compressors.__dict__.setdefault("by_level", {})
+    compressor = cache.get(level)
+    if compressor is None:
+        compressor = cache[level] = (
+            entropy_compressor()
+            if level is None
+            else zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True)
+        )
+    return compressor
+
+
 class Zstd(Coder):
     """Compresses each part with zstd at ``level`` (single-threaded, so output is deterministic).
 
@@ -84,10 +103,10 @@ class Zstd(Coder):
 
     def encode(self, data: np.ndarray, itemsize: int) -> list[tuple[str, bytes]]:
         level = self.config["level"]
-        plain = zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True)
+        plain = _compressor(level)
         if not (self.config["bytegroup"] and itemsize > 1 and data.size and data.size % itemsize == 0):
             return [(PLAIN, _plain(data, itemsize, plain))]
-        compressors = [entropy_compressor(), plain]
+        compressors = [_compressor(None), plain]
         whole = data.size <= SAMPLE_CHUNKS * SAMPLE_RUN * itemsize
         sample = data if whole else _sample(data, itemsize)
         rotate = False
@@ -137,7 +156,7 @@ def _plain(data: np.ndarray, itemsize: int, leveled: zstandard.ZstdCompressor) -
     :func:`entropy_compressor` -- which codes near-i.i.d. symbols such as quantised weights, indices
     and codebook indices close to their entropy where level 3 loses about half a bit per symbol to
     chance matches, and runs several times faster. Large parts are decided on a sample."""
-    compressors = (entropy_compressor(), leveled)
+    compressors = (_compressor(None), leveled)
     if data.size <= SAMPLE_CHUNKS * SAMPLE_RUN * itemsize or data.size < SAMPLE_CHUNKS * itemsize:
         return min((c.compress(memoryview(data)) for c in compressors), key=len)
     sample = memoryview(_sample(data, itemsize))
