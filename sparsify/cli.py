@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from sparsify import __version__
-from sparsify.errors import ExitCode, OutputError, SparsifyError
+from sparsify.errors import ExitCode, OutputError, SparsifyError, UsageError
 
 # The library, rich and the methods are imported by the commands that use them, so that --version
 # and --help answer at once.
@@ -87,16 +87,28 @@ def _report_format(json_flag: bool, markdown_flag: bool) -> str:
     return "json" if json_flag else "markdown" if markdown_flag else "table"
 
 
-def _emit(report: dict, fmt: str) -> None:
+def _view(wide: bool, columns_text: str | None, all_rows: bool) -> dict:
+    """The table's options (checked before any work): ``wide``, ``columns`` (keys) and ``all_rows``."""
+    if wide and columns_text is not None:
+        raise click.UsageError("choose one of --wide and --columns")
+    columns = None
+    if columns_text is not None:
+        from sparsify.report.columns import parse_columns
+
+        columns = parse_columns(columns_text)
+    return {"wide": wide, "columns": columns, "all_rows": all_rows}
+
+
+def _emit(report: dict, fmt: str, view: dict | None = None) -> None:
     from sparsify.report.render import render_json, render_markdown, render_table
 
     out = sys.stdout
     if fmt == "json":
         render_json(report, out)
     elif fmt == "markdown":
-        render_markdown(report, out)
+        render_markdown(report, out, **(view or {}))
     else:
-        render_table(report, out)
+        render_table(report, out, **(view or {}))
 
 
 def _note(message: str, quiet: bool) -> None:
@@ -205,6 +217,42 @@ _JOBS_OPTIONS = (
 _jobs_options = _with(_JOBS_OPTIONS)
 
 
+_VIEW_OPTIONS = (
+    click.option(
+        "--wide",
+        is_flag=True,
+        help="Every column of the per-tensor table (split into blocks where the terminal is too narrow).",
+    ),
+    click.option(
+        "--columns",
+        "columns_text",
+        metavar="COLS",
+        help="The table's columns after the tensor name, comma-separated: file, shape, dtype, pipeline, original, "
+        "stored, ratio, bits, values, indices, dict, scales, overhead, density, error, max-abs, snr, cosine "
+        "[default: shape,pipeline,ratio,bits,error].",
+    ),
+    click.option(
+        "--all",
+        "all_rows",
+        is_flag=True,
+        help="A row for every tensor, also for models of more than 40 tensors (shown as a summary by default).",
+    ),
+)
+
+_view_options = _with(_VIEW_OPTIONS)
+"""How the report's table looks (compress, inspect), passed on as ``wide``, ``columns_text``, ``all_rows``."""
+
+
+def _html_option(what: str):
+    return click.option(
+        "--html",
+        "html_path",
+        type=click.Path(path_type=Path),
+        metavar="FILE.html",
+        help=f"Also write the report as one self-contained HTML file{what}.",
+    )
+
+
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option(
@@ -217,6 +265,7 @@ _jobs_options = _with(_JOBS_OPTIONS)
 @_jobs_options
 @click.option("--json", "json_flag", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown on stdout.")
+@_view_options
 @click.option(
     "--plot",
     "plot_path",
@@ -224,9 +273,28 @@ _jobs_options = _with(_JOBS_OPTIONS)
     metavar="FILE.png",
     help="Also draw the model's rate-distortion curves and per-layer bars (needs sparsify[plot]).",
 )
-@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT (and the plot) if it exists.")
+@_html_option(
+    ": summary, plots (the rate-distortion curves are measured as for --plot; needs sparsify[plot]) "
+    "and a sortable, filterable table"
+)
+@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT (and the plot and HTML report) if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
-def compress(input_path, output, json_flag, markdown_flag, plot_path, force, quiet, jobs, scheduler, **choice):
+def compress(
+    input_path,
+    output,
+    json_flag,
+    markdown_flag,
+    wide,
+    columns_text,
+    all_rows,
+    plot_path,
+    html_path,
+    force,
+    quiet,
+    jobs,
+    scheduler,
+    **choice,
+):
     """Compress INPUT (safetensors, HDF5 or npz) into an archive and print the size/error report.
 
     INPUT may be a model folder (or its model.safetensors.index.json): every weight file is
@@ -246,18 +314,29 @@ def compress(input_path, output, json_flag, markdown_flag, plot_path, force, qui
     """
     _route_warnings(quiet)
     fmt = _report_format(json_flag, markdown_flag)
+    view = _view(wide, columns_text, all_rows)
     if plot_path is not None:
         _check_plot_path(plot_path, force)
+    if html_path is not None:
+        _check_html_path(html_path, force, input_path)
     with progress_bar("compress", enabled=not quiet) as progress:
         report = _api().compress(
             input_path, output, force=force, progress=progress, jobs=jobs, scheduler=scheduler, **choice
         )
+        curves = None
+        if plot_path is not None or (html_path is not None and _has_matplotlib()):
+            curves = _curves(input_path, choice, progress)
         if plot_path is not None:
-            _plot(input_path, report, plot_path, choice, progress)
-    _emit(report, fmt)
+            from sparsify.report.plot import render_plot
+
+            render_plot(report, curves, plot_path)
+        if html_path is not None:
+            _write_html(html_path, report, curves, force, input_path)
+    _emit(report, fmt, view)
     status = _gates(report)
     if status == ExitCode.OK:
-        _note(f"wrote {report['archive']['path']}" + (f" and {plot_path}" if plot_path else ""), quiet)
+        written = [str(p) for p in (report["archive"]["path"], plot_path, html_path) if p is not None]
+        _note("wrote " + ", ".join(written[:-1]) + (" and " if len(written) > 1 else "") + written[-1], quiet)
     return status
 
 
@@ -284,12 +363,39 @@ def _check_plot_path(path: Path, force: bool) -> None:
         raise OutputError(f"{path} exists; use --force to overwrite it")
 
 
+def _curves(input_path, choice, progress) -> list:
+    """The model's rate-distortion curves for the plot, with the options that chose the pipelines."""
+    keys = ("rules", "rules_file", "min_size", "seed")
+    return _api().rate_distortion(input_path, progress=progress, **{k: choice[k] for k in keys})
+
+
 def _plot(input_path, report, plot_path, choice, progress) -> None:
     from sparsify.report.plot import render_plot
 
-    keys = ("rules", "rules_file", "min_size", "seed")
-    curves = _api().rate_distortion(input_path, progress=progress, **{k: choice[k] for k in keys})
-    render_plot(report, curves, plot_path)
+    render_plot(report, _curves(input_path, choice, progress), plot_path)
+
+
+def _has_matplotlib() -> bool:
+    from sparsify.report.plot import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except UsageError:
+        return False
+    return True
+
+
+def _check_html_path(path: Path, force: bool, *inputs: Path) -> None:
+    """Fail before any work when the HTML report cannot be written (exists without --force, no folder)."""
+    from sparsify.atomic import check_destination
+
+    check_destination(path, force, tuple(Path(i) for i in inputs))
+
+
+def _write_html(path: Path, report: dict, curves, force: bool, *inputs: Path, verification=None) -> None:
+    from sparsify.report.html import write_html
+
+    write_html(path, report, curves=curves, verification=verification, force=force, inputs=tuple(map(Path, inputs)))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -324,12 +430,23 @@ def plot(input_path, output, force, quiet, **choice):
 @click.argument("archive", type=click.Path(path_type=Path))
 @click.option("--json", "json_flag", is_flag=True, help="Print the report as JSON.")
 @click.option("--markdown", "markdown_flag", is_flag=True, help="Print the report as Markdown.")
-def inspect(archive, json_flag, markdown_flag):
+@_view_options
+@_html_option(": summary, per-tensor plot (needs sparsify[plot]) and a sortable, filterable table")
+@click.option("-f", "--force", is_flag=True, help="Overwrite the HTML report if it exists.")
+def inspect(archive, json_flag, markdown_flag, wide, columns_text, all_rows, html_path, force):
     """Show what is inside ARCHIVE (an archive or a folder archive), per tensor, from its manifests
-    (nothing is decoded)."""
+    (nothing is decoded). Models of more than 40 tensors are summarised: totals, tensors grouped by
+    name pattern, the worst tensors (--all for every row)."""
     from sparsify.inspection import inspect as inspect_archive
 
-    _emit(inspect_archive(archive), _report_format(json_flag, markdown_flag))
+    fmt = _report_format(json_flag, markdown_flag)
+    view = _view(wide, columns_text, all_rows)
+    if html_path is not None:
+        _check_html_path(html_path, force, archive)
+    report = inspect_archive(archive)
+    if html_path is not None:
+        _write_html(html_path, report, None, force, archive)
+    _emit(report, fmt, view)
     return ExitCode.OK
 
 
@@ -370,14 +487,23 @@ def decompress(archive, output, fmt, force, quiet):
 )
 @click.option("--max-error", type=click.FloatRange(min=0), help="Gate: exit 1 if any tensor's rel. error exceeds this.")
 @click.option("--json", "json_flag", is_flag=True, help="Print the result as JSON.")
+@_html_option(": the archive's report with the outcome, per-tensor plot (needs sparsify[plot]) and table")
+@click.option("-f", "--force", is_flag=True, help="Overwrite the HTML report if it exists.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing; the exit code tells.")
-def verify(archive, against, max_error, json_flag, quiet):
+def verify(archive, against, max_error, json_flag, html_path, force, quiet):
     """Decode every tensor of ARCHIVE, checking every checksum; exit 1 on any mismatch.
 
     A folder archive: also every member archive and carried file against its index; --against is
     then the original folder."""
+    if html_path is not None:
+        _check_html_path(html_path, force, archive, *([against] if against is not None else []))
     with progress_bar("verify", enabled=not quiet) as progress:
         result = _api().verify(archive, against=against, max_error=max_error, progress=progress)
+    if html_path is not None:
+        from sparsify.inspection import inspect as inspect_archive
+
+        inputs = (archive, *([against] if against is not None else []))
+        _write_html(html_path, inspect_archive(archive), None, force, *inputs, verification=result.as_dict())
     if json_flag:
         from sparsify.report.render import render_json
 

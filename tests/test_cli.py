@@ -13,6 +13,7 @@ import pytest
 from checkers import input_unchanged
 from click.testing import CliRunner
 from conftest import DIGITS_TENSORS, SAMPLE_FILES
+from report_schema import checked
 
 from sparsify.cli import cli, run
 from sparsify.methods import CODERS, METHODS, VALUE_CODERS
@@ -33,6 +34,15 @@ def invoke(*args: str):
     result = runner.invoke(command()(entry), [], catch_exceptions=False)
     result.rc = code["rc"]
     return result
+
+
+@pytest.fixture(autouse=True)
+def every_json_report_validates(monkeypatch):
+    """Every report these tests print with --json is checked against docs/report.schema.json."""
+    from sparsify.report import render
+
+    original = render.render_json
+    monkeypatch.setattr(render, "render_json", lambda report, out: original(checked(report), out))
 
 
 @pytest.fixture
@@ -64,7 +74,7 @@ def test_json_report_schema(model):
     r = invoke("compress", str(model), "-p", "threshold:max_error=0.05", "--json", "--max-error", "0.05")
     assert r.rc == 0
     report = json.loads(r.stdout)
-    assert report["schema_version"] == 2 and report["command"] == "compress"
+    assert report["schema_version"] == 3 and report["command"] == "compress"
     assert set(report["totals"]) >= {
         "stored_bytes",
         "manifest_bytes",
@@ -91,8 +101,11 @@ def test_json_report_schema(model):
 def test_markdown_report():
     r = invoke("inspect", str(GOLDEN), "--markdown")
     assert r.rc == 0
-    assert r.stdout.startswith("### sparsify inspect: digits_mlp.safetensors")
-    assert "| fc1.weight | 256x64 | F32 | threshold:sparsity=0.9+zstd |" in r.stdout
+    assert r.stdout.startswith("### sparsify inspect: digits\\_mlp.safetensors\n\n- **archive**: ")
+    assert "| `fc1.weight` | 256x64 | threshold:sparsity=0.9+zstd | " in r.stdout
+    assert "| `fc1.bias` | 256 | keep+zstd ¹ | " in r.stdout and "¹ 1-D: lossless" in r.stdout
+    wide = invoke("inspect", str(GOLDEN), "--markdown", "--wide")
+    assert "| `fc1.weight` | 256x64 | F32 | threshold:sparsity=0.9+zstd | 64.0 KiB |" in wide.stdout
 
 
 def test_gate_failure_exits_1_and_archive_records_it(model):

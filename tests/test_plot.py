@@ -12,7 +12,7 @@ from conftest import SAMPLE_FILES
 import sparsify
 from sparsify.errors import ExitCode, UsageError
 from sparsify.report import plot
-from sparsify.report.plot import MISSING_MATPLOTLIB, render_plot, require_matplotlib, shorten_names
+from sparsify.report.plot import MISSING_MATPLOTLIB, plot_png, render_plot, require_matplotlib, shorten_names
 
 pytest.importorskip("matplotlib")
 
@@ -97,6 +97,23 @@ def test_deterministic_and_overwrites(tmp_path):
     check_png(a)
 
 
+def test_plot_png_is_what_render_plot_writes(tmp_path):
+    """The HTML report embeds plot_png's bytes: the same PNG that render_plot writes."""
+    report = make_report([tensor_row(i, exact=i % 2 == 0) for i in range(5)])
+    out = tmp_path / "p.png"
+    render_plot(report, CURVES, out)
+    assert plot_png(report, CURVES) == out.read_bytes()
+    check_png(out)
+
+
+def test_subtitle_tells_the_lossy_error_apart():
+    report = make_report([tensor_row(i, exact=i % 2 == 0) for i in range(5)])
+    report["totals"]["lossy_weighted_rel_error"] = 0.2
+    assert "rel. error 0.2 over 2 lossy tensors (3 lossless)  ·  whole model 0.03" in plot._subtitle(report)
+    del report["totals"]["lossy_weighted_rel_error"]  # a report of schema version 2
+    assert "weighted rel. error 0.03  ·  5 tensors (3 lossless)" in plot._subtitle(report)
+
+
 def test_empty_curves(tmp_path):
     out = tmp_path / "p.png"
     render_plot(make_report([tensor_row(i) for i in range(3)]), [], out)
@@ -154,6 +171,10 @@ def test_many_tensors_truncated(tmp_path, monkeypatch):
 def test_shorten_names():
     keras = ["conv1/conv1_3/kernel:0", "conv1/conv1_3/bias:0", "classifier/classifier_3/kernel:0"]
     assert shorten_names(keras) == ["conv1/kernel", "conv1/bias", "classifier/kernel"]
+    bert = [f"encoder.layer.{i}.attention.{p}.weight" for i in range(2) for p in ("self.query", "output.dense")]
+    for width in (20, 26, 40):
+        short = shorten_names(bert, width=width)
+        assert len(set(short)) == 4 and all(len(s) <= width for s in short), short
     llm = ["model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"]
     assert shorten_names(llm) == ["0.mlp.up_proj.weight", "1.mlp.up_proj.weight"]
     long = shorten_names(["a" * 80], width=20)[0]

@@ -13,7 +13,7 @@ from typing import Any
 from sparsify import __version__
 from sparsify.metrics import weighted_rel_error
 
-SCHEMA_VERSION = 2  # 2: source.sha256 became source.checksum (archive format 3.0)
+SCHEMA_VERSION = 3  # 3: the lossy tensors' figures in totals; 2: source.sha256 became source.checksum
 
 PART_KINDS = ("values", "indices", "dictionary", "scales", "overhead")
 _INDEX_PARTS = {"indptr", "indices", "deltas", "mask", "ranks"}
@@ -61,6 +61,7 @@ def build_report(archive, command: str) -> dict[str, Any]:
         "weighted_rel_error": _finite(weighted_rel_error(t["metrics"] for t in manifest["tensors"])),
         "worst": {"name": worst["name"], "rel_error": worst["rel_error"]} if worst else None,
         "lossless_tensors": sum(1 for r in rows if r["exact"]),
+        **lossy_totals(manifest["tensors"]),
     }
     by_kind = {kind: sum(r["bytes_by_kind"][kind] for r in rows) for kind in PART_KINDS}
     by_kind["overhead"] = archive.size - totals["parts_bytes"]  # manifest, container header, source blobs
@@ -77,6 +78,19 @@ def build_report(archive, command: str) -> dict[str, Any]:
         "totals": totals,
         "gate": manifest["gate"],
         "plan": _plan(manifest.get("plan"), archive.size),
+    }
+
+
+def lossy_totals(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures of the tensors that are not bit-exact, from their manifest records:
+    ``lossy_tensors`` (count), ``lossy_numel`` (their elements) and ``lossy_weighted_rel_error``,
+    sqrt(Σ sq_error / Σ sq_norm) over them alone (0 when there are none, None = infinite): the
+    whole-model figure without the lossless tensors, whose norms would dilute it."""
+    lossy = [t for t in records if not t["metrics"]["exact"]]
+    return {
+        "lossy_tensors": len(lossy),
+        "lossy_numel": sum(t["view"]["rows"] * t["view"]["cols"] for t in lossy),
+        "lossy_weighted_rel_error": _finite(weighted_rel_error(t["metrics"] for t in lossy)),
     }
 
 
@@ -159,6 +173,17 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def finite(value: Any) -> Any:
+    """``value`` (a report, or any part of one) with every non-finite float as None, as JSON shows it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
 def build_folder_report(folder, index: dict[str, Any], reports: list[tuple[dict[str, Any], list]], command: str):
     """The report of a folder archive: each weight file's report (with its manifest's tensor records)
     summed into one, every row naming its ``file``; ``totals`` over the weight files (the carried
@@ -187,6 +212,7 @@ def build_folder_report(folder, index: dict[str, Any], reports: list[tuple[dict[
         "weighted_rel_error": _finite(weighted_rel_error(t["metrics"] for t in records)),
         "worst": {"name": worst["name"], "rel_error": worst["rel_error"]} if worst else None,
         "lossless_tensors": sum(1 for r in rows if r["exact"]),
+        **lossy_totals(records),
         "bytes_by_kind": by_kind,
         "bits_by_kind": {kind: 8 * n / numel if numel else None for kind, n in by_kind.items()},
     }

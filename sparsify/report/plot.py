@@ -7,20 +7,21 @@ only through its object API (``Figure`` + the Agg canvas): no pyplot, no global 
 
 from __future__ import annotations
 
+import io
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from sparsify.atomic import atomic_output
 from sparsify.errors import UsageError
+from sparsify.report.names import elide, shorten_names
 
 MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'sparsify[plot]'"
 
 MAX_BARS = 40
+"""Tensors shown in the bottom panel at most: the largest by element count, kept in file order."""
 SMALL_TENSOR = 1024
 """Tensors with fewer elements are left out of the bottom panel when larger ones exist."""
-"""Tensors shown in the bottom panel at most: the largest by element count, kept in file order."""
 
 FIGSIZE = (12.0, 9.0)
 DPI = 120
@@ -39,7 +40,6 @@ _CURVE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2
 _ERROR_COLOR = "#c0392b"
 _EXACT_COLOR = "#1e8449"
 _ARCHIVE_COLOR = "#d62728"
-_NAME_CHARS = 26
 
 
 def require_matplotlib() -> None:
@@ -48,7 +48,14 @@ def require_matplotlib() -> None:
 
 
 def render_plot(report: dict, curves: list[dict], path: str | Path, *, title: str | None = None) -> None:
-    """Write a PNG (atomically: temp file in the same folder, then os.replace) with two panels.
+    """Write :func:`plot_png` to ``path`` (atomically: temp file in the same folder, then os.replace)."""
+    png = plot_png(report, curves, title=title)
+    with atomic_output(Path(path), force=True) as temp:
+        temp.write_bytes(png)
+
+
+def plot_png(report: dict, curves: list[dict], *, title: str | None = None) -> bytes:
+    """The plot as PNG bytes: two panels.
 
     Top: rate–distortion (bits per weight against weighted rel. error), one line per curve of
     ``curves`` (``{"label", "points": [{"bits_per_weight", "rel_error"}], "chosen": optional point}``)
@@ -71,9 +78,9 @@ def render_plot(report: dict, curves: list[dict], path: str | Path, *, title: st
     _draw_rate_distortion(top, curves, totals)
     _draw_tensors(bottom, tensors, _finite(totals.get("bits_per_weight")))
 
-    path = Path(path)
-    with atomic_output(path, force=True) as temp:
-        fig.savefig(temp, format="png", dpi=DPI, metadata={"Software": None})
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,15 +125,20 @@ def _subtitle(report: dict) -> str:
         parts.append(f"ratio {ratio:.2f} : 1")
     bpw = _finite(totals.get("bits_per_weight"))
     parts.append(f"{bpw:.2f} bits/weight" if bpw is not None else "- bits/weight")
-    parts.append(f"weighted rel. error {_fmt_err(_finite(totals.get('weighted_rel_error')))}")
     tensors = report.get("tensors") or []
     n = totals.get("tensors", len(tensors))
     lossless = totals.get("lossless_tensors", sum(1 for t in tensors if t.get("exact")))
-    parts.append(f"{n} tensors ({lossless} lossless)")
+    if "lossy_weighted_rel_error" in totals and lossless < n:
+        lossy_error = _fmt_err(_finite(totals["lossy_weighted_rel_error"]))
+        parts.append(f"rel. error {lossy_error} over {n - lossless} lossy tensors ({lossless} lossless)")
+        parts.append(f"whole model {_fmt_err(_finite(totals.get('weighted_rel_error')))}")
+    else:
+        parts.append(f"weighted rel. error {_fmt_err(_finite(totals.get('weighted_rel_error')))}")
+        parts.append(f"{n} tensors ({lossless} lossless)")
     line = "  ·  ".join(parts)
     pipeline = (report.get("options") or {}).get("pipeline")
     if pipeline:
-        line += "\npipeline: " + _elide(str(pipeline), 110)
+        line += "\npipeline: " + elide(str(pipeline), 110)
     return line
 
 
@@ -258,7 +270,11 @@ def _draw_rate_distortion(ax, curves: list[dict], totals: dict) -> None:
         ax.set_xlim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
     ax.set_xlabel("bits per weight (archive bits / element)" + ("  (log₂)" if log_x else ""))
     ax.set_ylabel("weighted rel. error  ‖Ŵ − W‖ / ‖W‖" + ("  (log)" if scale.log else ""))
-    ax.set_title("Rate–distortion: model error against size" + ("" if lines else "  (no curves given)"), fontsize=11)
+    ax.set_title(
+        "Rate–distortion: model error against size"
+        + ("" if lines else "\n(curves need the original weights: sparsify compress --plot or --html)"),
+        fontsize=11,
+    )
     ax.grid(True, which="major", alpha=0.4)
     if scale.log:
         ax.grid(True, which="minor", alpha=0.12)
@@ -278,42 +294,6 @@ def _draw_rate_distortion(ax, curves: list[dict], totals: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------------
 # bottom panel: per-tensor bits and errors
-
-
-def shorten_names(names: list[str], width: int = _NAME_CHARS) -> list[str]:
-    """Tensor names short enough for an axis: shared leading path and Keras' ``:0`` suffixes dropped,
-    repeated scope segments (``conv1/conv1_3/kernel`` -> ``conv1/kernel``) collapsed, the middle
-    elided past ``width`` characters. Falls back to the elided full name where that would collide."""
-
-    def split(name: str) -> list[str]:
-        return [s for s in re.split(r"[/.]", re.sub(r":\d+$", "", name)) if s]
-
-    segs = [split(n) for n in names]
-    common = 0
-    if len(segs) > 1:
-        while all(len(s) > common + 1 for s in segs) and len({s[common] for s in segs}) == 1:
-            common += 1
-    short = []
-    for name, s in zip(names, segs, strict=True):
-        s = s[common:]
-        kept: list[str] = []
-        for seg in s:
-            if kept and seg.startswith(kept[-1]) and re.fullmatch(r"[_\-]?\d*", seg[len(kept[-1]) :]):
-                continue  # Keras scope repeat: conv1/conv1_3
-            kept.append(seg)
-        sep = "/" if "/" in name else "."
-        short.append(sep.join(kept) or name)
-    if len(set(short)) != len(short):
-        short = list(names)
-    return [_elide(s, width) for s in short]
-
-
-def _elide(s: str, width: int) -> str:
-    if len(s) <= width:
-        return s
-    head = (width - 1) // 2
-    tail = width - 1 - head
-    return s[:head] + "…" + s[-tail:]
 
 
 def _kind_order(kinds: set[str]) -> list[str]:

@@ -22,6 +22,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from sparsify.report.names import elide
+
 
 @contextlib.contextmanager
 def progress_bar(label: str, enabled: bool = True) -> Iterator:
@@ -53,7 +55,7 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator:
                 bar.reset(task, total=total_bytes or None, tensors=f"0/{count}")
             bar.update(
                 task,
-                description=_short(name, 32),
+                description=elide(name, 32).ljust(32),
                 completed=done_bytes,
                 total=total_bytes or None,
                 tensors=f"{done}/{count}",
@@ -61,11 +63,3 @@ def progress_bar(label: str, enabled: bool = True) -> Iterator:
             )
 
         yield update
-
-
-def _short(name: str, width: int) -> str:
-    """``name`` in at most ``width`` characters, shortened in the middle."""
-    if len(name) <= width:
-        return name.ljust(width)
-    keep = width - 1
-    return name[: keep // 2] + "…" + name[len(name) - (keep - keep // 2) :]

@@ -1,180 +1,190 @@
-"""Render a report: a rich terminal table, Markdown for pull requests, or JSON.
+"""Render a report: a terminal table that fits the terminal, Markdown for pull requests, or JSON.
 
-The only module that imports rich.
+The only module that imports rich. The text layouts are pure functions (:func:`table_lines`,
+:func:`markdown_text`); only :func:`render_table` asks the terminal for its width, and on a pipe or
+in a file nothing depends on a width.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import textwrap
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-from sparsify.pipeline import short_text
+from sparsify.report import summary
+from sparsify.report.columns import Column, Footnotes, cells, select
+from sparsify.report.grid import Grid, layout
+from sparsify.report.model import finite
 
+WORST = 5
+"""Worst tensors listed in the summary of a big model."""
+MARKDOWN_LINES = 30
+"""Lines of a big model's Markdown summary above its ``<details>`` block at most (a pull-request
+comment is read on one screen): group rows beyond them are folded into one."""
+LABEL = 14
+"""Width of the labels of the summary lines in the terminal."""
 
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+_TOGETHER = re.compile(r" (?=[-\d.]+[x,;:)]?(?: |$))|(?<=\d) (?=(?:B|KiB|MiB|GiB|%)\b)")
+"""Spaces a summary line is not broken at: before a number (``error 0.12``), between a number and
+its unit (``9.2 KiB``, ``97.6 %``)."""
 
-
-def _num(x: float | None, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def _error(row: dict[str, Any]) -> str:
-    if row["exact"]:
-        return "exact"
-    return _num(row["rel_error"], ".3g")
+Line = tuple[str, "str | None"]
+"""A line of text and its style on a terminal (None: plain)."""
 
 
-def _snr(row: dict[str, Any]) -> str:
-    if row["exact"] or (row["snr_db"] is None and row["rel_error"] == 0):
-        return "inf"
-    return _num(row["snr_db"], ".1f")
+def render_table(
+    report: dict[str, Any],
+    out: TextIO,
+    *,
+    wide: bool = False,
+    columns: tuple[str, ...] | None = None,
+    all_rows: bool = False,
+    width: int | None = None,
+    color: bool | None = None,
+) -> None:
+    """The report on ``out``: on a terminal fitted to its width (``COLUMNS`` respected), colour
+    unless ``NO_COLOR``; elsewhere at its natural width, without colour. ``width`` overrides."""
+    console = Console(file=out, no_color=color is False, highlight=False)
+    if width is None and out.isatty():
+        width = console.width
+    chosen = select(report, wide=wide, keys=columns)
+    for text, style in table_lines(report, chosen, all_rows=all_rows, width=width):
+        console.print(Text(text, style=style or ""), soft_wrap=True)
 
 
-COLUMNS = (
-    "tensor",
-    "shape",
-    "dtype",
-    "pipeline",
-    "original",
-    "stored",
-    "ratio",
-    "bits/w",
-    "values",
-    "indices",
-    "dict",
-    "scales",
-    "overhead",
-    "density",
-    "rel. err",
-    "max abs",
-    "SNR dB",
-    "cosine",
-)
-
-
-def _reason(reason: str) -> str:
-    """Why a tensor got its pipeline, shown only when it is not the user's choice (default or rule)."""
-    return "" if reason == "default" or reason.startswith("rule ") else f" ({reason})"
-
-
-def _cells(row: dict[str, Any]) -> list[str]:
-    return [
-        row["name"],
-        "x".join(map(str, row["shape"])) or "scalar",
-        row["dtype"],
-        short_text(row["pipeline"]) + _reason(row["reason"]),
-        human_bytes(row["original_bytes"]),
-        human_bytes(row["stored_bytes"]),
-        _num(row["ratio"], ".2f"),
-        _num(row["bits_per_weight"], ".2f"),
-        *(_kind_bits(row, kind) for kind in KINDS),
-        _num(row["density"], ".3f"),
-        _error(row),
-        _num(row["max_abs_error"], ".3g"),
-        _snr(row),
-        _num(row["cosine"], ".6f"),
-    ]
-
-
-KINDS = ("values", "indices", "dictionary", "scales", "overhead")
-
-
-def _kind_bits(row: dict[str, Any], kind: str) -> str:
-    """Bits per weight that one kind of part takes (``-`` for none)."""
-    nbytes = row["bytes_by_kind"].get(kind, 0)
-    return "-" if not nbytes else _num(row["bits_by_kind"][kind], ".2f")
-
-
-def _summary_lines(report: dict[str, Any]) -> list[str]:
-    t = report["totals"]
-    worst = t["worst"]
-    by_kind = ", ".join(f"{kind} {_kind_bits(t, kind)}" for kind in KINDS if t["bytes_by_kind"].get(kind))
-    lines = [
-        f"{report['source']['name']} ({report['source']['format']}, {human_bytes(t['source_bytes'])}) -> "
-        f"{report['archive']['path']} ({human_bytes(t['stored_bytes'])}, manifest {human_bytes(t['manifest_bytes'])})",
-        f"ratio {t['ratio']:.2f}x, {_num(t['bits_per_weight'], '.2f')} bits/weight, weighted rel. error "
-        f"{_num(t['weighted_rel_error'], '.4g')}, {t['lossless_tensors']}/{t['tensors']} tensors bit-exact"
-        + (f", worst {worst['name']} ({_num(worst['rel_error'], '.4g')})" if worst and worst["rel_error"] else ""),
-        f"bits/weight by kind: {by_kind}",
-    ]
-    plan = report.get("plan")
-    if plan is not None:
-        lines.append(_plan_line(plan, t))
-    gate = report["gate"]
-    if gate is not None:
-        if gate["passed"]:
-            lines.append(f"gate max_error={gate['max_error']}: passed")
-        else:
-            lines.append(f"gate max_error={gate['max_error']}: FAILED for {', '.join(gate['failures'])}")
+def table_lines(
+    report: dict[str, Any], columns: list[Column], *, all_rows: bool = False, width: int | None = None
+) -> list[Line]:
+    """The terminal report as lines: the per-tensor table then the summary; for a model of more than
+    :data:`summary.SUMMARY_ABOVE` tensors (unless ``all_rows``) the summary first, then the groups
+    of tensors by name pattern and the worst tensors."""
+    notes = Footnotes()
+    rows = report["tensors"]
+    lines: list[Line] = []
+    if all_rows or not summary.is_big(report):
+        lines += _grid_lines(_tensor_grid(rows, columns, notes), width)
+        lines += [(note, None) for note in notes.lines()]
+        return [*lines, ("", None), *_summary_lines(report, width)]
+    lines += _summary_lines(report, width)
+    groups = summary.groups(rows)
+    patterns = sum(g["members"] for g in groups)
+    lines += [("", None), (f"tensors by name pattern ({patterns} patterns, integer path components as *):", None)]
+    lines += _grid_lines(_group_grid(groups, notes), width)
+    worst = summary.worst(rows, WORST)
+    if worst:
+        lossy = report["totals"]["lossy_tensors"]
+        lines += [("", None), (f"the {len(worst)} worst of {lossy} lossy tensors:", None)]
+        lines += _grid_lines(_tensor_grid(worst, columns, notes), width)
+    lines += [("", None), *((note, None) for note in notes.lines())]
+    lines.append((f"{len(rows)} tensors: --all shows every one, --json every figure", None))
     return lines
 
 
-def _plan_line(plan: dict[str, Any], totals: dict[str, Any]) -> str:
-    """What the rate controller was asked, what it chose and whether the target was met."""
-    if plan["mode"] == "auto":
-        return f"auto: {plan['candidates']} candidates measured, fewest bytes with rel. error <= {plan['max_error']}"
-    target = plan.get("target") or {}
-    achieved = {"ratio": f"{totals['ratio']:.3f}", "size": f"{plan['archive_bytes']} bytes"}.get(
-        plan["mode"], f"{_num(plan.get('predicted_weighted_rel_error'), '.4g')} (lossy tensors)"
-    )
-    slope = _num(plan.get("slope"), ".3g")
-    return (
-        f"rate control: target {plan['mode']} {target.get(plan['mode'])} -> {achieved} "
-        f"({'met' if plan.get('met') else 'NOT MET'}); slope {slope} squared error per byte, "
-        f"{plan['candidates']} candidates measured"
-    )
+def _tensor_grid(rows: list[dict[str, Any]], columns: list[Column], notes: Footnotes) -> Grid:
+    return Grid([c.header for c in columns], [cells(r, columns, notes) for r in rows], [c.numeric for c in columns])
 
 
-def render_table(report: dict[str, Any], out: TextIO, color: bool | None = None) -> None:
-    """The report as a rich table on ``out`` (colour only on a terminal, never with NO_COLOR)."""
-    console = Console(
-        file=out, width=None if out.isatty() else 200, no_color=color is False, highlight=False, soft_wrap=False
-    )
-    table = Table(show_header=True, header_style="bold", show_footer=False, box=None, pad_edge=False)
-    for i, name in enumerate(COLUMNS):
-        table.add_column(name, justify="left" if i < 4 else "right", overflow="fold")
-    for row in report["tensors"]:
-        table.add_row(*_cells(row))
-    console.print(table)
-    for line in _summary_lines(report):
-        style = "bold red" if "FAILED" in line or "NOT MET" in line else None
-        console.print(line, style=style, markup=False)
+def _group_grid(groups: list[dict[str, Any]], notes: Footnotes) -> Grid:
+    texts = [summary.group_cells(g, notes) for g in groups]
+    return Grid(summary.GROUP_HEADERS, texts, summary.GROUP_NUMERIC, [g["members"] == 1 for g in groups])
 
 
-def render_markdown(report: dict[str, Any], out: TextIO) -> None:
-    """The report as GitHub-flavoured Markdown (a table plus a summary), for pull-request comments."""
-    out.write(f"### sparsify {report['command']}: {report['source']['name']}\n\n")
-    out.write("| " + " | ".join(COLUMNS) + " |\n")
-    out.write("|" + "|".join("---" if i < 4 else "---:" for i in range(len(COLUMNS))) + "|\n")
-    for row in report["tensors"]:
-        out.write("| " + " | ".join(c.replace("|", "\\|") for c in _cells(row)) + " |\n")
-    out.write("\n")
-    for line in _summary_lines(report):
-        out.write(f"- {line}\n")
+def _grid_lines(grid: Grid, width: int | None) -> list[Line]:
+    out: list[Line] = []
+    for i, block in enumerate(layout(grid, width)):
+        if i:
+            out.append(("", None))
+        heading = 2 if len(block) == 2 * (len(grid.rows) + 1) else 1  # a stacked table: 2 lines a row
+        out += [(line, "bold" if j < heading else None) for j, line in enumerate(block)]
+    return out
+
+
+def _summary_lines(report: dict[str, Any], width: int | None) -> list[Line]:
+    """The headline as ``label  text`` lines; on a terminal the text wraps under itself."""
+    out: list[Line] = []
+    for label, text in summary.headline(report):
+        style = "bold red" if summary.alarming(text) else None
+        if width is None or width - LABEL < 20:
+            out.append((f"{label:<{LABEL}}{text}", style))
+            continue
+        kept = _TOGETHER.sub("\u00a0", text)  # textwrap breaks at ASCII spaces only
+        wrapped = textwrap.wrap(kept, width - LABEL, break_on_hyphens=False) or [""]
+        out += [
+            (f"{label if i == 0 else '':<{LABEL}}{part.replace(chr(0xA0), ' ')}", style)
+            for i, part in enumerate(wrapped)
+        ]
+    return out
+
+
+def render_markdown(
+    report: dict[str, Any],
+    out: TextIO,
+    *,
+    wide: bool = False,
+    columns: tuple[str, ...] | None = None,
+    all_rows: bool = False,
+) -> None:
+    """The report as GitHub-flavoured Markdown for a pull-request comment (:func:`markdown_text`)."""
+    out.write(markdown_text(report, select(report, wide=wide, keys=columns), all_rows=all_rows))
+
+
+def markdown_text(report: dict[str, Any], columns: list[Column], *, all_rows: bool = False) -> str:
+    """Title and summary first; then the per-tensor table, or for a model of more than
+    :data:`summary.SUMMARY_ABOVE` tensors (unless ``all_rows``) the groups by name pattern and the
+    worst tensors in at most :data:`MARKDOWN_LINES` lines, with the per-tensor table collapsed in a
+    ``<details>`` block under them."""
+    notes = Footnotes()
+    rows = report["tensors"]
+    headline = summary.headline(report)
+    parts = [
+        f"### sparsify {report['command']}: {_escape(report['source']['name'])}\n",
+        "".join(f"- **{label}**: {_escape(text)}\n" for label, text in headline),
+    ]
+    if all_rows or not summary.is_big(report):
+        parts.append(_markdown_table(_tensor_grid(rows, columns, notes)))
+        parts.append(_markdown_notes(notes))
+        return "\n".join(p for p in parts if p)
+    worst = summary.worst(rows, WORST)
+    # title, blank, headline, blank, group table (2 + rows), blank, worst table (2 + rows), blank, notes
+    fixed = 2 + len(headline) + 1 + 2 + 1 + (2 + len(worst) + 1 if worst else 0) + 1
+    groups = summary.groups(rows, max_groups=max(1, MARKDOWN_LINES - fixed - 2))
+    parts.append(_markdown_table(_group_grid(groups, notes)))
+    if worst:
+        worst_grid = _tensor_grid(worst, columns, notes)
+        worst_grid.headers[0] = f"worst {len(worst)} of {report['totals']['lossy_tensors']} lossy"
+        parts.append(_markdown_table(worst_grid))
+    full = _tensor_grid(rows, columns, notes)
+    details = f"<details><summary>All {len(rows)} tensors</summary>\n\n{_markdown_table(full)}\n</details>\n"
+    return "\n".join(p for p in parts if p) + "\n" + _markdown_notes(notes) + details
+
+
+def _markdown_table(grid: Grid) -> str:
+    lines = ["| " + " | ".join(_escape(h) for h in grid.headers) + " |"]
+    lines.append("|" + "|".join("---:" if r else "---" for r in grid.right) + "|")
+    for i, row in enumerate(grid.rows):
+        name = grid.names is None or grid.names[i]
+        first = f"`{row[0]}`".replace("|", "\\|") if name else _escape(row[0])
+        texts = [first, *(_escape(c) for c in row[1:])]
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_notes(notes: Footnotes) -> str:
+    return " · ".join(_escape(n) for n in notes.lines()) + "\n" if notes.reasons else ""
+
+
+def _escape(text: str) -> str:
+    """Text that Markdown shows as it is (no emphasis, tags or table breaks)."""
+    for char in "\\`*_[]<|":
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def render_json(report: dict[str, Any], out: TextIO) -> None:
-    """The report as JSON (``schema_version`` 2, docs/REPORT.md); non-finite numbers as null."""
-    json.dump(_finite(report), out, indent=2, allow_nan=False)
+    """The report as JSON (docs/REPORT.md, docs/report.schema.json); non-finite numbers as null."""
+    json.dump(finite(report), out, indent=2, allow_nan=False)
     out.write("\n")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
