@@ -307,6 +307,7 @@ _STRINGS = [
     "zstd",
     "zstd+planes",
     "zstd+planes2",
+    "zstd+planes3",
     "zstd+bytegroup",
     "zstd+x",
     "zstd+base64",
@@ -822,10 +823,10 @@ def logical_part(record: dict[str, Any], stored: bytes) -> np.ndarray:
 
 def encode_stored(rng: random.Random, array: np.ndarray) -> tuple[bytes, str | None]:
     """A logical array coded as a writer could store it: raw, one zstd frame (with or without its own
-    checksum), byte planes (3.0's ``zstd+planes2`` in plane order or raw planes first, 2.x's
-    ``zstd+planes``) or (1.0) byte groups; returns (stored bytes, codec)."""
+    checksum), byte planes (3.1's ``zstd+planes3`` with paired planes, 3.0's ``zstd+planes2`` in plane
+    order or raw planes first, 2.x's ``zstd+planes``) or (1.0) byte groups; returns (stored bytes, codec)."""
     raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    choice = rng.randrange(5)
+    choice = rng.randrange(6)
     frames = zstandard.ZstdCompressor(level=1, write_checksum=rng.random() < 0.5)
     if choice == 0:
         return raw.tobytes(), None
@@ -835,24 +836,31 @@ def encode_stored(rng: random.Random, array: np.ndarray) -> tuple[bytes, str | N
         k = array.dtype.itemsize
         grouped = raw.reshape(-1, k).T.reshape(-1).tobytes()
         return frames.compress(grouped), "zstd+bytegroup"
-    return encode_planes_part(rng, raw, array.dtype.itemsize, version=1 if choice == 3 else 2)
+    return encode_planes_part(rng, raw, array.dtype.itemsize, version={3: 1, 4: 2, 5: 3}[choice])
 
 
 def encode_planes_part(rng: random.Random, raw: np.ndarray, itemsize: int, version: int) -> tuple[bytes, str]:
     """``raw`` (1-D uint8, elements of ``itemsize`` >= 2 bytes) as a byte-planes part of ``version`` 1
-    (``zstd+planes``) or 2 (``zstd+planes2``: payloads in plane order, or the raw planes first as the
-    writer stores large parts), each plane's method chosen as the writer chooses it."""
-    from sparsify.coders import planes
+    (``zstd+planes``), 2 (``zstd+planes2``: payloads in plane order, or the raw planes first as the
+    writer stores large parts) or 3 (``zstd+planes3``: as 2, and the high plane paired wherever that
+    fits, smaller or not), each other plane's method chosen as the writer chooses it."""
+    from sparsify.coders import paired, planes
     from sparsify.coders.zstd import entropy_compressor
 
     rotate = itemsize in (2, 4, 8) and rng.random() < 0.5
     compressors = [entropy_compressor(), zstandard.ZstdCompressor(level=1, write_content_size=True)]
-    methods, coded = planes.choose_methods(planes.to_planes(raw, itemsize, rotate), compressors)
+    split = planes.to_planes(raw, itemsize, rotate)
+    methods, coded = planes.choose_methods(split, compressors, paired=version == 3)
     if version == 1:
         return bytes(planes.assemble(rotate, coded)), "zstd+planes"
-    if rng.random() < 0.5:
-        return bytes(planes.assemble2(rotate, coded)), "zstd+planes2"
-    return bytes(planes.encode_planes2(raw, itemsize, rotate, methods, compressors)), "zstd+planes2"
+    codec = "zstd+planes3" if version == 3 else "zstd+planes2"
+    if version == 3 and split.shape[1]:  # force a paired plane, so that every planes3 part has one
+        top = split[-1]
+        coded[-1] = (paired.PAIRED, paired.pair_plane(top, paired.pair_base(top)[0], compressors[0]))
+        methods[-1] = paired.PAIRED
+    if rng.random() < 0.5 or version == 3:
+        return bytes(planes.assemble2(rotate, coded)), codec
+    return bytes(planes.encode_planes2(raw, itemsize, rotate, methods, compressors)), codec
 
 
 def planes2_entries(data: bytes) -> tuple[list[tuple[int, int, int, int, int]], int] | None:
@@ -1086,17 +1094,21 @@ class ArchiveTarget:
         return f"part recoded {record['key']} as {record['codec']}"
 
     def op_planes_header(self, rng: random.Random, model: ArchiveModel) -> str:
-        """The byte-plane header of a ``zstd+planes`` or ``zstd+planes2`` part edited (flags, plane count,
-        methods, lengths; 2: a plane listed twice or out of range, a length's LEB128 bytes, or the payloads
-        reordered consistently, which must decode the same), re-signed."""
-        planes = [p for p in model.part_records() if p.get("codec") in ("zstd+planes", "zstd+planes2")]
+        """The byte-plane header of a ``zstd+planes``, ``zstd+planes2`` or ``zstd+planes3`` part edited
+        (flags, plane count, methods, lengths; 2 and 3: a plane listed twice or out of range, a length's
+        LEB128 bytes, or the payloads reordered consistently, which must decode the same; 3: a paired
+        plane's own header), re-signed."""
+        compact = ("zstd+planes2", "zstd+planes3")
+        planes = [p for p in model.part_records() if p.get("codec") in ("zstd+planes", *compact)]
         if not planes:
             return self.op_part_codec(rng, model)
         record = rng.choice(planes)
         data = bytearray(model.entry(record["key"])["data"])
         k = data[1] if len(data) > 1 else 0
-        fld = rng.randrange(5 if record["codec"] == "zstd+planes2" else 4)
-        parsed = planes2_entries(bytes(data)) if record["codec"] == "zstd+planes2" else None
+        fld = rng.randrange(6 if record["codec"] == "zstd+planes3" else 5 if record["codec"] in compact else 4)
+        parsed = planes2_entries(bytes(data)) if record["codec"] in compact else None
+        if fld == 5 and parsed is not None:
+            return self._paired_payload(rng, model, record, data, parsed)
         if fld == 0:
             data[0] = rng.choice([0, 1, 2, 3, 0x80])
         elif fld == 1:
@@ -1136,6 +1148,42 @@ class ArchiveTarget:
             data, _ = mutate_bytes(rng, bytes(data))
         resign(model, record, bytes(data))
         return f"planes header {record['codec']} {record['key']} field {fld}"
+
+    def _paired_payload(self, rng: random.Random, model: ArchiveModel, record, data: bytearray, parsed) -> str:
+        """A paired plane's payload edited (window, escape coding, escape count, frame length, padding
+        nibble, or its bytes), the part's header re-made to match, re-signed."""
+        entries, head = parsed
+        offset, spans = head, []
+        for plane, method, length, _, _ in entries:
+            spans.append((plane, method, offset, length))
+            offset += length
+        paired_spans = [s for s in spans if s[1] == 4]
+        if not paired_spans:
+            return f"planes3 {record['key']}: no paired plane"
+        plane, _, start, length = rng.choice(paired_spans)
+        payload = bytearray(data[start : start + length])
+        what = rng.randrange(5)
+        if what == 0 and payload:
+            payload[0] = rng.choice([0, 1, 100, 240, 241, 255])
+        elif what == 1 and len(payload) > 1:
+            payload[1] = rng.choice([0, 1, 2, 255])
+        elif what in (2, 3) and len(payload) > 2:  # the escape count or the frame length, rewritten
+            spans_at = [2]
+            for _ in range(2):
+                end = spans_at[-1]
+                while end < len(payload) and payload[end] & 0x80:
+                    end += 1
+                spans_at.append(end + 1)
+            at, end = spans_at[what - 2], min(spans_at[what - 1], len(payload))
+            payload[at:end] = leb128(rng.choice([0, 1, 2, 127, 128, 2**20, 2**63 - 1]))
+        else:
+            payload, _ = mutate_bytes(rng, bytes(payload))
+            payload = bytearray(payload)
+        lengths = {p: (len(payload) if p == plane else ln) for p, _, _, ln in spans}
+        rebuilt = bytes(data[:2]) + b"".join(bytes((e[0], e[1])) + leb128(lengths[e[0]]) for e in entries)
+        body = b"".join(bytes(payload) if p == plane else bytes(data[o : o + ln]) for p, _, o, ln in spans)
+        resign(model, record, rebuilt + body)
+        return f"paired plane {plane} of {record['key']} edited ({what})"
 
     def op_checksum(self, rng: random.Random, model: ArchiveModel) -> str:
         """A checksum string (docs/FORMAT.md §8.6) rewritten: in the other algorithm, correctly (which a

@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
+from sparsify.coders import leb128
+from sparsify.coders import paired as Q
 from sparsify.coders import planes as P
 from sparsify.coders import zstd as Z
 from sparsify.coders.bytegroup import group_bytes
@@ -20,6 +22,13 @@ from sparsify.errors import CorruptArchiveError
 from sparsify.pipeline import parse_pipeline
 
 CODER = parse_pipeline("keep+zstd").coders[0]
+
+
+class _ZstdWithoutPairs(Z.Zstd):
+    pair_planes = False  # what format 3.0 wrote: zstd+planes2 parts only
+
+
+CODER_V2 = _ZstdWithoutPairs(**CODER.config)
 ITEMSIZES = (1, 2, 4, 8)
 
 
@@ -76,11 +85,13 @@ def test_float_weights(dtype, n):
     w = weights()
     w = np.resize(w, n) * (1 + np.arange(n) % 7)  # longer than the model: vary the repeats
     data = w.astype(dtype)
-    codecs = roundtrip(data, data.dtype.itemsize)
-    assert Z.PLANES2 in codecs
-    coded = dict(CODER.encode(data.view(np.uint8), data.dtype.itemsize))[Z.PLANES2]
-    assert len(coded) < data.nbytes / 1.08  # compresses
-    assert coded[0] == P.ROTATED  # floats: rotated
+    paired = Z.PLANES2 if dtype == np.float16 else Z.PLANES3  # fp16's top byte holds 3 mantissa bits too
+    for coder, codec in ((CODER, paired), (CODER_V2, Z.PLANES2)):  # the exponent plane paired, or not
+        codecs = roundtrip(data, data.dtype.itemsize, coder)
+        assert codec in codecs
+        coded = dict(coder.encode(data.view(np.uint8), data.dtype.itemsize))[codec]
+        assert len(coded) < data.nbytes / 1.08  # compresses
+        assert coded[0] == P.ROTATED  # floats: rotated
 
 
 def test_packed_sign_plane_beats_zstd():
@@ -88,8 +99,8 @@ def test_packed_sign_plane_beats_zstd():
     w = np.random.default_rng(1).standard_normal(300_000).astype(np.float32)
     w = (w.view(np.uint32) & 0xFFFFFF00).view(np.float32)
     data = w.view(np.uint8)
-    (codec, coded), *_ = [c for c in CODER.encode(data, 4) if c[0] == Z.PLANES2]
-    _, segments, _ = P.parse_planes2(memoryview(coded), data.size, 4)
+    (codec, coded), *_ = [c for c in CODER.encode(data, 4) if c[0] in (Z.PLANES2, Z.PLANES3)]
+    _, segments, _ = P.parse_planes2(memoryview(coded), data.size, 4, paired=True)
     kind, stored = segments[0]
     assert kind in (P.PACKED, P.PACKED_ZSTD) and len(stored) <= w.size / 8 + 64
     assert CODER.decode(codec, memoryview(coded), data.size, 4) == data.tobytes()
@@ -159,7 +170,7 @@ def test_configs(config):
     coder = parse_pipeline(f"keep+{config}").coders[0]
     data = np.resize(weights(), 100_000).view(np.uint8)
     codecs = roundtrip(data, 4, coder)
-    assert codecs == [Z.PLAIN] if "bytegroup=false" in config else Z.PLANES2 in codecs
+    assert codecs == [Z.PLAIN] if "bytegroup=false" in config else Z.PLANES3 in codecs
 
 
 @settings(max_examples=60, deadline=None)
@@ -192,7 +203,7 @@ def test_deterministic():
 
 def planes_part(n: int = 2000, itemsize: int = 4) -> tuple[bytes, np.ndarray]:
     data = np.resize(weights(), n).astype(f"<f{itemsize}").view(np.uint8)
-    coded = bytes(dict(CODER.encode(data, itemsize))[Z.PLANES2])
+    coded = bytes(dict(CODER_V2.encode(data, itemsize))[Z.PLANES2])
     return coded, data
 
 
@@ -207,7 +218,7 @@ def entries2(coded: bytes) -> list[tuple[int, int, int, int, int]]:
     """(offset, end, plane, method, length) of each entry of a version 2 header."""
     out, offset = [], 2
     for _ in range(coded[1]):
-        length, end = P._read_varint(memoryview(coded), offset + 2)
+        length, end = leb128.decode(memoryview(coded), offset + 2, "plane length")
         out.append((offset, end, coded[offset], coded[offset + 1], length))
         offset = end
     return out
@@ -237,7 +248,7 @@ def test_corrupt_header_values_v2():
     bad = [bytes([4]) + coded[1:], coded[:1] + bytes([3]) + coded[2:]]  # unknown flag; plane count != itemsize
     entries = entries2(coded)
     for offset, end, j, kind, length in entries:
-        entry = lambda j, kind, length: bytes((j, kind)) + P._varint(length)  # noqa: E731
+        entry = lambda j, kind, length: bytes((j, kind)) + leb128.encode(length)  # noqa: E731
         bad.append(coded[:offset] + entry(j, 7, length) + coded[end:])  # unknown method
         bad.append(coded[:offset] + entry(j, kind, length + 1) + coded[end:])  # lengths don't add up
         bad.append(coded[:offset] + entry(j, P.ZSTD if kind == P.RAW else P.RAW, length) + coded[end:])  # wrong method
@@ -312,3 +323,106 @@ def test_corrupt_zstd_frames():
         decode(frame, 1000, 3, Z.GROUPED)
     with pytest.raises(CorruptArchiveError):
         decode(frame, 1000, 4, "zstd+nope")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paired planes (zstd+planes3)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _frames(frame: memoryview, size: int) -> P.FrameStream:
+    return P.FrameStream(zstandard.ZstdDecompressor(), frame, size)
+
+
+def _skewed_plane(n: int, seed: int, spread: int = 40, start: int = 100) -> np.ndarray:
+    """An exponent-like plane: geometric around ``start``, a tail of ``spread`` values (some escaped)."""
+    rng = np.random.default_rng(seed)
+    return (start + np.minimum(rng.geometric(0.35, n) - 1, spread)).astype(np.uint8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3000),
+    seed=st.integers(0, 2**16),
+    spread=st.integers(0, 60),
+    start=st.integers(0, 255),
+    chunk=st.integers(1, 700),
+)
+def test_property_paired_plane(n, seed, spread, start, chunk):
+    """Any plane, any window (bytes outside it escaped, the window sliding past 240 and wrapping below
+    it), decodes whole and read in pieces of any size."""
+    plane = ((start + np.random.default_rng(seed).integers(0, spread + 1, n)) % 256).astype(np.uint8)
+    base = min(start, 240)
+    payload = Q.pair_plane(plane, base, Z.entropy_compressor())
+    assert np.array_equal(Q.unpair(memoryview(payload), n, _frames), plane)
+    stream, pieces, done = Q.PairedStream(memoryview(payload), n, _frames), [], 0
+    while done < n:
+        pieces.append(stream.read(min(chunk, n - done)))
+        done += pieces[-1].size
+    stream.close()
+    assert np.array_equal(np.concatenate(pieces), plane)
+
+
+def test_pair_window_and_escapes():
+    """The window holds the most bytes, the smallest start among equals; escaped bytes are kept in order."""
+    plane = np.array([3, 4, 4, 200, 17, 4, 19, 3], np.uint8)
+    assert Q.pair_base(plane) == (3, 6)  # 3 ... 17 holds six bytes; 4 ... 18 holds five
+    pairs, escaped = Q.pair_indices(plane, 3)
+    assert pairs.tolist() == [0x10, 0xF1, 0x1E, 0x0F] and escaped.tolist() == [200, 19]
+    payload = Q.pair_plane(plane, 3, Z.entropy_compressor())
+    assert payload[:4] == bytes((3, Q.RAW_ESCAPES, 2, len(payload) - 4 - 2)) and payload[-2:] == bytes((200, 19))
+    big = _skewed_plane(300_000, 0, spread=80)  # enough escapes to be worth a frame of their own
+    assert Q.pair_plane(big, Q.pair_base(big)[0], Z.entropy_compressor())[1] == Q.ZSTD_ESCAPES
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_paired_part_streams_like_it_decodes(dtype):
+    n = 70_001  # sample-planned; odd, so the paired plane ends in a padding nibble
+    data = (np.resize(weights(), n) * (1 + np.arange(n) % 7)).astype(dtype).view(np.uint8)
+    itemsize = np.dtype(dtype).itemsize
+    coded = dict(CODER.encode(data, itemsize))[Z.PLANES3]
+    whole = CODER.decode(Z.PLANES3, memoryview(coded), data.size, itemsize)
+    for block in (700, 701, 1 << 20):
+        streamed = b"".join(b.tobytes() for b in P.iter_planes(memoryview(coded), data.size, itemsize, block, 3))
+        assert streamed == bytes(whole) == data.tobytes()
+    with pytest.raises(CorruptArchiveError, match="unknown method"):  # a 3.0 reader's zstd+planes2
+        decode(bytes(coded), data.size, itemsize, Z.PLANES2)
+
+
+def _paired(plane: np.ndarray, base: int) -> bytes:
+    return Q.pair_plane(plane, base, Z.entropy_compressor())
+
+
+def test_corrupt_paired_planes():
+    plane = _skewed_plane(1001, 1)  # odd: a padding nibble
+    good = _paired(plane, 100)
+    escapes = good[2]
+    assert escapes and good[1] == Q.RAW_ESCAPES
+    frame_length, at = leb128.decode(memoryview(good), 3, "")
+    frame = good[at : at + frame_length]
+    rest = good[at + frame_length :]
+    head = lambda base, coding, e, length: bytes((base, coding)) + leb128.encode(e) + leb128.encode(length)  # noqa: E731
+    stray = Z.entropy_compressor().compress(bytes([0xF0]) + bytes(500))  # index 15 where none is stored
+    padding = bytearray(zstandard.ZstdDecompressor().decompress(frame))
+    padding[-1] |= 0x10
+    odd_padding = Z.entropy_compressor().compress(bytes(padding))
+    bad = {
+        "too short": b"\x64",
+        "window past 240": head(241, 0, escapes, frame_length) + frame + rest,
+        "escape coding": head(100, 2, escapes, frame_length) + frame + rest,
+        "lengths": good + b"\0",
+        "truncated": good[:-1],
+        "escapes missing": head(100, 0, escapes - 1, frame_length) + frame + rest[:-1],
+        "escapes unused": head(100, 0, escapes + 1, frame_length) + frame + rest + b"\0",
+        "more escapes than bytes": head(100, 0, 2000, frame_length) + frame + bytes(2000),
+        "not a frame": head(100, 0, escapes, frame_length) + bytes(frame_length) + rest,
+        "padding": head(100, 0, escapes, len(odd_padding)) + odd_padding + rest,
+        "escape frame": head(100, 1, 5, frame_length) + frame + b"junk!",
+        "an escape in a plane of none": head(100, 0, 0, len(stray)) + stray,
+    }
+    for what, payload in bad.items():
+        with pytest.raises(CorruptArchiveError):
+            Q.unpair(memoryview(payload), plane.size, _frames)
+            pytest.fail(what)
+    with pytest.raises(CorruptArchiveError):
+        Q.unpair(memoryview(good), plane.size + 2, _frames)  # the frame holds another size

@@ -177,11 +177,17 @@ def test_section_names_every_key(made):
 
 
 @pytest.mark.parametrize(
-    ("name", "version"), [("digits-folder.sparsify", "2.0"), ("v2.1/digits-folder.sparsify", "1.0")]
+    ("name", "version", "member_version"),
+    [
+        ("digits-folder.sparsify", "2.0", "3.1"),
+        ("v3.0/digits-folder.sparsify", "2.0", "3.0"),
+        ("v2.1/digits-folder.sparsify", "1.0", "2.1"),
+    ],
 )
-def test_golden_folder_archives(name, version, tmp_path):
-    """The golden folder archives: index 2.0 (members of format 3.0) and index 1.0 (bare hex SHA-256, its
-    members of format 2.1) check as §13 says, by this reader and by sparsify, and rebuild their source."""
+def test_golden_folder_archives(name, version, member_version, tmp_path):
+    """The golden folder archives: index 2.0 (members of format 3.1, and of 3.0) and index 1.0 (bare hex
+    SHA-256, its members of format 2.1) check as §13 says, by this reader and by sparsify, and rebuild
+    their source."""
     out = GOLDEN / name
     raw = json.loads((out / INDEX).read_bytes())
     assert raw["format_version"] == version
@@ -193,7 +199,6 @@ def test_golden_folder_archives(name, version, tmp_path):
     index = read_index(out)
     algorithm = "sha256" if version == "1.0" else "xxh3"
     assert all(e["checksum"].startswith(algorithm + ":") for e in index["weights"] + index["files"])
-    member_version = "2.1" if version == "1.0" else "3.0"
     for w in index["weights"]:
         assert Reader(out / w["archive"]).manifest["format_version"] == member_version
     check_members_and_files(GOLDEN / "digits-folder-source", out, index)

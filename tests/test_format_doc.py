@@ -251,9 +251,10 @@ def leb128(data: bytes, offset: int) -> tuple[int, int]:
     raise FormatError("planes part: a length of more than 9 bytes")
 
 
-def unplanes2(data: bytes, size: int, itemsize: int) -> bytes:
-    """§5.3: a ``zstd+planes2`` part (3.0) back to its ``size`` raw bytes: the header lists
-    (plane, method, LEB128 length) in payload order, every plane exactly once."""
+def unplanes2(data: bytes, size: int, itemsize: int, paired: bool = False) -> bytes:
+    """§5.3: a ``zstd+planes2`` part (3.0), or with ``paired`` a ``zstd+planes3`` part (3.1), back to its
+    ``size`` raw bytes: the header lists (plane, method, LEB128 length) in payload order, every plane
+    exactly once."""
     flags, k, n = _planes_head(data, size, itemsize)
     offset, entries = 2, []
     for _ in range(k):
@@ -268,9 +269,41 @@ def unplanes2(data: bytes, size: int, itemsize: int) -> bytes:
         raise FormatError("planes part: plane lengths do not add up")
     payloads: list = [None] * k
     for plane, method, length in entries:
+        if method == 4 and not paired:
+            raise FormatError(f"plane {plane} has unknown method 4 (zstd+planes2)")
         payloads[plane] = (method, data[offset : offset + length])
         offset += length
     return _from_planes(flags, k, n, payloads)
+
+
+def unpair(payload: bytes, n: int) -> np.ndarray:
+    """§5.3 method 4: a paired plane of ``n`` bytes: ``base``, the escapes' coding ``c``, LEB128 ``e``
+    and ``L``, a zstd frame of ``ceil(n / 2)`` index bytes (index 2i in the low nibble), the escapes."""
+    if len(payload) < 2:
+        raise FormatError("paired plane too short")
+    base, c = payload[0], payload[1]
+    if base > 240 or c not in (0, 1):
+        raise FormatError(f"paired plane: base {base}, escape coding {c}")
+    e, offset = leb128(payload, 2)
+    length, offset = leb128(payload, offset)
+    if offset + length > len(payload) or e > n:
+        raise FormatError("paired plane: lengths past its payload")
+    pairs = np.frombuffer(unzstd(payload[offset : offset + length], -(-n // 2)), dtype=np.uint8)
+    rest = payload[offset + length :]
+    if c == 0 and len(rest) != e:
+        raise FormatError(f"paired plane: {len(rest)} raw escaped bytes, expected {e}")
+    escaped = np.frombuffer(rest if c == 0 else unzstd(rest, e), dtype=np.uint8)
+    indices = np.empty(2 * pairs.size, dtype=np.uint8)
+    indices[0::2], indices[1::2] = pairs & 15, pairs >> 4
+    if n % 2 and indices[-1] != 0:
+        raise FormatError("paired plane: the padding nibble is not 0")
+    indices = indices[:n]
+    out = (indices.astype(np.int64) + base).astype(np.uint8)
+    where = np.flatnonzero(indices == 15)
+    if where.size != e:
+        raise FormatError(f"paired plane: {where.size} indices 15, {e} escaped bytes")
+    out[where] = escaped
+    return out
 
 
 def _from_planes(flags: int, k: int, n: int, payloads: list[tuple[int, bytes]]) -> bytes:
@@ -286,6 +319,8 @@ def _from_planes(flags: int, k: int, n: int, payloads: list[tuple[int, bytes]]) 
             planes[j] = np.frombuffer(payload, dtype=np.uint8)
         elif method == 1:  # zstd
             planes[j] = np.frombuffer(unzstd(payload, n), dtype=np.uint8)
+        elif method == 4:  # paired (zstd+planes3 only: unplanes2 checked)
+            planes[j] = unpair(payload, n)
         elif method in (2, 3):  # palette + packed indices (3: the index bytes in a zstd frame)
             if length < 2:
                 raise FormatError(f"packed plane {j} too short")
@@ -547,8 +582,8 @@ class Reader:
         itemsize = dtype.itemsize if dtype is not None else 1
         if part["codec"] == "zstd+planes":
             return unplanes(raw, size, itemsize)
-        if part["codec"] == "zstd+planes2":
-            return unplanes2(raw, size, itemsize)
+        if part["codec"] in ("zstd+planes2", "zstd+planes3"):
+            return unplanes2(raw, size, itemsize, paired=part["codec"] == "zstd+planes3")
         if part["codec"] not in ("zstd", "zstd+bytegroup"):
             raise FormatError(f"unknown codec {part['codec']!r}")
         out = unzstd(raw, size)
@@ -1015,7 +1050,7 @@ STAGE_DECODERS = {
 # ---------------------------------------------------------------------------------------------------
 
 
-CURRENT = "3.0"  # the version FORMAT.md describes, which sparsify writes
+CURRENT = "3.1"  # the version FORMAT.md describes, which sparsify writes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -1705,9 +1740,9 @@ def h5_tensors(path: Path, names) -> dict[str, np.ndarray]:
 
 
 def test_planes_archive(tmp_path):
-    """keep+zstd: multi-byte parts are zstd+planes2 (3.0); every plane method and both rotations occur,
-    and payloads come in plane order (small parts, coded every way) or with the raw planes first (large
-    ones, §5.3): both orders occur and decode."""
+    """keep+zstd: multi-byte parts are zstd+planes3 or zstd+planes2 (3.1); every plane method and both
+    rotations occur, and payloads come in plane order (small parts, coded every way) or with the raw
+    planes first (large ones, §5.3): both orders occur and decode."""
     seen: set[tuple[int, int]] = set()
     orders = set()
     for source in (FP32, BF16, CREPE):
@@ -1718,7 +1753,7 @@ def test_planes_archive(tmp_path):
             check_lossless(reader, name, originals[name])
             (part,) = reader.record(name)["parts"]
             assert part["codec"] != "zstd+planes"  # 2.x's codec is read, no longer written
-            if part["codec"] == "zstd+planes2":
+            if part["codec"] in ("zstd+planes2", "zstd+planes3"):
                 stored = reader.stored(part)
                 assert stored[1] == numpy_type(part["dtype"]).itemsize
                 offset, entries = 2, []
@@ -1729,7 +1764,8 @@ def test_planes_archive(tmp_path):
                 assert in_order or [m for _, m in entries] == sorted((m for _, m in entries), key=lambda m: m != 0)
                 orders.add("plane order" if in_order else "raw first")
                 seen |= {(stored[0], method) for _, method in entries}
-    assert {flags for flags, _ in seen} == {0, 1} and {method for _, method in seen} >= {0, 1, 2}
+                assert (4 in {m for _, m in entries}) == (part["codec"] == "zstd+planes3")  # paired: planes3 only
+    assert {flags for flags, _ in seen} == {0, 1} and {method for _, method in seen} >= {0, 1, 2, 4}
     assert orders == {"plane order", "raw first"}
     reader = Reader(make(tmp_path, BF16, "bf16-half.sparsify", pipeline="threshold:sparsity=0.5+zstd"))
     for name in WEIGHTS:
@@ -1988,7 +2024,7 @@ def test_manifest_envelope(tmp_path):
         return base64.b64encode(frame).decode("ascii")
 
     damaged = [  # (envelope fields changed, what this reader's message says)
-        ({"manifest_codec": "brotli"}, "'brotli'.*3\\.0"),  # names the codec and the version
+        ({"manifest_codec": "brotli"}, "'brotli'.*3\\.1"),  # names the codec and the version
         ({"manifest_codec": "zstd+base64"}, "zstd frame"),  # a frame made with the dictionary needs it
         ({"format": "other"}, "not 'sparsify'"),
         ({"manifest": None}, "packed manifest"),
@@ -2025,14 +2061,14 @@ def test_golden_set():
 
     assert GOLDEN_NAMES == sorted([*CURRENT_SET, *OLDER])
     versions = {name.split("/")[0] if "/" in name else CURRENT for name in GOLDEN_NAMES}
-    assert versions == {"v1.0", "v2.0", "v2.1", CURRENT}
+    assert versions == {"v1.0", "v2.0", "v2.1", "v3.0", CURRENT}
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_archives(tmp_path, name):
     """Archives of sparsify releases: 1.0 (the manifest's JSON as the metadata string), 2.0 (envelope),
-    2.1 (decoded checksums in lossy records, checked by this reader's reference arithmetic) and 3.0
-    (checksum strings, the dictionary envelope, the inline header, zstd+planes2)."""
+    2.1 (decoded checksums in lossy records, checked by this reader's reference arithmetic), 3.0
+    (checksum strings, the dictionary envelope, the inline header, zstd+planes2) and 3.1 (zstd+planes3)."""
     path = GOLDEN / name
     reader = Reader(path)
     version = reader.manifest["format_version"]
@@ -2044,12 +2080,14 @@ def test_golden_archives(tmp_path, name):
     source = reader.manifest["source"]
     originals = load_file(str(SAMPLES / source["name"]))
     assert source["checksum"] == checksum((SAMPLES / source["name"]).read_bytes(), source["checksum"].split(":")[0])
-    assert source["checksum"].startswith("xxh3:" if version == CURRENT else "sha256:")  # §9.2: upgraded
+    three = major_of(version) == 3
+    assert source["checksum"].startswith("xxh3:" if three else "sha256:")  # §9.2: upgraded
     codecs = {p["codec"] for t in reader.manifest["tensors"] for p in t["parts"]}
-    assert ("zstd+planes2" in codecs) == (version == CURRENT) or codecs <= {None, "zstd"}
+    assert ("zstd+planes2" in codecs) == three or codecs <= {None, "zstd"}
+    assert ("zstd+planes3" in codecs) <= (version == CURRENT)  # 3.1's codec
     (n,) = struct.unpack("<Q", (SAMPLES / source["name"]).read_bytes()[:8])
     assert reader.blob("header") == (SAMPLES / source["name"]).read_bytes()[8 : 8 + n]
-    assert ("header" in source.get("inline", {})) == (version == CURRENT)  # §4.2: 3.0 holds it as text
+    assert ("header" in source.get("inline", {})) == three  # §4.2: 3.x holds it as text
     DECODED_CHECKS.clear()
     check_archive(reader, reference(tmp_path, path, ".safetensors"), originals)
     lossy = [not t["metrics"]["exact"] for t in reader.manifest["tensors"]]
@@ -2251,6 +2289,20 @@ def test_worked_example_is_the_golden_archive():
     ]
     missing = [figure for figure in envelope_figures if figure not in flat(doc_section("### 4.0"))]
     assert not missing, f"docs/FORMAT.md §4.0 does not say: {missing}"
+
+
+def test_paired_example_is_the_documents():
+    """§5.3's paired plane example, decoded by this reader from a payload made by hand."""
+    text = flat(doc_section("### 5.3"))
+    assert "the plane `03 04 04 c8 11 04 13 03` with `base` 3 has the indices 0 1 1 15 14 1 15 0" in text
+    assert "the index bytes `10 f1 1e 0f`, and `e` = 2 escaped bytes `c8 13`" in text
+    frame = zstandard.ZstdCompressor(write_content_size=True, write_checksum=False).compress(bytes.fromhex("10f11e0f"))
+    payload = bytes((3, 0, 2, len(frame))) + frame + bytes.fromhex("c813")
+    assert unpair(payload, 8).tobytes() == bytes.fromhex("030404c811041303")
+    assert unpair(payload, 7).tobytes() == bytes.fromhex("030404c8110413")  # 7 bytes: the last nibble is padding
+    for n in (6, 9):  # a frame of 4 index bytes holds 7 or 8 indices
+        with pytest.raises(FormatError):
+            unpair(payload, n)
 
 
 def test_planes2_example_is_the_documents():

@@ -27,6 +27,7 @@ import sparsify
 from sparsify import container
 from sparsify.archive import schema
 from sparsify.archive.reader import unpack_manifest
+from sparsify.archive.version import FORMAT_VERSION
 from sparsify.errors import CorruptArchiveError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,25 +146,26 @@ GOLDEN_NAMES = sorted([*GOLDEN, *OLDER])
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_manifests_validate(name, committed):
-    """Archives of every format version (1.0, 2.0, 2.1, 3.0) pass the schema and its cross-checks, and the
-    committed JSON Schema; the older ones once their digests are renamed (§9.2), and only then."""
+    """Archives of every format version (1.0, 2.0, 2.1, 3.0, 3.1) pass the schema and its cross-checks, and
+    the committed JSON Schema; the older ones once their digests are renamed (§9.2), and only then."""
     manifest, entries = manifest_and_entries(GOLDEN_DIR / name)
     schema.validate(manifest, entries, name)
     assert json_schema_errors(manifest, committed, committed) == []
     version = manifest["format_version"]
-    assert version == (name.split("/")[0][1:] if "/" in name else "3.0")
-    algorithm = "xxh3" if version == "3.0" else "sha256"  # 3.0 writes XXH3-64; 2.x and 1.0 digests are SHA-256
+    assert version == (name.split("/")[0][1:] if "/" in name else FORMAT_VERSION)
+    three = version.startswith("3.")
+    algorithm = "xxh3" if three else "sha256"  # 3.x writes XXH3-64; 2.x and 1.0 digests are SHA-256
     records = [manifest["source"], *manifest["source"]["blobs"].values(), *manifest["tensors"]]
     records += [p for t in manifest["tensors"] for p in t["parts"]]
     assert all(CHECKSUM.fullmatch(r["checksum"]) and r["checksum"].startswith(algorithm + ":") for r in records)
     lossy = [t for t in manifest["tensors"] if not t["metrics"]["exact"]]
-    if version in ("2.1", "3.0"):  # decoded checksums: a checksum for each lossy tensor, null for each exact one
+    if version == "2.1" or three:  # decoded checksums: a checksum for each lossy tensor, null for each exact one
         assert all(t["decoded_checksum"] is None for t in manifest["tensors"] if t["metrics"]["exact"])
         assert all(t["decoded_checksum"].startswith(algorithm + ":") for t in lossy)
         assert all(b["content_checksum"].startswith(algorithm + ":") for b in manifest["source"]["blobs"].values())
     else:
         assert all("decoded_checksum" not in t for t in manifest["tensors"])
-    if version == "3.0":  # §4.2: the safetensors header held as text, no part of its own
+    if three:  # §4.2: the safetensors header held as text, no part of its own
         assert set(manifest["source"]["inline"]) == {"header"} and manifest["source"]["blobs"] == {}
         assert not any(name.startswith("__sparsify__/") for name in entries)
     else:  # as stored, 2.x and 1.0 name their digests sha256, which 3.0's schema does not know

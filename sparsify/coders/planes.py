@@ -54,6 +54,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import zstandard
 
+from sparsify.coders import leb128
+from sparsify.coders.paired import PAIRED, PairedStream, pair_base, pair_plane, unpair
 from sparsify.errors import CorruptArchiveError
 from sparsify.reproducible import log2
 
@@ -189,9 +191,22 @@ def assemble(rotate: bool, coded: list[tuple[int, bytes | memoryview] | None]) -
 
 
 def code_plane(
-    plane: np.ndarray, method: int, compressors: Sequence[zstandard.ZstdCompressor], max_palette: int = MAX_PALETTE
+    plane: np.ndarray,
+    method: int,
+    compressors: Sequence[zstandard.ZstdCompressor],
+    max_palette: int = MAX_PALETTE,
+    pair_with: int | None = None,
 ) -> tuple[int, bytes | memoryview]:
-    """(kind, stored bytes) of one plane coded by ``method`` (see :func:`encode_planes`), or raw if not smaller."""
+    """(kind, stored bytes) of one plane coded by ``method`` (see :func:`encode_planes`; ``PAIRED``:
+    :mod:`sparsify.coders.paired` with the window at ``pair_with``, by default the plane's own), or
+    raw if not smaller."""
+    if method == PAIRED:
+        base, held = (pair_with, plane.size) if pair_with is not None else pair_base(plane) if plane.size else (0, 0)
+        if 2 * held > plane.size:  # else the escapes alone would take half the plane
+            coded = pair_plane(plane, base, compressors[0])
+            if len(coded) < plane.size:
+                return PAIRED, coded
+        return RAW, memoryview(plane)
     if method == PACKED:
         packed = pack(plane, max_palette)
         if packed is not None:
@@ -331,8 +346,10 @@ def choose_methods(
     compressors: Sequence[zstandard.ZstdCompressor],
     keep: float = 1.0,
     max_palette: int = MAX_PALETTE,
+    paired: bool = False,
 ) -> tuple[list[int], list[tuple[int, bytes | memoryview]]]:
-    """Per plane of these ``(k, m)`` planes the best method (raw, packed, each compressor) and its coding.
+    """Per plane of these ``(k, m)`` planes the best method (raw, packed, each compressor, and with
+    ``paired`` the nibble pairs of :mod:`sparsify.coders.paired`) and its coding.
 
     A coding is preferred to raw only when it is below ``keep`` times the plane size. Each method is
     the one that made its coding (packing is proposed only for a plane that packs), so that an encoder
@@ -344,6 +361,8 @@ def choose_methods(
         packed = pack(plane, max_palette) if plane.size else None
         options = [(PACKED, _packed_coding(plane, packed, compressors))] if packed is not None else []
         options += [(COMPRESSOR + i, code_plane(plane, COMPRESSOR + i, compressors)) for i in range(len(compressors))]
+        if paired and compressors:
+            options.append((PAIRED, code_plane(plane, PAIRED, compressors)))
         for method, coding in options:
             if coding[0] != RAW and len(coding[1]) < min(len(best_coding[1]), keep * plane.size):
                 best, best_coding = method, coding
@@ -357,10 +376,22 @@ def coded_size(coded: Sequence[tuple[int, bytes | memoryview]]) -> int:
     return header_size(len(coded)) + sum(len(stored) for _, stored in coded)
 
 
+def _parse_version(data: memoryview, size: int, itemsize: int, version: int):
+    """:func:`_parse` (version 1, ``zstd+planes``), :func:`parse_planes2` (2, ``zstd+planes2``) or the
+    same with paired planes allowed (3, ``zstd+planes3``)."""
+    if version == 1:
+        return _parse(data, size, itemsize)
+    return parse_planes2(data, size, itemsize, paired=version == 3)
+
+
+def _frame_stream(frame: memoryview, size: int) -> FrameStream:
+    return FrameStream(zstandard.ZstdDecompressor(), frame, size)
+
+
 def decode_planes(data: memoryview, size: int, itemsize: int, version: int = 1) -> memoryview:
-    """The ``size`` raw bytes of a planes-coded part of ``version`` 1 or 2 (a writable buffer: no
+    """The ``size`` raw bytes of a planes-coded part of ``version`` 1, 2 or 3 (a writable buffer: no
     final copy); CorruptArchiveError on anything malformed."""
-    flags, segments, n = (_parse if version == 1 else parse_planes2)(data, size, itemsize)
+    flags, segments, n = _parse_version(data, size, itemsize, version)
     decompressor = zstandard.ZstdDecompressor()
     planes = []  # raw planes are read in place
     for kind, stored in segments:
@@ -368,6 +399,8 @@ def decode_planes(data: memoryview, size: int, itemsize: int, version: int = 1) 
             planes.append(np.frombuffer(stored, dtype=np.uint8))
         elif kind == ZSTD:
             planes.append(np.frombuffer(decompress_exact(decompressor, stored, n), dtype=np.uint8))
+        elif kind == PAIRED:
+            planes.append(unpair(stored, n, _frame_stream))
         else:
             planes.append(unpack(stored, kind, n, decompressor))
     result = np.empty(size, dtype=np.uint8)  # not bytearray(size): zero-filling it costs as much as the join
@@ -382,24 +415,27 @@ def iter_planes(
     of ``block * itemsize`` bytes, the last one shorter): zstd planes are decompressed as a stream, so
     memory holds a block of each plane, not the part (packed planes, which are small, are unpacked
     whole). The same bytes as :func:`decode_planes`, and the same checks."""
-    flags, segments, n = (_parse if version == 1 else parse_planes2)(data, size, itemsize)
+    flags, segments, n = _parse_version(data, size, itemsize, version)
     decompressor = zstandard.ZstdDecompressor()
     sources = []
     for kind, stored in segments:
         if kind == RAW:
             sources.append(np.frombuffer(stored, dtype=np.uint8))
         elif kind == ZSTD:  # a decompressor each: frames read in turn must not share one's state
-            sources.append(FrameStream(zstandard.ZstdDecompressor(), stored, n))
+            sources.append(_frame_stream(stored, n))
+        elif kind == PAIRED:
+            sources.append(PairedStream(stored, n, _frame_stream))
         else:
             sources.append(unpack(stored, kind, n, decompressor))
+    streams = (FrameStream, PairedStream)
     for start in range(0, n, block):
         stop = min(start + block, n)
-        planes = [s.read(stop - start) if isinstance(s, FrameStream) else s[start:stop] for s in sources]
+        planes = [s.read(stop - start) if isinstance(s, streams) else s[start:stop] for s in sources]
         out = np.empty((stop - start) * itemsize, dtype=np.uint8)
         _interleave(planes, out, bool(flags & ROTATED))
         yield out
     for source in sources:
-        if isinstance(source, FrameStream):
+        if isinstance(source, streams):
             source.close()
 
 
@@ -465,9 +501,14 @@ def _parse_head(data: memoryview, size: int, itemsize: int) -> tuple[int, int, i
     return flags, k, size // k
 
 
-def _checked_segment(stored: memoryview, kind: int, n: int, j: int) -> memoryview:
-    """Plane ``j``'s stored bytes, if their method and length can hold its ``n`` bytes."""
+def _checked_segment(stored: memoryview, kind: int, n: int, j: int, paired: bool = False) -> memoryview:
+    """Plane ``j``'s stored bytes, if their method (``PAIRED`` only where ``paired``) and length can
+    hold its ``n`` bytes."""
     length = len(stored)
+    if kind == PAIRED and paired:
+        if -(-n // 2) > max_frame_output(length):
+            raise CorruptArchiveError(f"planes part: paired plane {j} of {length} bytes cannot hold {n} bytes")
+        return stored
     if kind == RAW and length != n:
         raise CorruptArchiveError(f"planes part: raw plane {j} has {length} bytes, expected {n}")
     if kind == ZSTD and n > max_frame_output(length):
@@ -539,35 +580,9 @@ def _check_frame(frame: memoryview, size: int) -> None:
 # -- version 2 (zstd+planes2, format 3.0) ---------------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    """``value`` (>= 0) as LEB128: 7 bits a byte, least significant first, high bit set on all but the last."""
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(data: memoryview, offset: int) -> tuple[int, int]:
-    """(value, next offset) of the LEB128 integer at ``offset``; CorruptArchiveError if it runs past
-    the data or past 63 bits."""
-    value = shift = 0
-    while True:
-        if offset >= len(data) or shift > 56:
-            raise CorruptArchiveError("planes part: plane length runs past the header")
-        byte = data[offset]
-        value |= (byte & 0x7F) << shift
-        offset, shift = offset + 1, shift + 7
-        if not byte & 0x80:
-            return value, offset
-
-
 def header_size2(lengths: Sequence[int]) -> int:
     """Bytes of a version 2 header whose payloads have these lengths."""
-    return 2 + sum(2 + len(_varint(length)) for length in lengths)
+    return 2 + sum(2 + len(leb128.encode(length)) for length in lengths)
 
 
 def _split_block(words: np.ndarray, j: int, k: int, rotate: bool, out: np.ndarray, scratch: np.ndarray) -> None:
@@ -613,8 +628,10 @@ def encode_planes2(
     methods: Sequence[int],
     compressors: Sequence[zstandard.ZstdCompressor],
     max_palette: int = MAX_PALETTE,
+    pair_with: dict[int, int] | None = None,
 ) -> memoryview:
-    """``data`` coded as version 2 planes; ``methods[j]`` as for :func:`encode_planes`.
+    """``data`` coded as version 2 planes; ``methods[j]`` as for :func:`encode_planes`, or ``PAIRED``
+    (then ``zstd+planes3``) with the window at ``pair_with[j]`` (by default the plane's own).
 
     One pass splits the elements: raw planes go straight to their place in the output, the others to
     a plane of their own, which is then coded -- and decoded again and compared, so that the part is
@@ -637,7 +654,7 @@ def encode_planes2(
     decompressor = zstandard.ZstdDecompressor()
     for j in sorted(coded_planes):
         plane = coded_planes.pop(j)
-        kind, stored = code_plane(plane, methods[j], compressors, max_palette)
+        kind, stored = code_plane(plane, methods[j], compressors, max_palette, (pair_with or {}).get(j))
         size = len(stored)
         out[position : position + size] = np.frombuffer(stored, dtype=np.uint8)
         del stored  # checked in place: memory holds the part, this plane and a block
@@ -647,7 +664,7 @@ def encode_planes2(
         position += size
         del plane
     head = bytes((ROTATED if rotate else 0, k)) + b"".join(
-        bytes((j, kind)) + _varint(length) for j, kind, length in entries
+        bytes((j, kind)) + leb128.encode(length) for j, kind, length in entries
     )
     start = reserve - len(head)
     out[start:reserve] = np.frombuffer(head, dtype=np.uint8)
@@ -669,19 +686,26 @@ def _check_coded(kind: int, stored: bytes | memoryview, plane: np.ndarray, decom
                 raise AssertionError("a coded byte plane does not decode to the plane")
         stream.close()
         return
-    if not np.array_equal(unpack(memoryview(stored), kind, plane.size, decompressor), plane):
+    if kind == PAIRED:
+        decoded = unpair(memoryview(stored), plane.size, _frame_stream)
+    else:
+        decoded = unpack(memoryview(stored), kind, plane.size, decompressor)
+    if not np.array_equal(decoded, plane):
         raise AssertionError("a coded byte plane does not decode to the plane")
 
 
-def parse_planes2(data: memoryview, size: int, itemsize: int) -> tuple[int, list[tuple[int, memoryview]], int]:
-    """:func:`_parse` for version 2: flags, per plane in plane order (method, stored bytes), elements."""
+def parse_planes2(
+    data: memoryview, size: int, itemsize: int, paired: bool = False
+) -> tuple[int, list[tuple[int, memoryview]], int]:
+    """:func:`_parse` for version 2: flags, per plane in plane order (method, stored bytes), elements;
+    with ``paired`` (``zstd+planes3``) paired planes are allowed."""
     flags, k, n = _parse_head(data, size, itemsize)
     offset, entries, seen = 2, [], set()
     for _ in range(k):
         if offset + 2 > len(data):
             raise CorruptArchiveError("planes part is too short for its header")
         j, kind = data[offset], data[offset + 1]
-        length, offset = _read_varint(data, offset + 2)
+        length, offset = leb128.decode(data, offset + 2, "plane length")
         if j >= k or j in seen:
             raise CorruptArchiveError(f"planes part: plane {j} is listed twice or does not exist")
         seen.add(j)
@@ -690,15 +714,20 @@ def parse_planes2(data: memoryview, size: int, itemsize: int) -> tuple[int, list
         raise CorruptArchiveError("planes part: plane lengths do not add up to the stored size")
     segments: list[tuple[int, memoryview] | None] = [None] * k
     for j, kind, length in entries:
-        segments[j] = (kind, _checked_segment(data[offset : offset + length], kind, n, j))
+        segments[j] = (kind, _checked_segment(data[offset : offset + length], kind, n, j, paired))
         offset += length
     return flags, segments, n
+
+
+def has_paired(coded: memoryview, size: int, itemsize: int) -> bool:
+    """Whether a version 2 part holds a paired plane (so that it is a ``zstd+planes3`` part)."""
+    return any(kind == PAIRED for kind, _ in parse_planes2(coded, size, itemsize, paired=True)[1])
 
 
 def assemble2(rotate: bool, coded: list[tuple[int, bytes | memoryview]]) -> memoryview:
     """A version 2 part of ``coded`` = per plane (kind, stored bytes), payloads in plane order."""
     head = bytes((ROTATED if rotate else 0, len(coded))) + b"".join(
-        bytes((j, kind)) + _varint(len(stored)) for j, (kind, stored) in enumerate(coded)
+        bytes((j, kind)) + leb128.encode(len(stored)) for j, (kind, stored) in enumerate(coded)
     )
     return memoryview(head + b"".join(bytes(stored) for _, stored in coded))
 

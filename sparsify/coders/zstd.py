@@ -9,7 +9,9 @@ import numpy as np
 import zstandard
 
 from sparsify.coders.bytegroup import ungroup_bytes
+from sparsify.coders.paired import base_of
 from sparsify.coders.planes import (
+    PAIRED,
     RAW,
     FrameStream,
     assemble2,
@@ -19,6 +21,7 @@ from sparsify.coders.planes import (
     decompress_exact,
     encode_planes2,
     entropy_bits,
+    has_paired,
     iter_planes,
     to_planes,
     verify_coded,
@@ -31,6 +34,8 @@ PLAIN = "zstd"
 GROUPED = "zstd+bytegroup"  # written by earlier versions; still decoded
 PLANES = "zstd+planes"  # written by format 2.x; still decoded
 PLANES2 = "zstd+planes2"  # format 3.0: a compact header, raw planes first
+PLANES3 = "zstd+planes3"  # format 3.1: planes2 with paired planes (sparsify.coders.paired)
+_VERSIONS = {PLANES: 1, PLANES2: 2, PLANES3: 3}
 
 # Parts of up to SAMPLE_CHUNKS * SAMPLE_RUN elements are coded every way in full; larger ones are
 # planned on a sample: SAMPLE_CHUNKS runs of SAMPLE_RUN elements spread evenly over the part.
@@ -99,7 +104,8 @@ class Zstd(Coder):
         ),
     )
     example = "keep+zstd:level=9"
-    verified = frozenset({PLANES2})
+    verified = frozenset({PLANES2, PLANES3})
+    pair_planes = True  # planes may be paired (zstd+planes3, format 3.1); False writes only what 3.0 reads
 
     def encode(self, data: np.ndarray, itemsize: int) -> list[tuple[str, bytes]]:
         level = self.config["level"]
@@ -114,22 +120,27 @@ class Zstd(Coder):
             rotate = entropy_bits(to_planes(sample, itemsize, True)) <= entropy_bits(to_planes(sample, itemsize, False))
         planes = to_planes(sample, itemsize, rotate)
         if whole:  # the sample is the part: code it every way, keep the smallest
-            _, coded = choose_methods(planes, compressors)
+            _, coded = choose_methods(planes, compressors, paired=self.pair_planes)
             verify_coded(coded, planes)
-            return [(PLAIN, _plain(data, itemsize, plain)), (PLANES2, assemble2(rotate, coded))]
+            codec = PLANES3 if any(kind == PAIRED for kind, _ in coded) else PLANES2
+            return [(PLAIN, _plain(data, itemsize, plain)), (codec, assemble2(rotate, coded))]
         # On a sample the level-L compressor looks better than it is (it lacks the history in which it
         # finds costly chance matches), so at the default level planes use the tuned compressor only.
         # Packing is planned only for planes of one or two values: more need a slow histogram of the part.
-        methods, coded = choose_methods(planes, compressors if level > 3 else compressors[:1], KEEP, max_palette=2)
+        # A paired plane keeps the sample's window (the part's other values are escaped).
+        chosen = compressors if level > 3 else compressors[:1]
+        methods, coded = choose_methods(planes, chosen, KEEP, max_palette=2, paired=self.pair_planes)
         if all(m == RAW for m in methods) or len(plain.compress(memoryview(sample))) < coded_size2(coded):
             return [(PLAIN, plain.compress(memoryview(data)))]
-        return [(PLANES2, encode_planes2(data, itemsize, rotate, methods, compressors, max_palette=2))]
+        windows = {j: base_of(coded[j][1]) for j, m in enumerate(methods) if m == PAIRED}
+        part = encode_planes2(data, itemsize, rotate, methods, chosen, max_palette=2, pair_with=windows)
+        return [(PLANES3 if windows and has_paired(part, data.size, itemsize) else PLANES2, part)]
 
     def decode_blocks(self, codec: str, data: memoryview, size: int, itemsize: int) -> Iterator[np.ndarray]:
         """:meth:`decode` streamed: planes and plain frames a block at a time (see
         :func:`sparsify.coders.planes.iter_planes`); the old byte-grouped variant whole."""
-        if codec in (PLANES, PLANES2):
-            yield from iter_planes(data, size, itemsize, version=1 if codec == PLANES else 2)
+        if codec in _VERSIONS:
+            yield from iter_planes(data, size, itemsize, version=_VERSIONS[codec])
         elif codec == PLAIN:
             stream = FrameStream(zstandard.ZstdDecompressor(), data, size)
             for start in range(0, size, STREAM_BLOCK):
@@ -139,8 +150,8 @@ class Zstd(Coder):
             yield np.frombuffer(self.decode(codec, data, size, itemsize), dtype=np.uint8)
 
     def decode(self, codec: str, data: memoryview, size: int, itemsize: int) -> bytes | bytearray | memoryview:
-        if codec in (PLANES, PLANES2):
-            return decode_planes(data, size, itemsize, version=1 if codec == PLANES else 2)
+        if codec in _VERSIONS:
+            return decode_planes(data, size, itemsize, version=_VERSIONS[codec])
         if codec not in (PLAIN, GROUPED):
             raise CorruptArchiveError(f"unknown zstd variant {codec!r}")
         if codec == GROUPED and (itemsize < 1 or size % itemsize):
@@ -169,6 +180,5 @@ def _sample(data: np.ndarray, itemsize: int) -> np.ndarray:
     elements = data.reshape(-1, itemsize)
     n = elements.shape[0]
     run = min(SAMPLE_RUN, n // SAMPLE_CHUNKS)
-    starts = np.arange(SAMPLE_CHUNKS, dtype=np.int64) * ((n - run) // (SAMPLE_CHUNKS - 1))
-    index = (starts[:, None] + np.arange(run, dtype=np.int64)).reshape(-1)
-    return np.ascontiguousarray(elements[index]).reshape(-1)
+    step = (n - run) // (SAMPLE_CHUNKS - 1)
+    return np.concatenate([elements[i * step : i * step + run] for i in range(SAMPLE_CHUNKS)]).reshape(-1)

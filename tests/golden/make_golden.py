@@ -28,11 +28,15 @@ OLDER = {
     "v1.0/digits_mlp_bf16.threshold.sparsify": "digits_mlp_bf16.safetensors",
     **{f"v2.0/{name}": source for name, (source, _) in GOLDEN.items()},
     **{f"v2.1/{name}": source for name, (source, _) in GOLDEN.items()},
+    **{f"v3.0/{name}": source for name, (source, _) in GOLDEN.items()},
 }
 
 # Folder archives (a model folder: weights, config, a file in a sub-folder) -> their source folder here.
 FOLDERS = {"digits-folder.sparsify": "digits-folder-source"}
-OLDER_FOLDERS = {"v2.1/digits-folder.sparsify": "digits-folder-source"}  # index format 1.0, archives 2.1
+OLDER_FOLDERS = {
+    "v2.1/digits-folder.sparsify": "digits-folder-source",  # index format 1.0, archives 2.1
+    "v3.0/digits-folder.sparsify": "digits-folder-source",  # index format 2.0, archives 3.0
+}
 
 if __name__ == "__main__":
     for archive, (source, options) in GOLDEN.items():
