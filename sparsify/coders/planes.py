@@ -54,7 +54,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import zstandard
 
-from sparsify.coders import leb128
+from sparsify.coders import frames, leb128
 from sparsify.coders.paired import PAIRED, PairedStream, pair_base, pair_plane, unpair
 from sparsify.errors import CorruptArchiveError
 from sparsify.reproducible import log2
@@ -63,8 +63,12 @@ RAW = 0
 ZSTD = 1
 PACKED = 2
 PACKED_ZSTD = 3
-# Plane methods an encoder chooses (not stored): RAW, PACKED, or COMPRESSOR + i for ``compressors[i]``.
+# Plane methods an encoder chooses (not stored): RAW, PACKED, PAIRED, PAIRED_MATCHING (paired, its
+# index frame made with zstd level 1, whose matches pay on some planes: neighbouring pairs repeat), or
+# COMPRESSOR + i for ``compressors[i]``.
 COMPRESSOR = 16
+PAIRED_MATCHING = 32
+_MATCHING_LEVEL = 1
 ROTATED = 1  # flags bit 0
 MAX_PALETTE = 16
 
@@ -198,12 +202,13 @@ def code_plane(
     pair_with: int | None = None,
 ) -> tuple[int, bytes | memoryview]:
     """(kind, stored bytes) of one plane coded by ``method`` (see :func:`encode_planes`; ``PAIRED``:
-    :mod:`sparsify.coders.paired` with the window at ``pair_with``, by default the plane's own), or
-    raw if not smaller."""
-    if method == PAIRED:
+    :mod:`sparsify.coders.paired` with the window at ``pair_with``, by default the plane's own;
+    ``PAIRED_MATCHING``: the same with its frames made at zstd level 1), or raw if not smaller."""
+    if method in (PAIRED, PAIRED_MATCHING):
         base, held = (pair_with, plane.size) if pair_with is not None else pair_base(plane) if plane.size else (0, 0)
         if 2 * held > plane.size:  # else the escapes alone would take half the plane
-            coded = pair_plane(plane, base, compressors[0])
+            coder = compressors[0] if method == PAIRED else frames.compressor(_MATCHING_LEVEL)
+            coded = pair_plane(plane, base, coder)
             if len(coded) < plane.size:
                 return PAIRED, coded
         return RAW, memoryview(plane)
@@ -362,7 +367,7 @@ def choose_methods(
         options = [(PACKED, _packed_coding(plane, packed, compressors))] if packed is not None else []
         options += [(COMPRESSOR + i, code_plane(plane, COMPRESSOR + i, compressors)) for i in range(len(compressors))]
         if paired and compressors:
-            options.append((PAIRED, code_plane(plane, PAIRED, compressors)))
+            options += [(m, code_plane(plane, m, compressors)) for m in (PAIRED, PAIRED_MATCHING)]
         for method, coding in options:
             if coding[0] != RAW and len(coding[1]) < min(len(best_coding[1]), keep * plane.size):
                 best, best_coding = method, coding

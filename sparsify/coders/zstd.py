@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 import zstandard
 
 from sparsify.coders.bytegroup import ungroup_bytes
+from sparsify.coders.frames import compressor as _compressor
+from sparsify.coders.frames import entropy_compressor  # noqa: F401 (the coders' tuned compressor, here too)
 from sparsify.coders.paired import base_of
 from sparsify.coders.planes import (
     PAIRED,
+    PAIRED_MATCHING,
     RAW,
     FrameStream,
     assemble2,
@@ -45,42 +47,6 @@ SAMPLE_RUN = 1024
 STREAM_BLOCK = 4 << 20
 # On the sample, zstd must beat raw by this factor for a plane to be compressed at all.
 KEEP = 0.98
-
-
-def entropy_compressor() -> zstandard.ZstdCompressor:
-    """zstd tuned for byte planes of near-i.i.d. symbols (float exponents): the fast strategy with a
-    tiny hash table and the longest minimum match, so that it rarely takes chance matches (which cost
-    more than the Huffman-coded literals they replace) and runs at over 800 MB/s."""
-    params = zstandard.ZstdCompressionParameters(
-        window_log=17,
-        hash_log=6,
-        chain_log=6,
-        search_log=1,
-        min_match=7,
-        target_length=0,
-        strategy=zstandard.STRATEGY_FAST,
-        write_content_size=1,
-        write_checksum=0,  # the part's checksum covers the frame
-    )
-    return zstandard.ZstdCompressor(compression_params=params)
-
-
-_compressors = threading.local()
-
-
-def _compressor(level: int | None) -> zstandard.ZstdCompressor:
-    """This thread's compressor at ``level`` (None: :func:`entropy_compressor`), made once: a part of a
-    few hundred bytes costs less to code than a new compressor costs to set up. (A compressor resets
-    its state for every frame, so the bytes are those of a new one; it is not safe across threads.)"""
-    cache = _compressors.__dict__.setdefault("by_level", {})
-    compressor = cache.get(level)
-    if compressor is None:
-        compressor = cache[level] = (
-            entropy_compressor()
-            if level is None
-            else zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True)
-        )
-    return compressor
 
 
 class Zstd(Coder):
@@ -132,7 +98,7 @@ class Zstd(Coder):
         methods, coded = choose_methods(planes, chosen, KEEP, max_palette=2, paired=self.pair_planes)
         if all(m == RAW for m in methods) or len(plain.compress(memoryview(sample))) < coded_size2(coded):
             return [(PLAIN, plain.compress(memoryview(data)))]
-        windows = {j: base_of(coded[j][1]) for j, m in enumerate(methods) if m == PAIRED}
+        windows = {j: base_of(coded[j][1]) for j, m in enumerate(methods) if m in (PAIRED, PAIRED_MATCHING)}
         part = encode_planes2(data, itemsize, rotate, methods, chosen, max_palette=2, pair_with=windows)
         return [(PLANES3 if windows and has_paired(part, data.size, itemsize) else PLANES2, part)]
 
