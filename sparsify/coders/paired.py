@@ -84,7 +84,11 @@ def pair_indices(plane: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray]:
 
 def pair_plane(plane: np.ndarray, base: int, compressor: zstandard.ZstdCompressor) -> bytes:
     """The payload above for ``plane`` with the window at ``base`` (see :func:`pair_indices`)."""
-    pairs, escaped = pair_indices(plane, base)
+    return pair_payload(*pair_indices(plane, base), base, compressor)
+
+
+def pair_payload(pairs: np.ndarray, escaped: np.ndarray, base: int, compressor: zstandard.ZstdCompressor) -> bytes:
+    """The payload above from :func:`pair_indices`' pair bytes and escaped bytes (frames made by ``compressor``)."""
     frame = compressor.compress(memoryview(pairs))
     rest, coding = escaped.tobytes(), RAW_ESCAPES
     if escaped.size > 64:

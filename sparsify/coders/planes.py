@@ -55,7 +55,7 @@ import numpy as np
 import zstandard
 
 from sparsify.coders import frames, leb128
-from sparsify.coders.paired import PAIRED, PairedStream, pair_base, pair_plane, unpair
+from sparsify.coders.paired import PAIRED, PairedStream, pair_base, pair_indices, pair_payload, pair_plane, unpair
 from sparsify.errors import CorruptArchiveError
 from sparsify.reproducible import log2
 
@@ -367,13 +367,30 @@ def choose_methods(
         options = [(PACKED, _packed_coding(plane, packed, compressors))] if packed is not None else []
         options += [(COMPRESSOR + i, code_plane(plane, COMPRESSOR + i, compressors)) for i in range(len(compressors))]
         if paired and compressors:
-            options += [(m, code_plane(plane, m, compressors)) for m in (PAIRED, PAIRED_MATCHING)]
+            options += _paired_options(plane, compressors[0])
         for method, coding in options:
             if coding[0] != RAW and len(coding[1]) < min(len(best_coding[1]), keep * plane.size):
                 best, best_coding = method, coding
         methods.append(best)
         coded.append(best_coding)
     return methods, coded
+
+
+def _paired_options(plane: np.ndarray, entropy: zstandard.ZstdCompressor) -> list[tuple[int, tuple[int, bytes]]]:
+    """(method, coding) of ``plane`` paired (:func:`code_plane`'s ``PAIRED`` and ``PAIRED_MATCHING``),
+    the window and the indices found once for both; none where the window holds half the plane or less."""
+    if not plane.size:
+        return []
+    base, held = pair_base(plane)
+    if 2 * held <= plane.size:
+        return []
+    pairs, escaped = pair_indices(plane, base)
+    options = []
+    for method, coder in ((PAIRED, entropy), (PAIRED_MATCHING, frames.compressor(_MATCHING_LEVEL))):
+        coded = pair_payload(pairs, escaped, base, coder)
+        if len(coded) < plane.size:
+            options.append((method, (PAIRED, coded)))
+    return options
 
 
 def coded_size(coded: Sequence[tuple[int, bytes | memoryview]]) -> int:
