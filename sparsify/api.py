@@ -88,6 +88,7 @@ def compress(
     target_ratio: float | None = None,
     target_size: int | None = None,
     target_error: float | None = None,
+    objective: str | None = None,
     jobs: int | None = None,
     scheduler: str | None = None,
 ) -> dict[str, Any]:
@@ -109,13 +110,16 @@ def compress(
                 archive bytes, or weighted rel. error) over every tensor of every weight file; the
                 tensors' pipelines are chosen for least total error within the size (or fewest bytes
                 within the error). The report's ``plan`` says what was chosen and whether it was met.
+    objective:  what a size target minimises: ``"sse"`` (default) the total squared error,
+                ``"relative"`` the sum of the tensors' squared relative errors
+                (:data:`sparsify.ratecontrol.OBJECTIVES`).
     jobs:       worker processes (default: every core, or 1 -- all in this process -- for models
                 under 8 MB). The archive's bytes are the same for every value.
     scheduler:  a dask.distributed scheduler address (or ``SPARSIFY_SCHEDULER``): the tensors are
                 encoded on that cluster, whose workers must see the input at the same path.
     """
     options = resolve_options(
-        pipeline, rules, rules_file, min_size, max_error, seed, target_ratio, target_size, target_error
+        pipeline, rules, rules_file, min_size, max_error, seed, target_ratio, target_size, target_error, objective
     )
     model = open_model(source)
     output = Path(output) if output is not None else default_archive_path(model.source)

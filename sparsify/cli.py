@@ -180,6 +180,12 @@ _PIPELINE_OPTIONS = (
         metavar="E",
         help="Whole model: fewest bytes with the weighted rel. error of the lossy tensors <= E.",
     ),
+    click.option(
+        "--objective",
+        type=click.Choice(["sse", "relative"]),
+        help="What --target-ratio/--target-size minimise: sse, the model's total squared error, or relative, "
+        "the sum of each tensor's squared relative error [default: sse].",
+    ),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods."),
 )
 

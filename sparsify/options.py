@@ -31,6 +31,7 @@ class Options:
     target_ratio: float | None = None
     target_size: int | None = None
     target_error: float | None = None
+    objective: str = "sse"  # what a size target minimises (sparsify.ratecontrol.OBJECTIVES)
 
     @property
     def target(self) -> dict[str, float] | None:
@@ -41,7 +42,7 @@ class Options:
         return None
 
     def as_manifest(self) -> dict[str, Any]:
-        return {
+        record = {
             "pipeline": AUTO if self.auto else str(self.pipeline),
             "rules": [{"match": r.pattern, "pipeline": str(r.pipeline), "origin": r.origin} for r in self.rules],
             "min_size": self.min_size,
@@ -49,6 +50,9 @@ class Options:
             "seed": self.seed,
             "target": self.target,
         }
+        if self.objective != "sse":  # absent: the default (archives without it read as before)
+            record["objective"] = self.objective
+        return record
 
 
 def resolve_options(
@@ -61,8 +65,14 @@ def resolve_options(
     target_ratio: float | None = None,
     target_size: int | None = None,
     target_error: float | None = None,
+    objective: str | None = None,
 ) -> Options:
     """Parse and validate compress options; UsageError before any file is touched."""
+    from sparsify.ratecontrol import OBJECTIVES
+
+    objective = objective or "sse"
+    if objective not in OBJECTIVES:
+        raise UsageError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
     parsed_rules = tuple(parse_rule(r) for r in rules)
     file = load_rules_file(Path(rules_file)) if rules_file is not None else None
     if file is not None:
@@ -87,6 +97,11 @@ def resolve_options(
         raise UsageError(f"target_size must be > 0 bytes, not {target_size}")
     if target_error is not None and not (math.isfinite(target_error) and target_error >= 0):
         raise UsageError(f"target_error must be >= 0, not {target_error}")
+    if objective != "sse" and target_ratio is None and target_size is None:
+        raise UsageError(
+            f"--objective {objective} applies to a size target (--target-ratio or --target-size); "
+            "--target-error bounds the whole model's squared error itself"
+        )
     auto = text.strip() == AUTO
     if targets and not auto and pipeline is not None:
         raise UsageError(f"a target chooses each tensor's pipeline itself: use -p auto (or no -p), not {pipeline!r}")
@@ -105,4 +120,5 @@ def resolve_options(
         target_ratio,
         None if target_size is None else int(target_size),
         target_error,
+        objective,
     )

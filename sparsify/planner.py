@@ -89,6 +89,8 @@ def plan_model(
         _settle(items, fixed, measured, heads, options, executor, window, progress, workers)
     planned = [m for m in measured if isinstance(m, ratecontrol.TensorPlan)]
     summary: dict[str, Any] = {"mode": mode, "max_error": options.max_error, "target": options.target}
+    if options.objective != "sse":  # absent: the default, as in the options
+        summary["objective"] = options.objective
     summary["candidates"] = sum(t.measured for t in planned)
     if mode == "auto":
         for t in planned:
@@ -231,12 +233,15 @@ def _settle(
     budget, overhead, planned_sq_norm = _budget(measured, heads, options)
     mode = next(iter(options.target))
     error = options.target.get("error")
+    weights = ratecontrol.objective_weights(options.objective, planned)
     for round_ in range(_SETTLE_ROUNDS):
-        outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, error)
+        outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, error, weights)
         # later rounds measure only what is chosen: the first measured a step either way
         wanted = [tuple(t.points[j].pipeline for j in ratecontrol.near_choice(t, not round_)) for t in planned]
         requests = [(indices[k], mode, want) for k, want in enumerate(wanted) if want]
-        if not requests or (round_ and not _promising(planned, outcome, overhead, planned_sq_norm, budget, error)):
+        if not requests or (
+            round_ and not _promising(planned, outcome, overhead, planned_sq_norm, budget, error, weights)
+        ):
             break
         results = _measure(items, fixed, options, requests, executor, window, progress, workers, False, "measuring")
         exact = iter(results)
@@ -270,17 +275,31 @@ def _promising(
     sq_norm: float,
     budget: float | None,
     error: float | None,
+    weights: list[float] | None = None,
 ) -> bool:
     """Whether ``outcome`` (the allocation on exact and estimated points) beats the best allocation
-    on the exact points alone by more than :data:`_SETTLE_GAIN` -- or that one does not meet the target."""
+    on the exact points alone by more than :data:`_SETTLE_GAIN` -- or that one does not meet the target.
+    (With objective ``weights`` the allocations are compared by their weighted distortion.)"""
+    chosen = [t.points[t.chosen] for t in planned]
     exact = [ratecontrol.TensorPlan(t.name, t.sq_norm, [p for p in t.points if p.exact]) for t in planned]
     if not all(t.points for t in exact):
         return True
-    alone = ratecontrol.allocate(exact, overhead, 0.0, sq_norm, budget, error)
+    alone = ratecontrol.allocate(exact, overhead, 0.0, sq_norm, budget, error, weights)
     if not alone["met"]:
         return True
-    key = "predicted_bytes" if budget is None else "predicted_weighted_rel_error"
-    return outcome["met"] and outcome[key] < alone[key] * (1 - _SETTLE_GAIN)
+    if budget is None or weights is None:
+        key = "predicted_bytes" if budget is None else "predicted_weighted_rel_error"
+        return outcome["met"] and outcome[key] < alone[key] * (1 - _SETTLE_GAIN)
+    ours = _distortion(chosen, weights)
+    theirs = _distortion([t.points[t.chosen] for t in exact], weights)
+    return outcome["met"] and ours < theirs * (1 - _SETTLE_GAIN)
+
+
+def _distortion(points: list[ratecontrol.Point], weights: list[float] | None) -> float:
+    """What the allocation minimises for these chosen points: their squared errors, weighted."""
+    if weights is None:
+        return sum(p.sq_error for p in points)
+    return sum(w * p.sq_error for w, p in zip(weights, points, strict=True))
 
 
 def _budget(measured: list[Any], heads: list[dict[str, Any]], options: Options) -> tuple[float | None, float, float]:
@@ -305,9 +324,10 @@ def _allocate_to_target(
     target = options.target
     planned = [m for m in measured if isinstance(m, ratecontrol.TensorPlan)]
     budget, overhead, planned_sq_norm = _budget(measured, heads, options)
-    best = None  # (sq error, chosen indices, summary) of the best allocation whose exact size fits
+    weights = ratecontrol.objective_weights(options.objective, planned)
+    best = None  # (distortion, chosen indices, summary) of the best allocation whose exact size fits
     for round_ in range(_PLAN_ROUNDS_MAX):
-        outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, target.get("error"))
+        outcome = ratecontrol.allocate(planned, overhead, 0.0, planned_sq_norm, budget, target.get("error"), weights)
         estimate = outcome.pop("predicted_bytes")
         # The manifest records whether the plan fits, not the size itself (which the archive has): a
         # size inside the compressed manifest would change the size.
@@ -318,9 +338,9 @@ def _allocate_to_target(
         if not outcome["met"] and exact >= estimate:
             break  # not even the allocator's estimate fits: the cheapest allocation is the answer
         if outcome["met"] and exact <= budget:
-            sq_error = sum(t.points[t.chosen].sq_error for t in planned)
-            if best is None or sq_error < best[0]:
-                best = (sq_error, [t.chosen for t in planned], plan)
+            distortion = _distortion([t.points[t.chosen] for t in planned], weights)
+            if best is None or distortion < best[0]:
+                best = (distortion, [t.chosen for t in planned], plan)
             if exact == estimate or round_ + 1 >= _PLAN_ROUNDS:
                 break
         # exact > budget >= estimate here, or a fit in an early round: the correction then loosens

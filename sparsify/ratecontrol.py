@@ -230,6 +230,27 @@ def lower_hull(points: list[Point]) -> list[int]:
     return hull
 
 
+OBJECTIVES = ("sse", "relative")
+"""What a size target minimises (``--objective``): ``sse`` the model's total squared error Σ‖ΔW‖²
+(what the report's whole-model weighted rel. error measures), ``relative`` the sum of the tensors'
+squared *relative* errors Σ‖ΔW‖²/‖W‖², which spends bytes where a tensor's error is large for its
+size rather than where its weights are large (README, "Rate control")."""
+
+
+def objective_weights(objective: str, tensors: list[TensorPlan]) -> list[float] | None:
+    """The weight of each tensor's squared error in the allocation's distortion (None: all 1).
+
+    ``relative``: ``mean ‖W‖² / ‖W_t‖²`` (a tensor of zero norm weighs as the mean one), so that the
+    distortion is in the same units as ``sse`` and the reported slope stays comparable."""
+    if objective == "sse":
+        return None
+    if objective != "relative":
+        raise UsageError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+    norms = [t.sq_norm for t in tensors if t.sq_norm > 0 and math.isfinite(t.sq_norm)]
+    mean = sum(norms) / len(norms) if norms else 1.0
+    return [mean / t.sq_norm if t.sq_norm > 0 and math.isfinite(t.sq_norm) else 1.0 for t in tensors]
+
+
 def allocate(
     tensors: list[TensorPlan],
     fixed_bytes: int,
@@ -237,15 +258,21 @@ def allocate(
     total_sq_norm: float,
     budget_bytes: float | None = None,
     max_rel_error: float | None = None,
+    weights: list[float] | None = None,
 ) -> dict[str, Any]:
     """Choose one point per tensor (sets ``TensorPlan.chosen``); returns what was decided.
 
-    With ``budget_bytes``: least total squared error whose bytes (plus ``fixed_bytes``) fit.
-    With ``max_rel_error``: fewest bytes whose weighted rel. error (with the fixed tensors'
-    ``fixed_sq_error`` and the model's ``total_sq_norm``) is <= it. Greedy over the tensors' hull
-    segments by decreasing slope -ΔD/ΔR, which is optimal at hull vertices.
+    With ``budget_bytes``: least total distortion whose bytes (plus ``fixed_bytes``) fit; the
+    distortion is the squared error, each tensor's times its ``weights`` entry where given
+    (:func:`objective_weights`). With ``max_rel_error`` (no weights): fewest bytes whose weighted rel.
+    error (with the fixed tensors' ``fixed_sq_error`` and the model's ``total_sq_norm``) is <= it.
+    Greedy over the tensors' hull segments by decreasing slope -ΔD/ΔR, which is optimal at hull
+    vertices. The figures returned (the predicted weighted rel. error) are the unweighted ones.
     """
-    hulls = [lower_hull(t.points) for t in tensors]
+    if weights is not None and max_rel_error is not None:
+        raise ValueError("an error bound is on the squared error itself: no objective weights with it")
+    scale = weights if weights is not None else [1.0] * len(tensors)
+    hulls = [lower_hull(t.points) for t in tensors]  # a tensor's hull is the same at any positive weight
     position = [0] * len(tensors)
     for t, hull in zip(tensors, hulls, strict=True):
         t.chosen = hull[0]
@@ -253,7 +280,7 @@ def allocate(
     for ti, (t, hull) in enumerate(zip(tensors, hulls, strict=True)):
         for k in range(1, len(hull)):
             a, b = t.points[hull[k - 1]], t.points[hull[k]]
-            segments.append(((a.sq_error - b.sq_error) / max(b.nbytes - a.nbytes, 1), ti, k))
+            segments.append((scale[ti] * (a.sq_error - b.sq_error) / max(b.nbytes - a.nbytes, 1), ti, k))
     segments.sort(key=lambda s: (-s[0], s[1], s[2]))
     total_bytes = fixed_bytes + sum(t.points[t.chosen].nbytes for t in tensors)
     total_sq = fixed_sq_error + sum(t.points[t.chosen].sq_error for t in tensors)
@@ -271,7 +298,7 @@ def allocate(
         total_bytes += b.nbytes - a.nbytes
         total_sq += b.sq_error - a.sq_error
         position[ti], t.chosen, slope = k, hull[k], rate
-    total_bytes, total_sq = _refine(tensors, fixed_bytes, fixed_sq_error, budget_bytes, error_budget)
+    total_bytes, total_sq = _refine(tensors, fixed_bytes, fixed_sq_error, budget_bytes, error_budget, weights)
     met = (budget_bytes is None or total_bytes <= budget_bytes) and (error_budget is None or total_sq <= error_budget)
     return {
         "predicted_bytes": int(total_bytes),
@@ -291,17 +318,20 @@ def _refine(
     fixed_sq: float,
     budget_bytes: float | None,
     error_budget: float | None,
+    weights: list[float] | None = None,
 ) -> tuple[float, float]:
     """Local search after the greedy pass, which can stop short where a tensor's next hull point is
-    a big step: with a byte budget, the move that lowers the error most within the bytes left --
-    one tensor to any of its points, or one tensor one hull step down to pay for another's move;
-    with an error budget, the move that saves most bytes within the error left. Returns the totals.
+    a big step: with a byte budget, the move that lowers the distortion (the squared error, times
+    ``weights``) most within the bytes left -- one tensor to any of its points, or one tensor one hull
+    step down to pay for another's move; with an error budget, the move that saves most bytes within
+    the error left. Returns the totals: bytes, and the (unweighted) squared error.
     """
     rates = np.full((len(tensors), max((len(t.points) for t in tensors), default=0)), np.inf)
-    errors = np.full(rates.shape, np.inf)
+    raw_errors = np.full(rates.shape, np.inf)
     for i, t in enumerate(tensors):
         rates[i, : len(t.points)] = [p.nbytes for p in t.points]
-        errors[i, : len(t.points)] = [p.sq_error for p in t.points]
+        raw_errors[i, : len(t.points)] = [p.sq_error for p in t.points]
+    errors = raw_errors if weights is None else raw_errors * np.asarray(weights, dtype=np.float64)[:, None]
     rows = np.arange(len(tensors))
     for _ in range(_REFINE_ROUNDS if tensors else 0):
         chosen = np.array([t.chosen for t in tensors])
@@ -325,9 +355,9 @@ def _refine(
         elif single > 0:
             tensors[i].chosen = int(j)
         else:
-            return total_bytes, total_sq
+            break
     chosen = np.array([t.chosen for t in tensors], dtype=np.int64)
-    return fixed_bytes + float(rates[rows, chosen].sum()), fixed_sq + float(errors[rows, chosen].sum())
+    return fixed_bytes + float(rates[rows, chosen].sum()), fixed_sq + float(raw_errors[rows, chosen].sum())
 
 
 def _best_pair(d_rate: np.ndarray, d_error: np.ndarray, left: float):

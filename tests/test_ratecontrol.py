@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sparsify
+from sparsify.archive.reader import Archive
 from sparsify.cli import run
 from sparsify.errors import UsageError
-from sparsify.ratecontrol import AUTO_CANDIDATES, Point, TensorPlan, allocate, lower_hull
+from sparsify.ratecontrol import AUTO_CANDIDATES, Point, TensorPlan, allocate, lower_hull, objective_weights
 
 FP32, BF16 = SAMPLE_FILES["fp32"], SAMPLE_FILES["bf16"]
 
@@ -171,6 +172,9 @@ def test_auto_takes_the_fewest_bytes_within_the_bound(tmp_path):
         ({"target_ratio": 8, "pipeline": "threshold:sparsity=0.5"}, "use -p auto"),
         ({"pipeline": "auto"}, "-p auto needs a bound or a target"),
         ({"target_ratio": -1}, "target_ratio must be a number > 0"),
+        ({"target_ratio": 8, "objective": "cosine"}, "unknown objective 'cosine'"),
+        ({"target_error": 0.1, "objective": "relative"}, "applies to a size target"),
+        ({"pipeline": "auto", "max_error": 0.1, "objective": "relative"}, "applies to a size target"),
     ],
 )
 def test_usage_errors(tmp_path, kwargs, message):
@@ -241,3 +245,56 @@ def test_small_tensors_are_planned_as_by_the_exhaustive_reference(tmp_path, monk
     monkeypatch.setenv(RATE_CONTROL_ENV, "exhaustive")
     sparsify.compress(BF16, tmp_path / "ref.sparsify", target_ratio=8)
     assert (tmp_path / "new.sparsify").read_bytes() == (tmp_path / "ref.sparsify").read_bytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(convex_curve, st.floats(0.01, 100.0)), min_size=1, max_size=3),
+    st.integers(10, 1500),
+)
+def test_weighted_allocation_is_optimal_for_its_own_distortion(curves_and_norms, budget):
+    """With objective weights the allocation minimises the weighted error (here: each tensor's
+    squared error over its squared norm, as ``relative`` weighs it), within the same budget."""
+    curves = [c for c, _ in curves_and_norms]
+    plans = _plans(curves)
+    for t, (_, norm) in zip(plans, curves_and_norms, strict=True):
+        t.sq_norm = norm
+    weights = objective_weights("relative", plans)
+    outcome = allocate(plans, 0, 0.0, 1.0, budget_bytes=budget, weights=weights)
+    weighted = [[(r, w * d) for r, d in c] for c, w in zip(curves, weights, strict=True)]
+    optimum = _brute_force(weighted, budget)
+    if optimum == math.inf:
+        assert not outcome["met"]
+        return
+    chosen = [t.points[t.chosen] for t in plans]
+    assert outcome["met"] and sum(p.nbytes for p in chosen) <= budget
+    total = sum(w * p.sq_error for w, p in zip(weights, chosen, strict=True))
+    assert total <= optimum + max(d for c in weighted for _, d in c) * 0.5
+    # the prediction is the unweighted figure, as the report measures it
+    assert outcome["predicted_weighted_rel_error"] == pytest.approx(math.sqrt(sum(p.sq_error for p in chosen)))
+
+
+def test_objective_weights():
+    plans = [TensorPlan("a", 4.0, []), TensorPlan("b", 1.0, []), TensorPlan("c", 0.0, [])]
+    assert objective_weights("sse", plans) is None
+    assert objective_weights("relative", plans) == [2.5 / 4.0, 2.5 / 1.0, 1.0]  # mean norm 2.5; zero norm weighs 1
+
+
+def test_relative_objective_spends_bytes_on_relative_error(tmp_path):
+    """On a real model the relative objective lowers the sum of squared relative errors at the same
+    size target, and the total squared error is what the default lowers; both are recorded."""
+    figures = {}
+    for objective in ("sse", "relative"):
+        out = tmp_path / f"{objective}.sparsify"
+        report = sparsify.compress(SAMPLE_FILES["crepe"], out, target_ratio=8, objective=objective)
+        assert report["plan"]["met"]
+        lossy = [r for r in report["tensors"] if not r["exact"]]
+        figures[objective] = (
+            sum(r["rel_error"] ** 2 for r in lossy),
+            report["totals"]["weighted_rel_error"],
+        )
+        manifest = Archive(out).manifest
+        assert manifest["options"].get("objective") == (None if objective == "sse" else "relative")
+        assert manifest["plan"].get("objective") == (None if objective == "sse" else "relative")
+    assert figures["relative"][0] < figures["sse"][0]
+    assert figures["sse"][1] <= figures["relative"][1]

@@ -161,6 +161,7 @@ class Options(_Record):
     max_error: Union[NonNegative, None]  # noqa: UP007
     seed: int
     target: Union[dict[Literal["ratio", "size", "error"], NonNegative], None] = None  # noqa: UP007 (2.0)
+    objective: str = "sse"  # (3.1) absent: sse; informational, so any name (a newer one) is accepted
 
 
 class Plan(_Record):
@@ -172,6 +173,7 @@ class Plan(_Record):
     predicted_weighted_rel_error: Union[NonNegative, None] = None  # noqa: UP007
     met: bool = True
     budget_bytes: Union[NonNegative, None] = None  # noqa: UP007
+    objective: str = "sse"  # (3.1) absent: sse; informational, so any name (a newer one) is accepted
 
 
 class Gate(_Record):

@@ -224,9 +224,11 @@ def plan_text(plan: dict[str, Any], totals: dict[str, Any]) -> str:
         plan["mode"], f"{num(plan.get('predicted_weighted_rel_error'), '.4g')} (lossy tensors)"
     )
     slope = num(plan.get("slope"), ".3g")
+    objective = plan.get("objective", "sse")
+    minimised = "" if objective == "sse" else f"; minimising the {objective} error"
     return (
         f"target {plan['mode']} {target.get(plan['mode'])} -> {achieved} "
-        f"({'met' if plan.get('met') else 'NOT MET'}); slope {slope} squared error per byte, "
+        f"({'met' if plan.get('met') else 'NOT MET'}){minimised}; slope {slope} squared error per byte, "
         f"{plan['candidates']} candidates measured"
     )
 
