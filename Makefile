@@ -46,12 +46,14 @@ bench: install $(VENV)/.bench-installed
 	$(PY) bench/startup.py
 	$(PY) bench/ratecontrol.py
 	$(PY) bench/scale.py
+	$(PY) bench/task.py
+	$(PY) bench/methods_survey.py
 
 # ZipNN (the lossless yardstick), --no-deps: its byte API needs no torch (bench/zipnn_check.py stands in
 # for it where torch is missing); its sdist needs a C compiler. torch, the CPU build, comes with the bench
 # extra for bench/antiberty.py (a real transformer checkpoint, converted in the benchmark).
 $(VENV)/.bench-installed: pyproject.toml
-	$(PY) -m pip install --quiet -e '.[dev,bench,plot]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,plot,task]'
 	$(PY) -m pip install --quiet --no-deps zipnn==0.5.4 \
 		|| echo "bench: zipnn could not be installed (its sdist needs a C compiler); the ZipNN rows are left out"
 	touch $@
