@@ -102,7 +102,7 @@ SETTINGS = [
     rtn_pipeline("RTN int4 g128", "quant:bits=4,group=128+zstd"),
     Setting("NF4 b64 absmax (numpy reference)", "nf4", "nf4"),
     *(rate(r) for r in SWEEP),
-    rate(7.12, "data-free", objective="relative"),  # also tried at 8.01, 9.1: behind the defaults
+    *(rate(r, "data-free", objective="relative") for r in (7.12, 8.01, 9.1)),
 ]
 # Planned settings: run when sparsify.compress accepts their keywords (and their inputs exist), else
 # listed as skipped. IMPORTANCE: the file an importance helper will make from calibration_sequences().
