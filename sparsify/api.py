@@ -52,7 +52,7 @@ from sparsify.executor import InlineExecutor, Workers, open_executor, ordered_ma
 from sparsify.inspection import inspect
 from sparsify.io import EXTENSIONS, FORMATS, open_weights, reader_class, writer_class
 from sparsify.model import Model, open_model
-from sparsify.options import Options, resolve_options
+from sparsify.options import Options, resolve_options, with_importance
 from sparsify.report.model import SCHEMA_VERSION
 
 Progress = Callable[[str, int, int, int, int], None]
@@ -89,6 +89,7 @@ def compress(
     target_size: int | None = None,
     target_error: float | None = None,
     objective: str | None = None,
+    importance: str | Path | None = None,
     jobs: int | None = None,
     scheduler: str | None = None,
 ) -> dict[str, Any]:
@@ -113,13 +114,26 @@ def compress(
     objective:  what a size target minimises: ``"sse"`` (default) the total squared error,
                 ``"relative"`` the sum of the tensors' squared relative errors
                 (:data:`sparsify.ratecontrol.OBJECTIVES`).
+    importance: a safetensors file of importance vectors named after the model's tensors
+                (:mod:`sparsify.importance`; record one with :func:`sparsify.importance.recorder.record_importance`):
+                a size target then minimises the importance-weighted squared error Σ a ΔW².
     jobs:       worker processes (default: every core, or 1 -- all in this process -- for models
                 under 8 MB). The archive's bytes are the same for every value.
     scheduler:  a dask.distributed scheduler address (or ``SPARSIFY_SCHEDULER``): the tensors are
                 encoded on that cluster, whose workers must see the input at the same path.
     """
     options = resolve_options(
-        pipeline, rules, rules_file, min_size, max_error, seed, target_ratio, target_size, target_error, objective
+        pipeline,
+        rules,
+        rules_file,
+        min_size,
+        max_error,
+        seed,
+        target_ratio,
+        target_size,
+        target_error,
+        objective,
+        importance,
     )
     model = open_model(source)
     output = Path(output) if output is not None else default_archive_path(model.source)
@@ -133,6 +147,7 @@ def compress(
     with open_executor(jobs, scheduler, weight_bytes) as workers, contextlib.ExitStack() as stack:
         try:
             read = _read_model(model, options, workers, stack)
+            options = read.options  # with the importance file checked against the model
             plan = planner.plan_model(
                 read.items, read.heads, options, workers.executor, read.window, progress, workers.count
             )
@@ -163,12 +178,15 @@ class _ReadModel:
     readers: list[Any]
     window: int
     counts: list[int]  # tensors per weight file
+    options: Options
 
 
 def _read_model(model: Model, options: Options, workers: Workers, stack) -> _ReadModel:
-    """List every weight file's tensors and metadata; checksum the files (mapped over the executor)."""
+    """List every weight file's tensors and metadata; checksum the files (mapped over the executor);
+    check the options' importance file against the tensors."""
     readers = [stack.enter_context(reader_class(w.format)(w.path)) for w in model.weights]
     infos = [list(reader.tensors()) for reader in readers]
+    options = with_importance(options, {info.name: info for listed in infos for info in listed})
     if workers.local_processes:  # before the first job forks them
         dtypes.preload({info.dtype for listed in infos for info in listed})
     paths = [str(w.path.resolve()) for w in model.weights]  # as workers elsewhere see them
@@ -203,7 +221,7 @@ def _read_model(model: Model, options: Options, workers: Workers, stack) -> _Rea
         items += [planner.Item(index, source, info) for info in infos[index]]
     counts = [sum(1 for item in items if item.file == index) for index in range(len(heads))]
     window = 1 if workers.count == 1 else workers.count + 1
-    return _ReadModel(model, heads, blobs, items, readers, window, counts)
+    return _ReadModel(model, heads, blobs, items, readers, window, counts, options)
 
 
 def _write_archives(

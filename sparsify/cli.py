@@ -186,6 +186,14 @@ _PIPELINE_OPTIONS = (
         help="What --target-ratio/--target-size minimise: sse, the model's total squared error, or relative, "
         "the sum of each tensor's squared relative error [default: sse].",
     ),
+    click.option(
+        "--importance",
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
+        help="With --target-ratio/--target-size: minimise the error weighted by FILE, a safetensors file of "
+        "importance vectors named after the tensors (per input channel, per row NAME:rows, or per weight; "
+        "sparsify.importance records one for a torch model).",
+    ),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed for randomised methods."),
 )
 

@@ -18,6 +18,7 @@ import numpy as np
 from sparsify import dtypes
 from sparsify.checksum import checksum, matches
 from sparsify.errors import CorruptArchiveError, UsageError
+from sparsify.importance import TensorImportance
 from sparsify.io.base import TensorInfo
 from sparsify.methods import CODERS, METHODS, VALUE_CODERS, EncodeContext, LosslessMethod, Method
 from sparsify.methods.values import decode_parts, encode_parts, is_value_part
@@ -50,6 +51,8 @@ class EncodedTensor:
 
     record: dict[str, Any]
     parts: list[CodedPart]
+    # Σ a ΔW² under the importance the caller measured with (rate control; not in the record)
+    weighted_sq_error: float | None = None
 
     def stored_part(self, part: Mapping[str, Any]) -> np.ndarray:
         """The stored bytes of one of this tensor's parts (for decoding before writing)."""
@@ -138,7 +141,12 @@ class Original:
 
 
 def encode_tensor(
-    array: np.ndarray, info: TensorInfo, choice: Choice, seed: int = 0, original: Original | None = None
+    array: np.ndarray,
+    info: TensorInfo,
+    choice: Choice,
+    seed: int = 0,
+    original: Original | None = None,
+    importance: TensorImportance | None = None,
 ) -> EncodedTensor:
     """Run ``choice.pipeline`` on one tensor, decode what would be stored and measure it.
 
@@ -147,7 +155,8 @@ def encode_tensor(
     ``max_error`` budget and the measured error exceeds it (rounding of stored values), the pipeline
     runs again with the budget tightened by the overshoot, up to a few times; ``budget_scale`` in the
     record says by how much (1.0: not needed). ``original``: ``array`` wrapped as :class:`Original`,
-    when the caller encodes it several times.
+    when the caller encodes it several times. ``importance``: also measure the importance-weighted
+    squared error (``weighted_sq_error``; 0 for a bit-exact decode).
     """
     pipeline = choice.pipeline
     bound = None if pipeline.lossless else pipeline.methods[-1].config.get("max_error")
@@ -168,6 +177,9 @@ def encode_tensor(
             break
         shortfall = bound / metrics["rel_error"]
         scale *= 0.98 * shortfall * shortfall  # not ** 2: libm's pow may differ between CPUs
+    if importance is not None:
+        exact = encoded.record["metrics"]["exact"]
+        encoded.weighted_sq_error = 0.0 if exact else importance.weighted_sq_error(array, decoded)
     return encoded
 
 

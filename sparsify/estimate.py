@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsify.codec import Original
+from sparsify.importance import TensorImportance
 from sparsify.io.base import TensorInfo
 from sparsify.pipeline import parse_pipeline
 from sparsify.ratecontrol import Point, TensorPlan, measure_candidates, plan_tensor
@@ -167,8 +168,17 @@ def estimate_candidates(
     return None if sample is None else _estimate(sample, info, candidates, seed, sq_norm)
 
 
-def _estimate(sample: Sample, info: TensorInfo, candidates: Iterable[str], seed: int, sq_norm: float) -> list[Point]:
-    """:func:`estimate_candidates` on the tensor's sample."""
+def _estimate(
+    sample: Sample,
+    info: TensorInfo,
+    candidates: Iterable[str],
+    seed: int,
+    sq_norm: float,
+    mean_importance: float | None = None,
+) -> list[Point]:
+    """:func:`estimate_candidates` on the tensor's sample; with ``mean_importance`` (the tensor's
+    mean importance), each point's distortion estimated as its squared error times it -- the
+    quantisers of the ladder spread their error evenly over the weights."""
     prepared: dict[tuple[int, ...], tuple[np.ndarray, Original]] = {}
     points = []
     for text in candidates:
@@ -183,22 +193,29 @@ def _estimate(sample: Sample, info: TensorInfo, candidates: Iterable[str], seed:
             sq_error = p.sq_error * scale
             rel_error = math.sqrt(sq_error / sq_norm) if sq_norm > 0 and math.isfinite(sq_error) else p.rel_error
             nbytes = round(stored * scale) + p.nbytes - stored
-            points.append(Point(p.pipeline, nbytes, sq_error, rel_error, exact=False))
+            distortion = None if mean_importance is None else sq_error * mean_importance
+            points.append(Point(p.pipeline, nbytes, sq_error, rel_error, exact=False, distortion=distortion))
     return points
 
 
 def estimate_tensor(
-    array: np.ndarray, info: TensorInfo, candidates: Iterable[str], seed: int, max_error: float | None
+    array: np.ndarray,
+    info: TensorInfo,
+    candidates: Iterable[str],
+    seed: int,
+    max_error: float | None,
+    importance: TensorImportance | None = None,
 ) -> TensorPlan:
     """A tensor's :class:`~sparsify.ratecontrol.TensorPlan` with its candidates estimated
-    (:func:`estimate_candidates`), those estimated above ``max_error`` dropped (unless none is
-    left) -- or, for a tensor that is not sampled, measured exactly
-    (:func:`sparsify.ratecontrol.plan_tensor`)."""
+    (:func:`estimate_candidates`; with ``importance``, their distortion too), those estimated above
+    ``max_error`` dropped (unless none is left) -- or, for a tensor that is not sampled, measured
+    exactly (:func:`sparsify.ratecontrol.plan_tensor`)."""
     sample = take_sample(array, info.layout)
     if sample is None:
-        return plan_tensor(array, info, candidates, seed, max_error)
+        return plan_tensor(array, info, candidates, seed, max_error, importance)
     sq_norm = Original(array).reference.sq_norm
-    points = _estimate(sample, info, candidates, seed, sq_norm)
+    mean_importance = None if importance is None else importance.mean(tuple(info.shape))
+    points = _estimate(sample, info, candidates, seed, sq_norm, mean_importance)
     measured = len(points)
     if max_error is not None:
         points = [p for p in points if p.rel_error <= max_error] or points

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsify.errors import UsageError
 from sparsify.pipeline import Pipeline, parse_pipeline
 from sparsify.rules import DEFAULT_MIN_SIZE, DEFAULT_PIPELINE, Rule, load_rules_file, parse_rule
+
+if TYPE_CHECKING:
+    from sparsify.importance import ImportanceFile
+    from sparsify.io.base import TensorInfo
 
 AUTO = "auto"
 # What ``-p auto`` hands to the rules for the tensors it does not plan (their lossless coders), and
@@ -32,6 +36,8 @@ class Options:
     target_size: int | None = None
     target_error: float | None = None
     objective: str = "sse"  # what a size target minimises (sparsify.ratecontrol.OBJECTIVES)
+    importance: str | None = None  # the importance file as given (objective "importance")
+    importance_file: ImportanceFile | None = None  # once checked against the model (with_importance)
 
     @property
     def target(self) -> dict[str, float] | None:
@@ -52,6 +58,8 @@ class Options:
         }
         if self.objective != "sse":  # absent: the default (archives without it read as before)
             record["objective"] = self.objective
+        if self.importance_file is not None:
+            record["importance"] = {"file": Path(self.importance).name, "checksum": self.importance_file.checksum}
         return record
 
 
@@ -66,13 +74,20 @@ def resolve_options(
     target_size: int | None = None,
     target_error: float | None = None,
     objective: str | None = None,
+    importance: str | Path | None = None,
 ) -> Options:
     """Parse and validate compress options; UsageError before any file is touched."""
-    from sparsify.ratecontrol import OBJECTIVES
+    from sparsify.ratecontrol import IMPORTANCE_OBJECTIVE, OBJECTIVES
 
-    objective = objective or "sse"
-    if objective not in OBJECTIVES:
+    if objective is not None and objective not in OBJECTIVES:
         raise UsageError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+    if importance is not None:
+        if objective not in (None, "sse"):
+            raise UsageError(f"--importance sets what a target minimises; drop --objective {objective}")
+        if target_ratio is None and target_size is None:
+            raise UsageError("--importance applies to a size target (--target-ratio or --target-size)")
+        objective = IMPORTANCE_OBJECTIVE
+    objective = objective or "sse"
     parsed_rules = tuple(parse_rule(r) for r in rules)
     file = load_rules_file(Path(rules_file)) if rules_file is not None else None
     if file is not None:
@@ -121,4 +136,15 @@ def resolve_options(
         None if target_size is None else int(target_size),
         target_error,
         objective,
+        None if importance is None else str(importance),
     )
+
+
+def with_importance(options: Options, tensors: dict[str, TensorInfo]) -> Options:
+    """``options`` with their importance file checked against the model's ``tensors`` (by name)
+    and checksummed (InputError if it does not fit); unchanged without one."""
+    if options.importance is None:
+        return options
+    from sparsify.importance import check_importance
+
+    return replace(options, importance_file=check_importance(options.importance, tensors))

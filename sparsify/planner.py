@@ -170,6 +170,7 @@ def _measure(
                 (share, shares),
                 candidates,
                 estimated,
+                options.importance_file,
             )
             jobs.append(job)
             owner.append(request)
@@ -279,7 +280,7 @@ def _promising(
 ) -> bool:
     """Whether ``outcome`` (the allocation on exact and estimated points) beats the best allocation
     on the exact points alone by more than :data:`_SETTLE_GAIN` -- or that one does not meet the target.
-    (With objective ``weights`` the allocations are compared by their weighted distortion.)"""
+    (With objective ``weights`` or an importance the allocations are compared by their distortion.)"""
     chosen = [t.points[t.chosen] for t in planned]
     exact = [ratecontrol.TensorPlan(t.name, t.sq_norm, [p for p in t.points if p.exact]) for t in planned]
     if not all(t.points for t in exact):
@@ -287,7 +288,8 @@ def _promising(
     alone = ratecontrol.allocate(exact, overhead, 0.0, sq_norm, budget, error, weights)
     if not alone["met"]:
         return True
-    if budget is None or weights is None:
+    weighted = weights is not None or any(p.distortion is not None for p in chosen)
+    if budget is None or not weighted:
         key = "predicted_bytes" if budget is None else "predicted_weighted_rel_error"
         return outcome["met"] and outcome[key] < alone[key] * (1 - _SETTLE_GAIN)
     ours = _distortion(chosen, weights)
@@ -296,10 +298,11 @@ def _promising(
 
 
 def _distortion(points: list[ratecontrol.Point], weights: list[float] | None) -> float:
-    """What the allocation minimises for these chosen points: their squared errors, weighted."""
+    """What the allocation minimises for these chosen points: their costs (distortion or squared
+    error, :attr:`ratecontrol.Point.cost`), weighted."""
     if weights is None:
-        return sum(p.sq_error for p in points)
-    return sum(w * p.sq_error for w, p in zip(weights, points, strict=True))
+        return sum(p.cost for p in points)
+    return sum(w * p.cost for w, p in zip(weights, points, strict=True))
 
 
 def _budget(measured: list[Any], heads: list[dict[str, Any]], options: Options) -> tuple[float | None, float, float]:

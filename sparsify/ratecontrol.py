@@ -37,6 +37,7 @@ import numpy as np
 
 from sparsify.codec import Original, encode_tensor
 from sparsify.errors import UsageError
+from sparsify.importance import TensorImportance
 from sparsify.io.base import TensorInfo
 from sparsify.metrics import finite_sq_norm
 from sparsify.pipeline import parse_pipeline
@@ -93,7 +94,8 @@ def _exp2(k: float) -> float:
 class Point:
     """One candidate as measured: stored bytes (parts plus manifest share) and squared error --
     exactly, with the manifest ``record`` it would write, or (``exact=False``) estimated on a sample
-    (:mod:`sparsify.estimate`), without one."""
+    (:mod:`sparsify.estimate`), without one. ``distortion``: the importance-weighted squared error
+    Σ a ΔW² (:mod:`sparsify.importance`) where the tensor has an importance, else None."""
 
     pipeline: str
     nbytes: int
@@ -101,6 +103,12 @@ class Point:
     rel_error: float
     record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     exact: bool = field(default=True, compare=False)
+    distortion: float | None = field(default=None, compare=False)
+
+    @property
+    def cost(self) -> float:
+        """What the allocation minimises for this point: its distortion, or its squared error."""
+        return self.sq_error if self.distortion is None else self.distortion
 
 
 @dataclass
@@ -124,34 +132,47 @@ class Plan:
 
 
 def measure_candidates(
-    array: np.ndarray, info: TensorInfo, candidates: Iterable[str], seed: int, original: Original | None = None
+    array: np.ndarray,
+    info: TensorInfo,
+    candidates: Iterable[str],
+    seed: int,
+    original: Original | None = None,
+    importance: TensorImportance | None = None,
 ) -> list[Point]:
     """Encode ``array`` with every candidate pipeline and measure it (bytes incl. manifest share).
     A candidate that does not apply to this tensor (a usage error, e.g. a shape it cannot take) is
     left out. ``original``: ``array`` as :class:`Original`, whose checksum, float64 views and norm
-    the candidates share."""
+    the candidates share; ``importance``: the tensor's, for each point's ``distortion``."""
     points = []
     original = original if original is not None else Original(array)
     for text in candidates:
         try:
             pipeline = parse_pipeline(text)
-            encoded = encode_tensor(array, info, Choice(pipeline, "candidate"), seed, original)
+            encoded = encode_tensor(array, info, Choice(pipeline, "candidate"), seed, original, importance)
         except UsageError:
             continue
         metrics = encoded.record["metrics"]
         sq_error = metrics["sq_error"] if math.isfinite(metrics["rel_error"]) else math.inf
         nbytes = encoded.record["stored_bytes"] + record_overhead(encoded.record)
-        points.append(Point(str(pipeline), nbytes, sq_error, metrics["rel_error"], encoded.record))
+        distortion = None
+        if importance is not None:
+            distortion = encoded.weighted_sq_error if math.isfinite(sq_error) else math.inf
+        points.append(Point(str(pipeline), nbytes, sq_error, metrics["rel_error"], encoded.record, True, distortion))
     return points
 
 
 def plan_tensor(
-    array: np.ndarray, info: TensorInfo, candidates: Iterable[str], seed: int, max_error: float | None
+    array: np.ndarray,
+    info: TensorInfo,
+    candidates: Iterable[str],
+    seed: int,
+    max_error: float | None,
+    importance: TensorImportance | None = None,
 ) -> TensorPlan:
-    """A tensor's :class:`TensorPlan`: its candidates measured, those above ``max_error`` dropped
-    (unless none is left)."""
+    """A tensor's :class:`TensorPlan`: its candidates measured (with ``importance``, their
+    distortion too), those above ``max_error`` dropped (unless none is left)."""
     original = Original(array)
-    points = measure_candidates(array, info, candidates, seed, original)
+    points = measure_candidates(array, info, candidates, seed, original, importance)
     measured = len(points)
     if max_error is not None:
         points = [p for p in points if p.rel_error <= max_error] or points
@@ -194,12 +215,20 @@ def substitute(plan: TensorPlan, requested: Iterable[str], exact: list[Point]) -
             raw = plan.estimates[p.pipeline]
             guess, truth = min(near, key=lambda pair: (abs(pair[0].nbytes - raw.nbytes), pair[0].nbytes))
             bytes_ratio = truth.nbytes / guess.nbytes if guess.nbytes > 0 else 1.0
-            error_ratio = truth.sq_error / guess.sq_error if guess.sq_error > 0 and truth.sq_error > 0 else 1.0
+            error_ratio = _ratio(truth.sq_error, guess.sq_error)
             sq_error = raw.sq_error * error_ratio
             rel_error = raw.rel_error * math.sqrt(error_ratio)
-            points[i] = Point(p.pipeline, round(raw.nbytes * bytes_ratio), sq_error, rel_error, exact=False)
+            distortion = None if raw.distortion is None else raw.distortion * _ratio(truth.cost, guess.cost)
+            points[i] = Point(
+                p.pipeline, round(raw.nbytes * bytes_ratio), sq_error, rel_error, exact=False, distortion=distortion
+            )
     plan.points = points
     plan.chosen = 0
+
+
+def _ratio(truth: float, guess: float) -> float:
+    """truth / guess where both are positive, else 1 (no correction)."""
+    return truth / guess if guess > 0 and truth > 0 else 1.0
 
 
 def family(pipeline: str) -> str:
@@ -208,21 +237,22 @@ def family(pipeline: str) -> str:
 
 
 def lower_hull(points: list[Point]) -> list[int]:
-    """Indices of the points on the lower convex hull of (bytes, squared error), by increasing bytes:
-    the only points a Lagrangian allocation can choose. Dominated and non-finite points are dropped."""
+    """Indices of the points on the lower convex hull of (bytes, cost), by increasing bytes (cost:
+    the distortion, or the squared error, :attr:`Point.cost`): the only points a Lagrangian
+    allocation can choose. Dominated and non-finite points are dropped."""
     order = sorted(
-        (i for i, p in enumerate(points) if math.isfinite(p.sq_error)),
-        key=lambda i: (points[i].nbytes, points[i].sq_error),
+        (i for i, p in enumerate(points) if math.isfinite(p.cost) and math.isfinite(p.sq_error)),
+        key=lambda i: (points[i].nbytes, points[i].cost),
     )
     hull: list[int] = []
     for i in order:
         p = points[i]
-        if hull and p.sq_error >= points[hull[-1]].sq_error:
+        if hull and p.cost >= points[hull[-1]].cost:
             continue  # more bytes, no less error
         while len(hull) >= 2:
             a, b = points[hull[-2]], points[hull[-1]]
             # b lies on or above the segment a-p: not on the lower hull
-            if (b.sq_error - a.sq_error) * (p.nbytes - a.nbytes) >= (p.sq_error - a.sq_error) * (b.nbytes - a.nbytes):
+            if (b.cost - a.cost) * (p.nbytes - a.nbytes) >= (p.cost - a.cost) * (b.nbytes - a.nbytes):
                 hull.pop()
             else:
                 break
@@ -234,7 +264,10 @@ OBJECTIVES = ("sse", "relative")
 """What a size target minimises (``--objective``): ``sse`` the model's total squared error Σ‖ΔW‖²
 (what the report's whole-model weighted rel. error measures), ``relative`` the sum of the tensors'
 squared *relative* errors Σ‖ΔW‖²/‖W‖², which spends bytes where a tensor's error is large for its
-size rather than where its weights are large (README, "Rate control")."""
+size rather than where its weights are large (README, "Rate control"). The third, ``importance``,
+is not chosen but set by an importance file (``--importance``): Σ a ΔW² (:mod:`sparsify.importance`),
+carried by each point's ``distortion``."""
+IMPORTANCE_OBJECTIVE = "importance"
 
 
 def objective_weights(objective: str, tensors: list[TensorPlan]) -> list[float] | None:
@@ -242,7 +275,7 @@ def objective_weights(objective: str, tensors: list[TensorPlan]) -> list[float] 
 
     ``relative``: ``mean ‖W‖² / ‖W_t‖²`` (a tensor of zero norm weighs as the mean one), so that the
     distortion is in the same units as ``sse`` and the reported slope stays comparable."""
-    if objective == "sse":
+    if objective in ("sse", IMPORTANCE_OBJECTIVE):  # the importance is in the points' distortion
         return None
     if objective != "relative":
         raise UsageError(f"unknown objective {objective!r}; choose one of: {', '.join(OBJECTIVES)}")
@@ -280,7 +313,7 @@ def allocate(
     for ti, (t, hull) in enumerate(zip(tensors, hulls, strict=True)):
         for k in range(1, len(hull)):
             a, b = t.points[hull[k - 1]], t.points[hull[k]]
-            segments.append((scale[ti] * (a.sq_error - b.sq_error) / max(b.nbytes - a.nbytes, 1), ti, k))
+            segments.append((scale[ti] * (a.cost - b.cost) / max(b.nbytes - a.nbytes, 1), ti, k))
     segments.sort(key=lambda s: (-s[0], s[1], s[2]))
     total_bytes = fixed_bytes + sum(t.points[t.chosen].nbytes for t in tensors)
     total_sq = fixed_sq_error + sum(t.points[t.chosen].sq_error for t in tensors)
@@ -328,10 +361,14 @@ def _refine(
     """
     rates = np.full((len(tensors), max((len(t.points) for t in tensors), default=0)), np.inf)
     raw_errors = np.full(rates.shape, np.inf)
+    costs = np.full(rates.shape, np.inf)
     for i, t in enumerate(tensors):
         rates[i, : len(t.points)] = [p.nbytes for p in t.points]
         raw_errors[i, : len(t.points)] = [p.sq_error for p in t.points]
-    errors = raw_errors if weights is None else raw_errors * np.asarray(weights, dtype=np.float64)[:, None]
+        costs[i, : len(t.points)] = [p.cost for p in t.points]
+    if error_budget is not None:
+        costs = raw_errors  # an error budget is on the squared error itself
+    errors = costs if weights is None else costs * np.asarray(weights, dtype=np.float64)[:, None]
     rows = np.arange(len(tensors))
     for _ in range(_REFINE_ROUNDS if tensors else 0):
         chosen = np.array([t.chosen for t in tensors])

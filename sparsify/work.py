@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparsify import checksum
+from sparsify import checksum, importance
 from sparsify.codec import EncodedTensor, SpooledPart, encode_tensor
 from sparsify.errors import InputError
+from sparsify.importance import ImportanceFile
 from sparsify.io import reader_class
 from sparsify.io.base import TensorInfo, WeightReader
 from sparsify.rules import Choice
@@ -58,6 +59,7 @@ class MeasureJob:
     share: tuple[int, int] = (0, 1)  # (i, n): measure the i-th of n consecutive slices of the candidates
     candidates: tuple[str, ...] | None = None
     estimate: bool = False
+    importance: ImportanceFile | None = None  # weigh the candidates' errors by it (sparsify.importance)
 
 
 def encode(job: EncodeJob) -> EncodedTensor:
@@ -102,9 +104,10 @@ def measure(job: MeasureJob) -> Any:
     mine = candidates[i * len(candidates) // n : (i + 1) * len(candidates) // n]
     # a share keeps every point: the bound is applied once the shares are joined
     bound = job.max_error if n == 1 else None
+    weights = importance.tensor_importance(job.importance, job.info)
     if job.estimate:
-        return estimate.estimate_tensor(array, job.info, mine, job.seed, bound)
-    return ratecontrol.plan_tensor(array, job.info, mine, job.seed, bound)
+        return estimate.estimate_tensor(array, job.info, mine, job.seed, bound, weights)
+    return ratecontrol.plan_tensor(array, job.info, mine, job.seed, bound, weights)
 
 
 def file_checksum(path: str) -> str:
@@ -147,3 +150,4 @@ def close_all() -> None:
         _open.popitem()[1].close()
     while _spools:
         _spools.popitem()[1].close()
+    importance.close_all()

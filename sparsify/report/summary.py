@@ -225,10 +225,13 @@ def plan_text(plan: dict[str, Any], totals: dict[str, Any]) -> str:
     )
     slope = num(plan.get("slope"), ".3g")
     objective = plan.get("objective", "sse")
-    minimised = "" if objective == "sse" else f"; minimising the {objective} error"
+    minimised = {"sse": "", "importance": "; minimising the importance-weighted error"}.get(
+        objective, f"; minimising the {objective} error"
+    )
+    unit = "weighted squared error" if objective == "importance" else "squared error"
     return (
         f"target {plan['mode']} {target.get(plan['mode'])} -> {achieved} "
-        f"({'met' if plan.get('met') else 'NOT MET'}){minimised}; slope {slope} squared error per byte, "
+        f"({'met' if plan.get('met') else 'NOT MET'}){minimised}; slope {slope} {unit} per byte, "
         f"{plan['candidates']} candidates measured"
     )
 

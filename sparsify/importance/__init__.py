@@ -1,0 +1,186 @@
+"""How much each weight matters: the importance file of ``--importance FILE``.
+
+With an importance file a size target (``--target-ratio``, ``--target-size``) minimises the
+*weighted* squared error Σ a ΔW² over the model -- for a linear layer's weight W (out, in) with
+per-input-channel importance a_j = E[x_j²] (the second moment of its input activations), that is
+E‖ΔW x‖², the energy of the error the layer adds to its output; with the diagonal K-FAC factors of
+the Fisher information, a_ij = E[g_i²] E[x_j²], it is the model's loss increase to second order.
+
+The file is a safetensors file of real floating-point tensors, each named after a tensor of the
+model (any weight file of a folder model), finite and >= 0, in one of these forms:
+
+* ``NAME``, shape = the weight's shape: one importance per weight (a full diagonal Fisher);
+* ``NAME``, shape = (the weight's last axis,): per column, i.e. per *input* channel of a torch
+  ``nn.Linear`` weight (out, in);
+* ``NAME:rows``, shape = (the weight's first axis,): per row (a torch weight's output channels, or
+  the token frequencies of an embedding table), alone or multiplying the ``NAME`` entry.
+
+A tensor the file does not name weighs 1 per weight (plain squared error). The values' overall
+scale matters only against those tensors'. :mod:`sparsify.importance.recorder` records a file for a
+torch model. Reading is strict (the container reader of :mod:`sparsify.container`): a file that is
+not such a safetensors file, or names a tensor the model does not have, is an :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sparsify.errors import InputError
+from sparsify.io.base import TensorInfo
+from sparsify.metrics import as_float64
+from sparsify.reproducible import sum_of_squares
+
+ROWS_SUFFIX = ":rows"
+"""Suffix of a per-row (first axis) importance entry."""
+
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+@dataclass(frozen=True)
+class TensorImportance:
+    """The importance of one tensor's weights, as factors whose product is the per-weight
+    importance a (float64, finite, >= 0): ``full`` in the tensor's shape, ``rows`` (shape[0],)
+    along the first axis, ``cols`` (shape[-1],) along the last; any may be None (a factor of 1)."""
+
+    full: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    cols: np.ndarray | None = None
+
+    def scale(self, shape: tuple[int, ...]) -> np.ndarray:
+        """sqrt(a), broadcastable to ``shape`` (sqrt is correctly rounded: the same on every machine)."""
+        ndim = max(len(shape), 1)
+        root = np.ones((1,) * ndim)
+        if self.full is not None:
+            root = root * np.sqrt(self.full.reshape(shape if shape else (1,)))
+        if self.rows is not None:
+            root = root * np.sqrt(self.rows).reshape((-1,) + (1,) * (ndim - 1))
+        if self.cols is not None:
+            root = root * np.sqrt(self.cols).reshape((1,) * (ndim - 1) + (-1,))
+        return root
+
+    def mean(self, shape: tuple[int, ...]) -> float:
+        """The mean importance over the tensor's weights (1.0 for an empty tensor)."""
+        numel = math.prod(shape)
+        if numel == 0:
+            return 1.0
+        return sum_of_squares(np.broadcast_to(self.scale(shape), shape if shape else (1,))) / numel
+
+    def weighted_sq_error(self, original: np.ndarray, decoded: np.ndarray) -> float:
+        """Σ a (decoded - original)² over the tensor (inf where a value is not finite in one and
+        differs in the other); both arrays in the tensor's shape."""
+        w, w_hat = as_float64(original), as_float64(decoded)
+        with np.errstate(all="ignore"):
+            diff = w_hat - w
+            if not np.isfinite(diff).all():
+                same = (w == w_hat) | (np.isnan(w) & np.isnan(w_hat))
+                if not (same | np.isfinite(diff)).all():
+                    return math.inf
+                diff = np.where(same, 0.0, diff)
+            return sum_of_squares(diff.reshape(w.shape if w.shape else (1,)) * self.scale(w.shape))
+
+
+@dataclass(frozen=True)
+class ImportanceFile:
+    """An importance file as the compress jobs see it: its path (as workers see it), its stamp
+    ``(size, mtime_ns)`` when it was checked, the names of the tensors it covers, and the checksum
+    of its bytes (the manifest's ``options.importance``)."""
+
+    path: str
+    stamp: tuple[int, int]
+    names: frozenset[str]
+    checksum: str
+
+
+def check_importance(path: str | Path, tensors: dict[str, TensorInfo]) -> ImportanceFile:
+    """Validate the importance file against the model's tensors (by name); InputError naming the
+    first problem. Every entry is read once here (values finite and >= 0)."""
+    from sparsify.checksum import file_checksum
+    from sparsify.io.safetensors_file import SafetensorsReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: importance file not found")
+    names = set()
+    with SafetensorsReader(path) as reader:
+        entries = reader.tensors()
+        if not entries:
+            raise InputError(f"{path}: the importance file holds no tensors")
+        for entry in entries:
+            name, rows = _split(entry.name)
+            info = tensors.get(name)
+            if info is None:
+                raise InputError(f"{path}: {entry.name!r} names no tensor of the model")
+            _check_entry(path, entry, info, rows, reader.read(entry.name))
+            names.add(name)
+        stamp = reader.stamp
+        digest = file_checksum(str(path))
+        reader.check_unchanged()
+    return ImportanceFile(str(path.resolve()), (stamp[0], stamp[1]), frozenset(names), digest)
+
+
+def _split(key: str) -> tuple[str, bool]:
+    """(tensor name, whether the entry is per row) of an importance file's key."""
+    if key.endswith(ROWS_SUFFIX):
+        return key[: -len(ROWS_SUFFIX)], True
+    return key, False
+
+
+def _check_entry(path: Path, entry: TensorInfo, info: TensorInfo, rows: bool, values: np.ndarray) -> None:
+    if entry.dtype not in _FLOAT_DTYPES:
+        raise InputError(f"{path}: {entry.name!r} is {entry.dtype}; importance is a float tensor (F16/BF16/F32/F64)")
+    if not info.shape:
+        raise InputError(f"{path}: {entry.name!r}: {info.name!r} is a scalar; give it no importance")
+    if rows:
+        allowed = {(info.shape[0],)}
+        what = f"({info.shape[0]},), the rows of {info.name!r}"
+    else:
+        allowed = {tuple(info.shape), (info.shape[-1],)}
+        what = f"{tuple(info.shape)} or ({info.shape[-1]},), the shape or the last axis of {info.name!r}"
+    if tuple(entry.shape) not in allowed:
+        raise InputError(f"{path}: {entry.name!r} has shape {tuple(entry.shape)}; expected {what}")
+    wide = as_float64(values)
+    if not (np.isfinite(wide).all() and (wide >= 0).all()):
+        raise InputError(f"{path}: {entry.name!r} holds negative or non-finite values")
+
+
+_cache: dict[tuple[str, tuple[int, int]], object] = {}
+
+
+def tensor_importance(source: ImportanceFile | None, info: TensorInfo) -> TensorImportance | None:
+    """The importance of one tensor from the file (None: the file does not name it, or no file),
+    read in this process (a worker reopens the file itself; InputError if it changed since it was
+    checked)."""
+    if source is None or info.name not in source.names:
+        return None
+    from sparsify.io.safetensors_file import SafetensorsReader
+
+    key = (source.path, source.stamp)
+    reader = _cache.get(key)
+    if reader is None:
+        reader = SafetensorsReader(Path(source.path))
+        if reader.stamp is None or tuple(reader.stamp[:2]) != tuple(source.stamp):
+            reader.close()
+            raise InputError(f"{source.path}: changed while it was being read")
+        for old in _cache.values():
+            old.close()
+        _cache.clear()
+        _cache[key] = reader
+    keys = {entry.name: entry for entry in reader.tensors()}
+    full = cols = rows = None
+    if info.name in keys:
+        values = as_float64(reader.read(info.name))
+        # per weight, or per column (for a 1-D tensor the two are one)
+        full, cols = (values, None) if values.ndim > 1 else (None, values)
+    if info.name + ROWS_SUFFIX in keys:
+        rows = as_float64(reader.read(info.name + ROWS_SUFFIX))
+    return TensorImportance(full, rows, cols)
+
+
+def close_all() -> None:
+    """Close the importance file this process keeps open."""
+    while _cache:
+        _cache.popitem()[1].close()

@@ -1,0 +1,337 @@
+"""--importance FILE: the file's forms and checks, the weighted distortion, the plan it makes, the
+torch recorder (where torch is installed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import SAMPLE_FILES
+from safetensors.numpy import load_file, save_file
+
+import sparsify
+from sparsify.archive.reader import Archive
+from sparsify.cli import cli
+from sparsify.errors import InputError, UsageError
+from sparsify.importance import TensorImportance, check_importance, tensor_importance
+from sparsify.io.base import TensorInfo
+
+DIGITS = SAMPLE_FILES["fp32"]  # torch layout: fc1.weight (256, 64), fc2.weight (128, 256), fc3.weight (10, 128)
+
+
+def digits_activations() -> dict[str, np.ndarray]:
+    """Per-input-channel second moments of the digits MLP's layers on sklearn's digits (the real
+    activations: pixel columns that are always blank weigh 0)."""
+    from sklearn.datasets import load_digits
+
+    weights = load_file(str(DIGITS))
+    x = load_digits().data[:600].astype(np.float64) / 16.0
+    entries = {}
+    for layer in ("fc1", "fc2", "fc3"):
+        entries[f"{layer}.weight"] = (x * x).mean(axis=0).astype(np.float32)
+        x = np.maximum(x @ weights[f"{layer}.weight"].T.astype(np.float64) + weights[f"{layer}.bias"], 0.0)
+    return entries
+
+
+def weighted_error(archive, importance: dict[str, np.ndarray]) -> float:
+    """Σ a ΔW² of a decoded archive against the digits model, by the importance's columns."""
+    original = load_file(str(DIGITS))
+    with Archive(archive) as opened:
+        decoded = {t["name"]: opened.decode(t) for t in opened.tensors}
+    total = 0.0
+    for name, w in original.items():
+        diff = decoded[name].astype(np.float64) - w.astype(np.float64)
+        a = importance.get(name, np.ones(w.shape[-1] if w.ndim else 1))
+        total += float(((diff * diff) * a.astype(np.float64)).sum())
+    return total
+
+
+@pytest.fixture
+def activations(tmp_path):
+    entries = digits_activations()
+    path = tmp_path / "importance.safetensors"
+    save_file(entries, str(path))
+    return path, entries
+
+
+def test_importance_spends_bytes_where_it_is_large(tmp_path):
+    """Two tensors alike, one a hundred times as important: with the importance file, the
+    important one gets the lower error and the weighted error falls well below the plain plan's."""
+    rng = np.random.default_rng(3)
+    model = tmp_path / "two.safetensors"
+    save_file({n: rng.standard_normal((256, 128)).astype(np.float32) for n in ("a.weight", "b.weight")}, str(model))
+    importance = tmp_path / "two-importance.safetensors"
+    save_file({"a.weight": np.full(128, 100.0, np.float32), "b.weight:rows": np.ones(256, np.float32)}, str(importance))
+    figures = {}
+    for label, file in (("sse", None), ("importance", importance)):
+        report = sparsify.compress(model, tmp_path / f"{label}.sparsify", target_ratio=8, importance=file)
+        assert report["plan"]["met"]
+        errors = {t["name"]: t["rel_error"] for t in report["tensors"]}
+        figures[label] = (errors, 100 * errors["a.weight"] ** 2 + errors["b.weight"] ** 2)
+    assert figures["importance"][0]["a.weight"] < 0.5 * figures["importance"][0]["b.weight"]
+    assert figures["importance"][1] < 0.5 * figures["sse"][1]
+
+
+def test_real_activations_record_the_file(tmp_path, activations):
+    """The digits MLP with its real input moments: a plan that meets the target, records the file by
+    name and checksum, and whose weighted error is no worse than the plain plan's (the manifest that
+    names the file costs it a few of the budget's bytes)."""
+    path, entries = activations
+    figures = {}
+    for label, importance in (("sse", None), ("importance", path)):
+        out = tmp_path / f"{label}.sparsify"
+        report = sparsify.compress(DIGITS, out, target_ratio=10, importance=importance)
+        assert report["plan"]["met"]
+        figures[label] = weighted_error(out, entries)
+    assert figures["importance"] < 1.02 * figures["sse"]
+    manifest = Archive(tmp_path / "importance.sparsify").manifest
+    assert manifest["options"]["objective"] == manifest["plan"]["objective"] == "importance"
+    assert manifest["options"]["importance"]["file"] == "importance.safetensors"
+    assert manifest["options"]["importance"]["checksum"].startswith("xxh3:")
+    assert "importance" not in Archive(tmp_path / "sse.sparsify").manifest["options"]
+
+
+def test_importance_plan_is_deterministic_across_jobs(tmp_path):
+    outs = []
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}.sparsify"
+        sparsify.compress(SAMPLE_FILES["crepe"], out, target_ratio=8, importance=_crepe_importance(tmp_path), jobs=jobs)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def _crepe_importance(tmp_path):
+    """Per-row importance for every 2-D-or-more tensor of CREPE tiny (a Keras file: rows = axis 0)."""
+    path = tmp_path / "crepe-importance.safetensors"
+    if not path.exists():
+        from sparsify.io import open_weights
+
+        rng = np.random.default_rng(5)
+        with open_weights(SAMPLE_FILES["crepe"]) as reader:
+            entries = {
+                f"{t.name}:rows": rng.gamma(0.5, 2.0, t.shape[0]).astype(np.float32)
+                for t in reader.tensors()
+                if len(t.shape) >= 2
+            }
+        save_file(entries, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["full", "rows", "cols", "rows+cols"],
+)
+def test_weighted_sq_error_of_each_form(form):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 5)).astype(np.float32)
+    w_hat = w + rng.standard_normal(w.shape).astype(np.float32) * 0.1
+    full, rows, cols = rng.random((6, 5)), rng.random(6), rng.random(5)
+    a = {
+        "full": full,
+        "rows": rows[:, None] * np.ones(5),
+        "cols": np.ones((6, 1)) * cols,
+        "rows+cols": np.outer(rows, cols),
+    }
+    importance = TensorImportance(
+        full if form == "full" else None,
+        rows if "rows" in form else None,
+        cols if "cols" in form else None,
+    )
+    expected = float((a[form] * (w_hat.astype(np.float64) - w) ** 2).sum())
+    assert importance.weighted_sq_error(w, w_hat) == pytest.approx(expected, rel=1e-12)
+    assert importance.mean(w.shape) == pytest.approx(float(a[form].mean()), rel=1e-12)
+    assert importance.weighted_sq_error(w, w.copy()) == 0.0
+
+
+def test_weighted_sq_error_non_finite():
+    importance = TensorImportance(cols=np.ones(3))
+    w = np.array([[1.0, np.nan, np.inf]], dtype=np.float32)
+    assert importance.weighted_sq_error(w, w.copy()) == 0.0  # the same non-finite values: no error
+    assert importance.weighted_sq_error(w, np.array([[1.0, 0.0, np.inf]], dtype=np.float32)) == float("inf")
+
+
+def test_tensor_importance_reads_each_form(tmp_path):
+    path = tmp_path / "imp.safetensors"
+    save_file(
+        {
+            "a": np.arange(4, dtype=np.float32),
+            "a:rows": np.ones(3, dtype=np.float32),
+            "b": np.ones((2, 2), dtype=np.float32),
+            "bias": np.full(3, 2.0, dtype=np.float32),
+        },
+        str(path),
+    )
+    tensors = {
+        "a": TensorInfo("a", "F32", (3, 4), "first"),
+        "b": TensorInfo("b", "F32", (2, 2), "first"),
+        "bias": TensorInfo("bias", "F32", (3,), "first"),
+        "c": TensorInfo("c", "F32", (3, 4), "first"),
+    }
+    source = check_importance(path, tensors)
+    assert source.names == {"a", "b", "bias"}
+    a = tensor_importance(source, tensors["a"])
+    assert a.full is None and a.cols.tolist() == [0, 1, 2, 3] and a.rows.tolist() == [1, 1, 1]
+    b = tensor_importance(source, tensors["b"])
+    assert b.full.shape == (2, 2) and b.rows is None and b.cols is None
+    assert tensor_importance(source, tensors["bias"]).cols.tolist() == [2, 2, 2]
+    assert tensor_importance(source, tensors["c"]) is None
+    assert tensor_importance(None, tensors["a"]) is None
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ({"nope.weight": np.ones(64, np.float32)}, "'nope.weight' names no tensor of the model"),
+        ({"fc1.weight": np.ones(63, np.float32)}, "has shape (63,); expected (256, 64) or (64,)"),
+        ({"fc1.weight:rows": np.ones(64, np.float32)}, "expected (256,), the rows of 'fc1.weight'"),
+        ({"fc1.weight": -np.ones(64, np.float32)}, "negative or non-finite values"),
+        ({"fc1.weight": np.full(64, np.nan, np.float32)}, "negative or non-finite values"),
+        ({"fc1.weight": np.ones(64, np.int32)}, "is I32; importance is a float tensor"),
+        ({}, "holds no tensors"),
+    ],
+)
+def test_bad_importance_files_are_input_errors(tmp_path, entries, message):
+    path = tmp_path / "bad.safetensors"
+    save_file(entries, str(path))
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sparsify.compress(DIGITS, tmp_path / "out.sparsify", target_ratio=8, importance=path)
+    assert not (tmp_path / "out.sparsify").exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "sparsify", "compress", str(DIGITS), "-o", str(tmp_path / "o.sparsify"),
+         "--target-ratio", "8", "--importance", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_not_a_safetensors_file(tmp_path):
+    path = tmp_path / "imp.safetensors"
+    path.write_bytes(b"\x00" * 20)
+    with pytest.raises(InputError):
+        sparsify.compress(DIGITS, tmp_path / "out.sparsify", target_ratio=8, importance=path)
+    with pytest.raises(InputError, match="importance file not found"):
+        sparsify.compress(DIGITS, tmp_path / "out.sparsify", target_ratio=8, importance=tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"target_error": 0.1}, "--importance applies to a size target"),
+        ({"pipeline": "auto", "max_error": 0.1}, "--importance applies to a size target"),
+        ({"target_ratio": 8, "objective": "relative"}, "drop --objective relative"),
+    ],
+)
+def test_importance_usage_errors(tmp_path, activations, options, message):
+    with pytest.raises(UsageError, match=message):
+        sparsify.compress(DIGITS, tmp_path / "out.sparsify", importance=activations[0], **options)
+
+
+def test_cli_importance(tmp_path, activations):
+    out = tmp_path / "cli.sparsify"
+    result = subprocess.run(
+        [sys.executable, "-m", "sparsify", "compress", str(DIGITS), "-o", str(out), "--target-ratio", "10",
+         "--importance", str(activations[0]), "--json", "-q"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["plan"]["objective"] == "importance" and report["plan"]["met"]
+    api = sparsify.compress(DIGITS, tmp_path / "api.sparsify", target_ratio=10, importance=activations[0])
+    assert [t["pipeline"] for t in report["tensors"]] == [t["pipeline"] for t in api["tensors"]]
+    assert Archive(out).manifest["options"] == Archive(tmp_path / "api.sparsify").manifest["options"]
+    assert api["plan"]["objective"] == "importance"
+
+
+# --- the torch recorder ----------------------------------------------------------------------------
+
+
+def _tiny_lm(torch):
+    class TinyLM(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(40, 32)
+            self.norm = torch.nn.LayerNorm(32)
+            self.hidden = torch.nn.Linear(32, 96)
+            self.head = torch.nn.Linear(96, 40)
+
+        def forward(self, tokens):
+            return self.head(torch.relu(self.hidden(self.norm(self.embed(tokens)))))
+
+    torch.manual_seed(0)
+    return TinyLM().eval()
+
+
+def test_recorder_activations_match_numpy(tmp_path):
+    torch = pytest.importorskip("torch")
+    from sparsify.importance.recorder import record_importance
+
+    model = _tiny_lm(torch)
+    batches = [torch.randint(0, 40, (4, 12), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    entries = record_importance(model, batches)
+    assert sorted(entries) == ["embed.weight:rows", "head.weight", "hidden.weight"]
+    tokens = torch.cat([b.reshape(-1) for b in batches])
+    with torch.no_grad():
+        normed = model.norm(model.embed(tokens))
+        hidden = torch.relu(model.hidden(normed))
+    np.testing.assert_allclose(entries["hidden.weight"], (normed.double() ** 2).mean(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(entries["head.weight"], (hidden.double() ** 2).mean(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(entries["embed.weight:rows"], np.bincount(tokens.numpy(), minlength=40) / tokens.numel())
+
+
+def test_recorder_fisher_and_compress(tmp_path):
+    """K-FAC factors from a loss: one entry per weight form, mean importance 1, gradients cleared;
+    the saved file drives a compress of the model's own safetensors from the API and the CLI."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file as save_torch
+
+    from sparsify.importance.recorder import record_importance, save_importance
+
+    model = _tiny_lm(torch)
+    batches = [torch.randint(0, 40, (4, 12), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+
+    def loss(logits, tokens):
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 40), tokens.reshape(-1))
+
+    entries = record_importance(model, batches, loss=loss)
+    assert all(p.grad is None for p in model.parameters())
+    assert entries["embed.weight"].shape == (40, 32)
+    assert entries["hidden.weight"].shape == (32,) and entries["hidden.weight:rows"].shape == (96,)
+    assert entries["norm.weight"].shape == entries["norm.bias"].shape == (32,)
+    assert entries["head.bias"].shape == (40,)
+    assert all(np.isfinite(v).all() and (v >= 0).all() for v in entries.values())
+    per_weight = [
+        (np.outer(entries[f"{n}:rows"], entries[n]).sum(), entries[f"{n}:rows"].size * entries[n].size)
+        if f"{n}:rows" in entries
+        else (entries[n].sum(), entries[n].size)
+        for n in (
+            "embed.weight",
+            "hidden.weight",
+            "head.weight",
+            "norm.weight",
+            "norm.bias",
+            "hidden.bias",
+            "head.bias",
+        )
+    ]
+    assert sum(s for s, _ in per_weight) / sum(c for _, c in per_weight) == pytest.approx(1.0, rel=1e-5)
+
+    weights = tmp_path / "tiny.safetensors"
+    save_torch({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    importance = tmp_path / "tiny-importance.safetensors"
+    save_importance(entries, importance)
+    report = sparsify.compress(weights, tmp_path / "api.sparsify", target_ratio=6, min_size=16, importance=importance)
+    assert report["plan"]["objective"] == "importance" and report["plan"]["met"]
+    result = CliRunner().invoke(
+        cli,
+        ["compress", str(weights), "-o", str(tmp_path / "cli.sparsify"), "--target-ratio", "6", "--min-size", "16",
+         "--importance", str(importance), "-q"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        Archive(tmp_path / "cli.sparsify").manifest["tensors"] == Archive(tmp_path / "api.sparsify").manifest["tensors"]
+    )
