@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparsify import checksum, importance
+from sparsify import checksum
 from sparsify.codec import EncodedTensor, SpooledPart, encode_tensor
 from sparsify.errors import InputError
-from sparsify.importance import ImportanceFile
+from sparsify.importance import ImportanceFile, tensor_importance
 from sparsify.io import reader_class
 from sparsify.io.base import TensorInfo, WeightReader
 from sparsify.rules import Choice
@@ -104,7 +104,10 @@ def measure(job: MeasureJob) -> Any:
     mine = candidates[i * len(candidates) // n : (i + 1) * len(candidates) // n]
     # a share keeps every point: the bound is applied once the shares are joined
     bound = job.max_error if n == 1 else None
-    weights = importance.tensor_importance(job.importance, job.info)
+    weights = None
+    if job.importance is not None:  # read like a weight file: this process's reader, its stamp checked
+        file = Source(job.importance.path, "safetensors", job.importance.stamp)
+        weights = tensor_importance(job.importance, job.info, lambda key: read(file, key))
     if job.estimate:
         return estimate.estimate_tensor(array, job.info, mine, job.seed, bound, weights)
     return ratecontrol.plan_tensor(array, job.info, mine, job.seed, bound, weights)
@@ -150,4 +153,3 @@ def close_all() -> None:
         _open.popitem()[1].close()
     while _spools:
         _spools.popitem()[1].close()
-    importance.close_all()

@@ -14,6 +14,7 @@ from conftest import SAMPLE_FILES
 from safetensors.numpy import load_file, save_file
 
 import sparsify
+from sparsify import work
 from sparsify.archive.reader import Archive
 from sparsify.cli import cli
 from sparsify.errors import InputError, UsageError
@@ -172,14 +173,20 @@ def test_tensor_importance_reads_each_form(tmp_path):
         "c": TensorInfo("c", "F32", (3, 4), "first"),
     }
     source = check_importance(path, tensors)
-    assert source.names == {"a", "b", "bias"}
-    a = tensor_importance(source, tensors["a"])
+    assert source.keys == {"a", "a:rows", "b", "bias"}
+    file = work.Source(source.path, "safetensors", source.stamp)
+
+    def read(info):
+        return tensor_importance(source, info, lambda key: work.read(file, key))
+
+    a = read(tensors["a"])
     assert a.full is None and a.cols.tolist() == [0, 1, 2, 3] and a.rows.tolist() == [1, 1, 1]
-    b = tensor_importance(source, tensors["b"])
+    b = read(tensors["b"])
     assert b.full.shape == (2, 2) and b.rows is None and b.cols is None
-    assert tensor_importance(source, tensors["bias"]).cols.tolist() == [2, 2, 2]
-    assert tensor_importance(source, tensors["c"]) is None
-    assert tensor_importance(None, tensors["a"]) is None
+    assert read(tensors["bias"]).cols.tolist() == [2, 2, 2]
+    assert read(tensors["c"]) is None
+    assert tensor_importance(None, tensors["a"], lambda key: None) is None
+    work.close_all()
 
 
 @pytest.mark.parametrize(

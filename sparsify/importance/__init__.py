@@ -24,6 +24,7 @@ not such a safetensors file, or names a tensor the model does not have, is an :c
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,12 +87,12 @@ class TensorImportance:
 @dataclass(frozen=True)
 class ImportanceFile:
     """An importance file as the compress jobs see it: its path (as workers see it), its stamp
-    ``(size, mtime_ns)`` when it was checked, the names of the tensors it covers, and the checksum
-    of its bytes (the manifest's ``options.importance``)."""
+    ``(size, mtime_ns)`` when it was checked, its entries' keys, and the checksum of its bytes (the
+    manifest's ``options.importance``)."""
 
     path: str
     stamp: tuple[int, int]
-    names: frozenset[str]
+    keys: frozenset[str]
     checksum: str
 
 
@@ -104,7 +105,6 @@ def check_importance(path: str | Path, tensors: dict[str, TensorInfo]) -> Import
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: importance file not found")
-    names = set()
     with SafetensorsReader(path) as reader:
         entries = reader.tensors()
         if not entries:
@@ -115,11 +115,11 @@ def check_importance(path: str | Path, tensors: dict[str, TensorInfo]) -> Import
             if info is None:
                 raise InputError(f"{path}: {entry.name!r} names no tensor of the model")
             _check_entry(path, entry, info, rows, reader.read(entry.name))
-            names.add(name)
         stamp = reader.stamp
         digest = file_checksum(str(path))
         reader.check_unchanged()
-    return ImportanceFile(str(path.resolve()), (stamp[0], stamp[1]), frozenset(names), digest)
+    keys = frozenset(entry.name for entry in entries)
+    return ImportanceFile(str(path.resolve()), (stamp[0], stamp[1]), keys, digest)
 
 
 def _split(key: str) -> tuple[str, bool]:
@@ -147,40 +147,15 @@ def _check_entry(path: Path, entry: TensorInfo, info: TensorInfo, rows: bool, va
         raise InputError(f"{path}: {entry.name!r} holds negative or non-finite values")
 
 
-_cache: dict[tuple[str, tuple[int, int]], object] = {}
-
-
-def tensor_importance(source: ImportanceFile | None, info: TensorInfo) -> TensorImportance | None:
-    """The importance of one tensor from the file (None: the file does not name it, or no file),
-    read in this process (a worker reopens the file itself; InputError if it changed since it was
-    checked)."""
-    if source is None or info.name not in source.names:
+def tensor_importance(
+    source: ImportanceFile | None, info: TensorInfo, read: Callable[[str], np.ndarray]
+) -> TensorImportance | None:
+    """The importance of one tensor (None: no file, or the file does not name it), its entries
+    read with ``read(key)`` (the caller's reader of the checked file)."""
+    if source is None or not {info.name, info.name + ROWS_SUFFIX} & source.keys:
         return None
-    from sparsify.io.safetensors_file import SafetensorsReader
-
-    key = (source.path, source.stamp)
-    reader = _cache.get(key)
-    if reader is None:
-        reader = SafetensorsReader(Path(source.path))
-        if reader.stamp is None or tuple(reader.stamp[:2]) != tuple(source.stamp):
-            reader.close()
-            raise InputError(f"{source.path}: changed while it was being read")
-        for old in _cache.values():
-            old.close()
-        _cache.clear()
-        _cache[key] = reader
-    keys = {entry.name: entry for entry in reader.tensors()}
-    full = cols = rows = None
-    if info.name in keys:
-        values = as_float64(reader.read(info.name))
-        # per weight, or per column (for a 1-D tensor the two are one)
-        full, cols = (values, None) if values.ndim > 1 else (None, values)
-    if info.name + ROWS_SUFFIX in keys:
-        rows = as_float64(reader.read(info.name + ROWS_SUFFIX))
-    return TensorImportance(full, rows, cols)
-
-
-def close_all() -> None:
-    """Close the importance file this process keeps open."""
-    while _cache:
-        _cache.popitem()[1].close()
+    values = as_float64(read(info.name)) if info.name in source.keys else None
+    rows = as_float64(read(info.name + ROWS_SUFFIX)) if info.name + ROWS_SUFFIX in source.keys else None
+    if values is not None and values.ndim > 1:  # per weight
+        return TensorImportance(full=values, rows=rows)
+    return TensorImportance(rows=rows, cols=values)  # per column (for a 1-D tensor the same thing)

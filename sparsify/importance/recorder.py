@@ -94,7 +94,7 @@ def save_importance(importance: dict[str, np.ndarray], path: str | Path) -> None
 
 
 def _call(model: Any, batch: Any) -> Any:
-    if isinstance(batch, dict) or hasattr(batch, "keys"):
+    if hasattr(batch, "keys"):  # a dict, or transformers' BatchEncoding
         return model(**batch)
     if isinstance(batch, (tuple, list)):
         return model(*batch)
