@@ -7,18 +7,20 @@ weights in 149 tensors), its checkpoint converted to safetensors by ``bench/anti
 
 Inputs (``bench/task_sequences.py``, regenerated from the seed every run): 200 test sequences,
 seeded point mutations (1-5 % of positions) of the three unmasked sequences in AntiBERTy's README;
-64 calibration sequences from the same stream, disjoint (for the importance file, not used yet).
+64 calibration sequences from the same stream, disjoint, from which ``bench/task_importance.py`` records
+the two importance files (activation second moments; the masked-LM loss's K-FAC Fisher factors).
 The MLM inputs mask a fixed seeded 15 % of each test sequence's residues (the same for every setting).
 
 Settings (``SETTINGS``, one line each; all in one run): the original; RTN through sparsify's own
 pipelines (``quant:bits=B[,group=128]+zstd``: round to nearest, symmetric, a float16 scale per row
 or per group of 128, the codes and scales then zstd-coded); an NF4 reference (``bench/task_nf4.py``,
 numpy, not sparsify); sparsify rate control ``target_ratio=R`` with default options, swept; and
-other sparsify options. Every sparsify setting is a real archive: ``sparsify.compress`` of the fp32
-file, ``sparsify.decompress``, the decompressed file loaded into the model. As sparsify applies any
+other sparsify options, ``importance=`` one of the two recorded files among them. Every sparsify
+setting is a real archive: ``sparsify.compress`` of the fp32 file, ``sparsify.decompress``, the
+decompressed file loaded into the model. As sparsify applies any
 pipeline, 1-D tensors and tensors under 1,024 elements (biases, LayerNorms, ``position_ids``) stay
 lossless; NF4 quantises the same tensors (>= 2-D float, >= 1,024 elements). A setting whose keyword
-``sparsify.compress`` does not accept (yet) is listed as planned and skipped (``PLANNED``).
+``sparsify.compress`` does not accept (yet) is listed as planned and skipped.
 
 Bits per weight = 8 x archive bytes / 26,040,892 (every tensor of the file). NF4 has no archive: its
 figure is the same whole-model count, 4 bits per quantised value + 32 bits per block of 64 on the
@@ -63,6 +65,7 @@ import transformers  # noqa: E402
 from antiberty import AntiBERTyUnavailable, antiberty_files, wheel_path  # noqa: E402
 from common import log, machine  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
+from task_importance import MODES, record  # noqa: E402
 from task_model import build_model, compare, load, make_inputs, run  # noqa: E402
 from task_nf4 import quantise  # noqa: E402
 from task_report import digits_met, render, targets  # noqa: E402
@@ -79,12 +82,14 @@ class Setting:
     label: str
     kind: str  # "original", "sparsify" (sparsify.compress keywords in call) or "nf4"
     family: str  # "original", "rtn", "nf4", "sweep" (target_ratio, defaults), "data-free", "importance"
-    call: dict[str, Any] = field(default_factory=dict)
+    call: dict[str, Any] = field(default_factory=dict)  # importance: the mode; its file is made in the run
 
 
 def rate(ratio: float, family: str = "sweep", **options: Any) -> Setting:
     """A rate-control setting: ``sparsify.compress(..., target_ratio=ratio, **options)``."""
-    flags = "".join(f" --{k} {'FILE' if k == 'importance' else v}" for k, v in options.items())
+    flags = "".join(
+        f" --{k} {v + '.safetensors' if k == 'importance' else v}".replace("_", "-") for k, v in options.items()
+    )
     return Setting(f"sparsify --target-ratio {ratio}{flags}", "sparsify", family, {"target_ratio": ratio, **options})
 
 
@@ -103,13 +108,7 @@ SETTINGS = [
     Setting("NF4 b64 absmax (numpy reference)", "nf4", "nf4"),
     *(rate(r) for r in SWEEP),
     *(rate(r, "data-free", objective="relative") for r in (7.12, 8.01, 9.1)),
-]
-# Planned settings: run when sparsify.compress accepts their keywords (and their inputs exist), else
-# listed as skipped. IMPORTANCE: the file an importance helper will make from calibration_sequences().
-IMPORTANCE: Path | None = None
-PLANNED = [
-    rate(8.01, "importance", importance=IMPORTANCE),
-    rate(9.1, "importance", importance=IMPORTANCE),
+    *(rate(r, "importance", importance=mode) for mode in MODES for r in (7.12, 8.01, 9.1, 10.5)),
 ]
 DIGITS_RATIOS = (12, 12.5, 13, 13.5, 14)  # the targets: bench/task_report.py
 
@@ -122,11 +121,18 @@ def missing_keywords(setting: Setting) -> list[str]:
     return [k for k in setting.call if k not in accepted]
 
 
+def importance_file(work: Path, mode: str) -> Path:
+    return work / f"{mode}.safetensors"
+
+
 def sparsify_weights(source: Path, setting: Setting, work: Path, numel: int) -> tuple[Path, dict[str, Any]]:
     """Compress ``source`` as ``setting`` says and decompress it: (restored file, the point's figures)."""
     archive, restored = work / "model.sparsify", work / "restored.safetensors"
+    call = dict(setting.call)
+    if "importance" in call:
+        call["importance"] = importance_file(work, call["importance"])
     start = time.perf_counter()
-    report = sparsify.compress(source, archive, force=True, **setting.call)
+    report = sparsify.compress(source, archive, force=True, **call)
     seconds = time.perf_counter() - start
     sparsify.decompress(archive, restored, force=True)
     totals = report["totals"]
@@ -203,14 +209,17 @@ def bench_antiberty(files, threads: int) -> dict[str, Any]:
         "points": [],
     }
     with tempfile.TemporaryDirectory(prefix="sparsify-task-") as tmp:
-        for setting in SETTINGS + PLANNED:
+        entry["importance_files"] = []
+        for mode in MODES:
+            figures = record(model, files.package, mode, importance_file(Path(tmp), mode))
+            log(f"antiberty: importance {mode}: {figures['entries']} entries in {figures['seconds']:.1f} s")
+            entry["importance_files"].append(figures)
+        for setting in SETTINGS:
             point: dict[str, Any] = {"label": setting.label, "family": setting.family, "call": setting.call}
             entry["points"].append(point)
             absent = missing_keywords(setting)
             if absent:
                 point["status"] = f"planned: sparsify.compress has no {', '.join(absent)} keyword yet"
-            elif setting.family == "importance" and setting.call.get("importance") is None:
-                point["status"] = "planned: no importance file yet (its helper will use calibration_sequences())"
             if "status" in point:
                 log(f"antiberty: {setting.label}: {point['status']}")
                 continue

@@ -169,8 +169,8 @@ def target_lines(entry: dict[str, Any]) -> list[str]:
     importance = "1 − cosine ≤ RTN int6 g128's" + (
         ""
         if t["importance_4_0"]["measured"]
-        else "; no importance setting ran (sparsify.compress has no importance option yet), so the figures are "
-        "the data-free ones: the gap an importance file has to close"
+        else "; no importance setting ran, so the figures are the data-free ones: the gap an importance file "
+        "has to close"
     )
     return [
         f"RTN int6 g128: {int6['bits']:.3f} bits/weight, 1 − cosine {sci(int6['one_minus_cosine'])}; RTN int4 g128: "
@@ -239,8 +239,8 @@ def gap_lines(entry: dict[str, Any]) -> list[str]:
         f"the weights' error here (Spearman's ρ = {rho:.3f} between weight rel. error and 1 − cosine over the "
         f"{len(lossy)} lossy settings), and choosing steps for the least total "
         "(or relative) squared error does not buy that much: closing the gaps needs the error weighted by its "
-        "effect on the outputs (the importance file, planned) or a codec that stores the same weight error in "
-        "about the bits the sweep is short by."
+        "effect on the outputs (the `--importance` rows: how far a calibration set gets) or a codec that stores "
+        "the same weight error in about the bits the sweep is short by."
     ]
 
 
@@ -289,6 +289,32 @@ def digits_lines(digits: dict[str, Any]) -> list[str]:
     return [*lines, "", text]
 
 
+def importance_lines(entry: dict[str, Any]) -> list[str]:
+    """How the run's importance files were made (``bench/task_importance.py``)."""
+    made = {f["mode"]: f for f in entry.get("importance_files", [])}
+    if not made:
+        return ["Importance files: none made in this run."]
+    described = {
+        "activations": "no loss: E[x_j²] per input channel of every linear layer and token frequencies per "
+        "embedding row, over the unmasked and the masked calibration batches, each entry scaled to mean 1",
+        "fisher": "the masked-LM cross-entropy against the true residues at a seeded 15 % of the calibration "
+        "residues (the empirical Fisher): K-FAC's diagonal factors, E[g_i²] per row × E[x_j²] per column of "
+        "every linear weight, summed g² per embedding weight, the LayerNorms' E[(g x̂)²] and E[g²]; mean 1",
+    }
+    parts = [
+        f"`{mode}.safetensors` ({described.get(mode, mode)}; {f['entries']} entries, {f['values']:,} values, "
+        f"{f['file_bytes']:,} bytes, recorded in {f['seconds']:.1f} s from {f['batches']} batches)"
+        for mode, f in made.items()
+    ]
+    return [
+        "Importance files (`sparsify.importance.recorder.record_importance` on the "
+        f"{entry['calibration_sequences']} calibration sequences, `bench/task_importance.py`): "
+        f"{'; '.join(parts)}. The `--importance` settings below compress with one of them: the rate control "
+        "minimises the importance-weighted squared error, and its candidates include `quant:step=d,weighted=true` "
+        "(format 3.2: a step per row and column of each weight, ∝ a^(−1/2) in quarter octaves)."
+    ]
+
+
 def render(data: dict[str, Any]) -> str:
     m, e = data["machine"], data["antiberty"]
     ok = [p for p in e["points"] if p.get("status") == "ok"]
@@ -319,7 +345,8 @@ def render(data: dict[str, Any]) -> str:
         "distinct positions, r ~ U[1 %, 5 %), each to one of the 19 other standard amino acids; repeats dropped. The "
         f"first {e['test_sequences']} distinct draws are the test set (lengths {e['sequence_lengths'][0]}-"
         f"{e['sequence_lengths'][1]}), the next {e['calibration_sequences']} the calibration set "
-        f"(`calibration_sequences()`, disjoint; not used yet). MLM inputs: `default_rng({data['mask_seed']})`, "
+        "(`calibration_sequences()`, disjoint: the importance files' only input). MLM inputs: "
+        f"`default_rng({data['mask_seed']})`, "
         f"round(15 % × length) residue positions of each test sequence set to [MASK] "
         f"({e['masked_positions']:,} positions, the same for every setting).",
         "",
@@ -333,6 +360,8 @@ def render(data: dict[str, Any]) -> str:
         "(32, and 64 for `position_ids`), over all weights. The RTN rows are sparsify's own `quant` pipelines "
         "(symmetric, a float16 scale per row for int8, per group of 128 otherwise) + zstd, so their bits are "
         "entropy-coded: below the nominal 8.0 / 6.125 / 5.125 / 4.125 on the quantised tensors.",
+        "",
+        *importance_lines(e),
         "",
         "## AntiBERTy: every setting",
         "",

@@ -232,7 +232,8 @@ def _write_archives(
     ``spool``: a folder where local workers leave the coded parts for the archives to copy."""
     where = None if spool is None else str(spool)
     jobs = [
-        work.EncodeJob(i.source, i.info, c, options.seed, where) for i, c in zip(read.items, plan.choices, strict=True)
+        work.EncodeJob(i.source, i.info, c, options.seed, where, options.importance_file)
+        for i, c in zip(read.items, plan.choices, strict=True)
     ]
     sizes = [nbytes_of(i.info.dtype, i.info.shape) for i in read.items]
     total, done, finished = sum(sizes), 0, 0
@@ -262,7 +263,7 @@ def _write_archives(
                 if progress:
                     progress(item.info.name, finished, len(jobs), done, total)
             read.readers[index].check_unchanged()  # never an archive of a file that changed while read
-            writer.finish(build_manifest(head, plan.summary, records, options.max_error))
+            writer.finish(build_manifest(head, plan.summary, records, options.recorded_max_error))
         finally:
             writer.close()
 
@@ -336,7 +337,9 @@ def _write_index(
         "plan": plan.summary,
         "weights": weights,
         "files": files,
-        "gate": gate(((f"{file}: {r['name']}", r["metrics"]["rel_error"]) for file, r in records), options.max_error),
+        "gate": gate(
+            ((f"{file}: {r['name']}", r["metrics"]["rel_error"]) for file, r in records), options.recorded_max_error
+        ),
     }
     with open(destination / INDEX_NAME, "wb") as out:
         out.write(index_text(index))

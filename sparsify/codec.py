@@ -147,6 +147,7 @@ def encode_tensor(
     seed: int = 0,
     original: Original | None = None,
     importance: TensorImportance | None = None,
+    step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None,
 ) -> EncodedTensor:
     """Run ``choice.pipeline`` on one tensor, decode what would be stored and measure it.
 
@@ -155,15 +156,20 @@ def encode_tensor(
     ``max_error`` budget and the measured error exceeds it (rounding of stored values), the pipeline
     runs again with the budget tightened by the overshoot, up to a few times; ``budget_scale`` in the
     record says by how much (1.0: not needed). ``original``: ``array`` wrapped as :class:`Original`,
-    when the caller encodes it several times. ``importance``: also measure the importance-weighted
-    squared error (``weighted_sq_error``; 0 for a bit-exact decode).
+    when the caller encodes it several times. ``importance``: the steps of ``quant:...,weighted=true``
+    stages (:meth:`TensorImportance.step_shifts`), and also measure the importance-weighted squared
+    error (``weighted_sq_error``; 0 for a bit-exact decode). ``step_shifts``: those steps as given
+    instead (a sample's, :mod:`sparsify.estimate`).
     """
     pipeline = choice.pipeline
     bound = None if pipeline.lossless else pipeline.methods[-1].config.get("max_error")
     scale = 1.0
     original = original if original is not None else Original(array)
+    shifts = step_shifts
+    if shifts is None and importance is not None and any(m.config.get("weighted") for m in pipeline.methods):
+        shifts = importance.step_shifts(info.shape, pipeline.view or info.layout)
     for _ in range(_MAX_BUDGET_RETRIES):
-        encoded = _encode(original, info, choice, seed, scale)
+        encoded = _encode(original, info, choice, seed, scale, shifts)
         if pipeline.lossless and _streams_back(encoded, array):
             encoded.record["metrics"] = exact_metrics(array if dtypes.is_real_numeric(info.dtype) else None)
             encoded.record["decoded_checksum"] = None
@@ -216,7 +222,14 @@ def _streams_back(encoded: EncodedTensor, array: np.ndarray) -> bool:
     return position == original.size
 
 
-def _encode(original: Original, info: TensorInfo, choice: Choice, seed: int, budget_scale: float) -> EncodedTensor:
+def _encode(
+    original: Original,
+    info: TensorInfo,
+    choice: Choice,
+    seed: int,
+    budget_scale: float,
+    step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+) -> EncodedTensor:
     pipeline = choice.pipeline
     array = original.array
     layout = pipeline.view or info.layout
@@ -247,6 +260,7 @@ def _encode(original: Original, info: TensorInfo, choice: Choice, seed: int, bud
             reference_sq=original.matrix_sq_norm(layout) * budget_scale,
             seed=seed,
             coded_size=lambda part: coded(part)[0].size,
+            step_shifts=step_shifts,
         )
         for i, method in enumerate(pipeline.methods):
             out = method.encode(residual, ctx)

@@ -21,6 +21,11 @@ is added where it needs it, as single values that change the sums by about 1/:da
   quantiser's codes and k-means' initial range from the tensor's largest and smallest value: these
   two are appended to the sample's values.
 
+With an importance (``--importance``), the sample keeps its positions: each candidate's weighted
+error Σ a ΔW² is measured on the sample with the importance at the sampled values (and scaled like
+the squared error), and a weighted quantiser (``quant:...,weighted=true``) runs with the tensor's own
+step shifts there, its shift parts counted once at the tensor's size instead of scaled.
+
 Every choice is integer arithmetic on positions (argmax/argmin, no sums), so the sample -- and every
 estimate, measured by the codec's own reproducible sums -- is the same on every machine. Tensors of
 at most :data:`EXACT_ELEMENTS` values, and tensors with non-finite values, are not sampled: the
@@ -114,11 +119,17 @@ class Sample:
     values:    (r, m) the systematic sample of the matrix view.
     peaks:     (r, 1) each sampled row's value of largest magnitude (None: whole rows, which hold it).
     extremes:  (2,) the tensor's largest and smallest value.
+    rows, cols, peak_cols, extreme_at: where they are in the matrix view: the sampled rows (r,),
+               their columns (r, m), the peaks' columns (r,) or None, the extremes' flat indices (2,).
     """
 
     values: np.ndarray
     peaks: np.ndarray | None
     extremes: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    peak_cols: np.ndarray | None
+    extreme_at: np.ndarray
 
 
 def take_sample(array: np.ndarray, layout: str) -> Sample | None:
@@ -133,27 +144,109 @@ def take_sample(array: np.ndarray, layout: str) -> Sample | None:
         return None
     rows, cols = positions
     values = np.ascontiguousarray(matrix[rows[:, None], cols])
-    extremes = matrix.reshape(-1)[[int(np.argmax(comparable)), int(np.argmin(comparable))]]
-    peaks = None
+    extreme_at = np.array([int(np.argmax(comparable)), int(np.argmin(comparable))], dtype=np.int64)
+    extremes = matrix.reshape(-1)[extreme_at]
+    peaks = largest = None
     if cols.shape[1] < matrix.shape[1]:
         largest = np.argmax(np.abs(comparable[rows]), axis=1)
         peaks = np.ascontiguousarray(matrix[rows, largest][:, None])
-    return Sample(values, peaks, extremes)
+    return Sample(values, peaks, extremes, rows, cols, largest, extreme_at)
+
+
+def _form(sample: Sample, pipeline: str) -> str:
+    """How ``pipeline`` sees the sample (module docstring): ``"peaks"`` (the rows and their peaks,
+    for a per-row RTN scale), ``"flat"`` (one row of every value and the extremes, for a whole-tensor
+    quantiser) or ``"rows"`` (the sample as it is)."""
+    method = parse_pipeline(pipeline).methods[0]
+    config = method.config if method.name == "quant" else {}
+    if "bits" in config:
+        group = config.get("group", 0 if config["bits"] == 8 else 128)
+        return "peaks" if group <= 0 and sample.peaks is not None else "rows"
+    if "step" in config or "codebook" in config or "max_error" in config:
+        return "flat"
+    return "rows"
+
+
+def _assemble(form: str, values: np.ndarray, peaks: np.ndarray | None, extremes: np.ndarray) -> np.ndarray:
+    if form == "peaks":
+        return np.concatenate((values, peaks.reshape(-1, 1)), axis=1)
+    if form == "flat":
+        return np.concatenate((values.reshape(-1), extremes))[None, :]
+    return values
 
 
 def sampled_matrix(sample: Sample, pipeline: str) -> np.ndarray:
     """The matrix that ``pipeline`` is measured on: the sample, with what it needs beyond its values
     (module docstring) -- row peaks for a per-row RTN scale, the extremes for a whole-tensor quantiser."""
-    method = parse_pipeline(pipeline).methods[0]
-    config = method.config if method.name == "quant" else {}
-    if "bits" in config:
-        group = config.get("group", 0 if config["bits"] == 8 else 128)
-        if group <= 0 and sample.peaks is not None:
-            return np.concatenate((sample.values, sample.peaks), axis=1)
-        return sample.values
-    if "step" in config or "codebook" in config or "max_error" in config:
-        return np.concatenate((sample.values.reshape(-1), sample.extremes))[None, :]
-    return sample.values
+    return _assemble(_form(sample, pipeline), sample.values, sample.peaks, sample.extremes)
+
+
+@dataclass(frozen=True)
+class SampleWeights:
+    """A sample's share of the tensor's importance (the same forms as :func:`sampled_matrix`):
+    ``importance`` and ``shifts`` (int64 quarter-octave step shifts, row + column, or None) at the
+    sampled values, their peaks and the extremes; ``shift_bytes``: the tensor's stored shift parts."""
+
+    importance: tuple[np.ndarray, np.ndarray | None, np.ndarray]
+    shifts: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None
+    shift_bytes: int
+
+    def importance_for(self, form: str) -> TensorImportance:
+        return TensorImportance(full=_assemble(form, *self.importance))
+
+    def shifts_for(self, form: str) -> tuple[None, np.ndarray] | None:
+        """A weighted quantiser's shifts on the sample, as one shift per sampled value (a column each
+        of the flat form): the row's and the column's added."""
+        return None if self.shifts is None else (None, _assemble(form, *self.shifts).reshape(-1).astype(np.int8))
+
+
+def sample_weights(sample: Sample, importance: TensorImportance, info: TensorInfo, coders) -> SampleWeights:
+    """The importance (and weighted step shifts) at the sample's positions; ``coders``: those of the
+    weighted candidates, which store the tensor's shift parts."""
+    from sparsify.codec import coded_bytes, matrix_shape
+
+    shape, layout = tuple(info.shape), info.layout
+    full, row_factor, col_factor = importance.in_matrix(shape, layout)
+    n_cols = matrix_shape(shape, layout)[1]
+
+    def at(rows: np.ndarray, cols: np.ndarray, factors) -> np.ndarray:
+        a = np.ones(np.broadcast_shapes(rows.shape, cols.shape))
+        full_f, row_f, col_f = factors
+        if full_f is not None:
+            a = a * full_f[rows, cols]
+        if row_f is not None:
+            a = a * row_f[rows]
+        if col_f is not None:
+            a = a * col_f[cols]
+        return a
+
+    def gather(factors) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        values = at(sample.rows[:, None], sample.cols, factors)
+        peaks = None if sample.peak_cols is None else at(sample.rows, sample.peak_cols, factors)
+        extremes = at(sample.extreme_at // n_cols, sample.extreme_at % n_cols, factors)
+        return values, peaks, extremes
+
+    weights = gather((full, row_factor, col_factor))
+    row_shift, col_shift = importance.step_shifts(shape, layout)
+    if row_shift is None and col_shift is None:
+        return SampleWeights(weights, None, 0)
+    as_int = [None if v is None else v.astype(np.int64) for v in (row_shift, col_shift)]
+
+    def shift_at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        k = np.zeros(np.broadcast_shapes(rows.shape, cols.shape), dtype=np.int64)
+        if as_int[0] is not None:
+            k = k + as_int[0][rows]
+        if as_int[1] is not None:
+            k = k + as_int[1][cols]
+        return k
+
+    shifts = (
+        shift_at(sample.rows[:, None], sample.cols),
+        None if sample.peak_cols is None else shift_at(sample.rows, sample.peak_cols),
+        shift_at(sample.extreme_at // n_cols, sample.extreme_at % n_cols),
+    )
+    stored = sum(coded_bytes(v, coders)[0].size for v in (row_shift, col_shift) if v is not None)
+    return SampleWeights(weights, shifts, stored)
 
 
 def estimate_candidates(
@@ -174,26 +267,35 @@ def _estimate(
     candidates: Iterable[str],
     seed: int,
     sq_norm: float,
-    mean_importance: float | None = None,
+    weights: SampleWeights | None = None,
 ) -> list[Point]:
-    """:func:`estimate_candidates` on the tensor's sample; with ``mean_importance`` (the tensor's
-    mean importance), each point's distortion estimated as its squared error times it -- the
-    quantisers of the ladder spread their error evenly over the weights."""
+    """:func:`estimate_candidates` on the tensor's sample; with ``weights`` (the sample's share of
+    the tensor's importance), each point's distortion too -- the sample's weighted squared error,
+    scaled like the squared error -- and weighted quantisers run with the tensor's own step shifts
+    (their shift parts counted as the tensor's, not scaled)."""
     prepared: dict[tuple[int, ...], tuple[np.ndarray, Original]] = {}
     points = []
     for text in candidates:
-        matrix = sampled_matrix(sample, text)
+        form = _form(sample, text)
+        matrix = _assemble(form, sample.values, sample.peaks, sample.extremes)
         if matrix.shape not in prepared:  # one Original per sample shape, shared by its candidates
             prepared[matrix.shape] = (matrix, Original(matrix))
         matrix, original = prepared[matrix.shape]
         sampled = TensorInfo(info.name, info.dtype, tuple(matrix.shape), "first")
         scale = info.numel / matrix.size
-        for p in measure_candidates(matrix, sampled, [text], seed, original):
+        importance = shifts = None
+        if weights is not None:
+            importance, shifts = weights.importance_for(form), weights.shifts_for(form)
+        for p in measure_candidates(matrix, sampled, [text], seed, original, importance, shifts):
             stored = p.record["stored_bytes"]
+            shift_parts = sum(q["nbytes"] for q in p.record["parts"] if q["name"].endswith("_shift"))
             sq_error = p.sq_error * scale
             rel_error = math.sqrt(sq_error / sq_norm) if sq_norm > 0 and math.isfinite(sq_error) else p.rel_error
-            nbytes = round(stored * scale) + p.nbytes - stored
-            distortion = None if mean_importance is None else sq_error * mean_importance
+            nbytes = round((stored - shift_parts) * scale) + p.nbytes - stored
+            distortion = None
+            if weights is not None:
+                distortion = p.distortion * scale
+                nbytes += weights.shift_bytes if shift_parts else 0
             points.append(Point(p.pipeline, nbytes, sq_error, rel_error, exact=False, distortion=distortion))
     return points
 
@@ -214,8 +316,12 @@ def estimate_tensor(
     if sample is None:
         return plan_tensor(array, info, candidates, seed, max_error, importance)
     sq_norm = Original(array).reference.sq_norm
-    mean_importance = None if importance is None else importance.mean(tuple(info.shape))
-    points = _estimate(sample, info, candidates, seed, sq_norm, mean_importance)
+    weights = None
+    if importance is not None:
+        candidates = list(candidates)  # the ladder's share the byte coders that store the shifts
+        coders = parse_pipeline(candidates[0]).coders if candidates else ()
+        weights = sample_weights(sample, importance, info, coders)
+    points = _estimate(sample, info, candidates, seed, sq_norm, weights)
     measured = len(points)
     if max_error is not None:
         points = [p for p in points if p.rel_error <= max_error] or points

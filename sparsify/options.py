@@ -22,6 +22,12 @@ AUTO = "auto"
 _AUTO_PLACEHOLDER = "quant:bits=8+zstd"
 
 
+def canonical_number(value: float) -> int | float:
+    """``value`` as the manifest records it: an integral value as an int (``10`` from the CLI's 10.0
+    and the API's 10 alike), so that the archive's bytes do not depend on how the caller typed it."""
+    return int(value) if float(value).is_integer() and abs(value) < 2**53 else float(value)
+
+
 @dataclass(frozen=True)
 class Options:
     """Validated compress options (see :func:`compress`)."""
@@ -44,15 +50,20 @@ class Options:
         """The whole-model target, if any: ``{"ratio": R}``, ``{"size": B}`` or ``{"error": E}``."""
         for key, value in (("ratio", self.target_ratio), ("size", self.target_size), ("error", self.target_error)):
             if value is not None:
-                return {key: value}
+                return {key: canonical_number(value)}
         return None
+
+    @property
+    def recorded_max_error(self) -> int | float | None:
+        """``max_error`` as the manifest records it (:func:`canonical_number`)."""
+        return None if self.max_error is None else canonical_number(self.max_error)
 
     def as_manifest(self) -> dict[str, Any]:
         record = {
             "pipeline": AUTO if self.auto else str(self.pipeline),
             "rules": [{"match": r.pattern, "pipeline": str(r.pipeline), "origin": r.origin} for r in self.rules],
             "min_size": self.min_size,
-            "max_error": self.max_error,
+            "max_error": self.recorded_max_error,
             "seed": self.seed,
             "target": self.target,
         }
@@ -125,8 +136,15 @@ def resolve_options(
         raise UsageError(
             "-p auto needs a bound or a target: --max-error E, --target-ratio R, --target-size B or --target-error E"
         )
+    parsed = parse_pipeline(_AUTO_PLACEHOLDER if auto else text)
+    for given in (parsed, *(r.pipeline for r in parsed_rules)):
+        if any(m.config.get("weighted") for m in given.methods):
+            raise UsageError(
+                f"{given}: quant weighted=true takes its steps from an importance file; the rate control "
+                "chooses it with --importance FILE and --target-ratio or --target-size"
+            )
     return Options(
-        parse_pipeline(_AUTO_PLACEHOLDER if auto else text),
+        parsed,
         parsed_rules,
         int(min_size),
         max_error,

@@ -88,7 +88,7 @@ def plan_model(
     if estimated:
         _settle(items, fixed, measured, heads, options, executor, window, progress, workers)
     planned = [m for m in measured if isinstance(m, ratecontrol.TensorPlan)]
-    summary: dict[str, Any] = {"mode": mode, "max_error": options.max_error, "target": options.target}
+    summary: dict[str, Any] = {"mode": mode, "max_error": options.recorded_max_error, "target": options.target}
     if options.objective != "sse":  # absent: the default, as in the options
         summary["objective"] = options.objective
     summary["candidates"] = sum(t.measured for t in planned)
@@ -337,7 +337,7 @@ def _allocate_to_target(
         plan = {**summary, **outcome, "budget_bytes": budget}
         if budget is None:
             return plan
-        exact = _exact_size(items, measured, heads, plan, options.max_error)
+        exact = _exact_size(items, measured, heads, plan, options.recorded_max_error)
         if not outcome["met"] and exact >= estimate:
             break  # not even the allocator's estimate fits: the cheapest allocation is the answer
         if outcome["met"] and exact <= budget:

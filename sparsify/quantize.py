@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsify.errors import CorruptArchiveError
+from sparsify.reproducible import log2
 
 _F16_MAX = float(np.finfo(np.float16).max)
 _F16_TINY = float(np.finfo(np.float16).smallest_normal)
@@ -211,3 +212,77 @@ def nearest_centroid(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 def bits_for(levels: int) -> int:
     """Bits per code for ``levels`` distinct codes (at least 1)."""
     return max(1, int(levels - 1).bit_length())
+
+
+STEP_SHIFT_LIMIT = 16
+"""The largest step shift, in quarter octaves: a weighted step is within 2**±4 of the tensor's."""
+# 2**(k/4) for k = 0..3, as exact constants (libm's pow may differ between CPUs)
+_QUARTER_OCTAVES = np.array([1.0, 1.189207115002721, 1.4142135623730951, 1.6817928305074290])
+
+
+def step_shifts(importance: np.ndarray) -> np.ndarray | None:
+    """Quarter-octave step shifts (int8, within +-:data:`STEP_SHIFT_LIMIT`) for values of the given
+    importance (1-D, finite, >= 0): k_i = round(-2 log2 a_i) less the median of the k, so that value
+    i's step is the tensor's step times :func:`step_multipliers` (k_i), i.e. proportional to
+    a_i^(-1/2) -- the steps that minimise Σ a ΔW² at a given entropy of the codes (high-resolution
+    theory: each value's weighted error a d²/12 the same). Zero importance: the coarsest step.
+    None when every shift is 0 (the uniform quantiser)."""
+    a = np.asarray(importance, dtype=np.float64).reshape(-1)
+    positive = a > 0
+    shifts = np.full(a.shape, STEP_SHIFT_LIMIT, dtype=np.int64)
+    if positive.any():
+        raw = np.rint(-2.0 * log2(a[positive])).astype(np.int64)  # log2: the same on every machine
+        shifts[positive] = raw - np.sort(raw)[raw.size // 2]
+    shifts = np.clip(shifts, -STEP_SHIFT_LIMIT, STEP_SHIFT_LIMIT)
+    return shifts.astype(np.int8) if shifts.any() else None
+
+
+def step_multipliers(shifts: np.ndarray) -> np.ndarray:
+    """2**(k/4) for integer shifts k (float64, exact: a constant per quarter times a power of two)."""
+    k = np.asarray(shifts, dtype=np.int64)
+    return np.ldexp(_QUARTER_OCTAVES[k & 3], k >> 2)
+
+
+def step_matrix(step: float, shape: tuple[int, int], rows: np.ndarray | None, cols: np.ndarray | None) -> np.ndarray:
+    """The (m, n) steps of a weighted uniform quantiser, float64: step x 2**(rows_i / 4) x 2**(cols_j / 4)
+    (broadcastable; a missing shift vector is 0)."""
+    row_steps = step * (np.ones(1) if rows is None else step_multipliers(rows))
+    col_factors = np.ones(1) if cols is None else step_multipliers(cols)
+    return np.broadcast_to(row_steps.reshape(-1, 1) * col_factors.reshape(1, -1), shape)
+
+
+def _order(shifts: np.ndarray | None, count: int) -> np.ndarray:
+    """The positions sorted by shift (stable: ties keep their order), the identity without shifts."""
+    if shifts is None:
+        return np.arange(count)
+    return np.argsort(np.asarray(shifts, dtype=np.int64), kind="stable")
+
+
+def arrange_codes(codes: np.ndarray, rows: np.ndarray | None, cols: np.ndarray | None) -> np.ndarray:
+    """A weighted quantiser's (m, n) codes in storage order: rows sorted by their shift, columns by
+    theirs, and column after column where there are column shifts -- so that the codes of one step
+    lie together and a byte coder's blocks each see codes of one distribution, not their mixture."""
+    m, n = codes.shape
+    arranged = codes[_order(rows, m)][:, _order(cols, n)]
+    return np.ascontiguousarray(arranged.T if cols is not None else arranged)
+
+
+def restore_codes(
+    stored: np.ndarray, shape: tuple[int, int], rows: np.ndarray | None, cols: np.ndarray | None
+) -> np.ndarray:
+    """Inverse of :func:`arrange_codes`: the (m, n) codes from their ``m * n`` stored values."""
+    m, n = shape
+    arranged = stored.reshape(n, m).T if cols is not None else stored.reshape(m, n)
+    return arranged[np.argsort(_order(rows, m))][:, np.argsort(_order(cols, n))]
+
+
+def zigzag(codes: np.ndarray) -> np.ndarray:
+    """Signed integer codes (as floats or ints) as non-negative int64: 0, -1, 1, -2, 2 -> 0, 1, 2, 3, 4."""
+    q = np.asarray(codes).astype(np.int64)
+    return np.where(q < 0, -2 * q - 1, 2 * q)
+
+
+def unzigzag(codes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`zigzag` (int64)."""
+    z = np.asarray(codes).astype(np.int64)
+    return (z >> 1) ^ -(z & 1)

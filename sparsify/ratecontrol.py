@@ -68,15 +68,19 @@ _LADDER_FIXED = ("quant:bits=8+zstd", "quant:bits=4,group=128+zstd", "quant:bits
 _LADDER_CODEBOOKS = tuple(f"quant:codebook={k}+zstd" for k in (2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
 
 
-def ladder_candidates(array: np.ndarray) -> list[str]:
+def ladder_candidates(array: np.ndarray, weighted: bool = False) -> list[str]:
     """The rate-distortion ladder for one tensor: ``quant:step=...+zstd`` at steps relative to the
     tensor's RMS (:data:`_LADDER_LOG2_STEPS`), k-means codebooks (:data:`_LADDER_CODEBOOKS`), plus
-    :data:`_LADDER_FIXED`."""
+    :data:`_LADDER_FIXED`. ``weighted``: the steps also as ``quant:step=...,weighted=true`` (the
+    tensor's importance sets a step per row and column; the uniform step stays a candidate, as its
+    codes pack into fewer bits at coarse steps)."""
     finite = np.asarray(array, dtype=np.float64)
     rms = math.sqrt(finite_sq_norm(finite) / finite.size) if finite.size else 0.0
     if rms == 0.0 or not math.isfinite(rms):
         return list(_LADDER_FIXED)
     steps = [f"quant:step={rms * _exp2(k):.4g}+zstd" for k in _LADDER_LOG2_STEPS]
+    if weighted:
+        steps += [f"quant:step={rms * _exp2(k):.4g},weighted=true+zstd" for k in _LADDER_LOG2_STEPS]
     return steps + list(_LADDER_CODEBOOKS) + list(_LADDER_FIXED)
 
 
@@ -138,17 +142,20 @@ def measure_candidates(
     seed: int,
     original: Original | None = None,
     importance: TensorImportance | None = None,
+    step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None,
 ) -> list[Point]:
     """Encode ``array`` with every candidate pipeline and measure it (bytes incl. manifest share).
     A candidate that does not apply to this tensor (a usage error, e.g. a shape it cannot take) is
     left out. ``original``: ``array`` as :class:`Original`, whose checksum, float64 views and norm
-    the candidates share; ``importance``: the tensor's, for each point's ``distortion``."""
+    the candidates share; ``importance``: the tensor's, for each point's ``distortion`` (and the
+    steps of weighted quantisers, unless ``step_shifts`` gives them: :func:`encode_tensor`)."""
     points = []
     original = original if original is not None else Original(array)
     for text in candidates:
         try:
             pipeline = parse_pipeline(text)
-            encoded = encode_tensor(array, info, Choice(pipeline, "candidate"), seed, original, importance)
+            choice = Choice(pipeline, "candidate")
+            encoded = encode_tensor(array, info, choice, seed, original, importance, step_shifts)
         except UsageError:
             continue
         metrics = encoded.record["metrics"]
@@ -429,11 +436,12 @@ def plan_reason(summary: dict[str, Any]) -> str:
     return f"rate control: target {summary['mode']}"
 
 
-def candidates_for(mode: str, array: np.ndarray, max_error: float | None) -> list[str]:
-    """The candidate pipelines of one tensor for a planning mode (``auto`` or a target)."""
+def candidates_for(mode: str, array: np.ndarray, max_error: float | None, weighted: bool = False) -> list[str]:
+    """The candidate pipelines of one tensor for a planning mode (``auto`` or a target);
+    ``weighted``: the tensor has an importance that shifts its steps (:func:`ladder_candidates`)."""
     if mode == "auto":
         return [c.format(e=repr(float(max_error))) for c in AUTO_CANDIDATES]
-    return ladder_candidates(array)
+    return ladder_candidates(array, weighted)
 
 
 def model_curves(

@@ -41,6 +41,7 @@ class EncodeJob:
     choice: Choice
     seed: int
     spool: str | None = None
+    importance: ImportanceFile | None = None  # the steps of weighted quantisers (sparsify.importance)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ class MeasureJob:
 def encode(job: EncodeJob) -> EncodedTensor:
     """The tensor's coded parts and record (:func:`sparsify.codec.encode_tensor`); with a spool,
     the parts as :class:`~sparsify.codec.SpooledPart` (the bytes cross no pipe)."""
-    encoded = encode_tensor(read(job.source, job.info.name), job.info, job.choice, job.seed)
+    weights = _importance(job.importance, job.info)
+    encoded = encode_tensor(read(job.source, job.info.name), job.info, job.choice, job.seed, importance=weights)
     if job.spool is None:
         return encoded
     spool = _spool_file(job.spool)
@@ -96,21 +98,30 @@ def measure(job: MeasureJob) -> Any:
     array = read(job.source, job.info.name)
     if job.mode is None:
         return encode_tensor(array, job.info, job.choice, job.seed).record
+    weights = _importance(job.importance, job.info)
     if job.candidates is not None:
         candidates = list(job.candidates)
     else:
-        candidates = ratecontrol.candidates_for(job.mode, array, job.max_error)
+        weighted = weights is not None and any(
+            s is not None for s in weights.step_shifts(job.info.shape, job.info.layout)
+        )
+        candidates = ratecontrol.candidates_for(job.mode, array, job.max_error, weighted)
     i, n = job.share
     mine = candidates[i * len(candidates) // n : (i + 1) * len(candidates) // n]
     # a share keeps every point: the bound is applied once the shares are joined
     bound = job.max_error if n == 1 else None
-    weights = None
-    if job.importance is not None:  # read like a weight file: this process's reader, its stamp checked
-        file = Source(job.importance.path, "safetensors", job.importance.stamp)
-        weights = tensor_importance(job.importance, job.info, lambda key: read(file, key))
     if job.estimate:
         return estimate.estimate_tensor(array, job.info, mine, job.seed, bound, weights)
     return ratecontrol.plan_tensor(array, job.info, mine, job.seed, bound, weights)
+
+
+def _importance(source: ImportanceFile | None, info: TensorInfo):
+    """The tensor's importance from the checked file (None: no file, or not named in it), read like
+    a weight file: through this process's reader, its stamp checked."""
+    if source is None:
+        return None
+    file = Source(source.path, "safetensors", source.stamp)
+    return tensor_importance(source, info, lambda key: read(file, key))
 
 
 def file_checksum(path: str) -> str:

@@ -84,3 +84,20 @@ def test_every_environment_reproduces_the_committed_golden_archives(probes):
         committed = hashlib.sha256((HERE / "golden" / name).read_bytes()).hexdigest()
         for env, result in probes.items():
             assert result["archives"][name] == committed, f"{env}: {name} differs from the committed golden file"
+
+
+@pytest.mark.parametrize(
+    ("given", "typed"),
+    [
+        ({"target_ratio": 8}, {"target_ratio": 8.0}),
+        ({"pipeline": "auto", "max_error": 1}, {"pipeline": "auto", "max_error": 1.0}),
+    ],
+)
+def test_how_a_number_is_typed_does_not_change_the_archive(tmp_path, given, typed):
+    """The API's 8 and the CLI's 8.0 are the same option: the manifest records both as 8."""
+    import sparsify
+
+    source = HERE.parent / "sample_models" / "digits_mlp.safetensors"
+    sparsify.compress(source, tmp_path / "int.sparsify", **given)
+    sparsify.compress(source, tmp_path / "float.sparsify", **typed)
+    assert (tmp_path / "int.sparsify").read_bytes() == (tmp_path / "float.sparsify").read_bytes()

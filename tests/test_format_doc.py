@@ -1016,9 +1016,56 @@ def quant_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
                 raise FormatError(f"quant: uniform codes {q.dtype}{q.shape} for a {m} x {n} matrix")
             codes = q.astype(np.float64)
         return codes.reshape(m, n) * float(step[0])
+    if {"q", "step"} < names <= {"q", "step", "row_shift", "column_shift"}:
+        return weighted_uniform(parts, resolved, m, n)
     if names in ({"q", "scale"}, {"q", "scale", "zero"}):
         return int_values(parts, resolved, m, n)
     raise FormatError(f"quant: unknown parts {sorted(names)}")
+
+
+# §6.7 (3.2): 2**(k/4) = Q[k mod 4] * 2**floor(k/4), Q the nearest doubles to 2**0, 2**(1/4), 2**(1/2), 2**(3/4)
+QUARTER_OCTAVES = (1.0, 1.189207115002721, 1.4142135623730951, 1.6817928305074290)
+UNSIGNED = {np.dtype(f"<u{k}") for k in (1, 2, 4, 8)} | {np.dtype("u1")}
+
+
+def quarter_octaves(shifts: np.ndarray) -> np.ndarray:
+    return np.array([math.ldexp(QUARTER_OCTAVES[k % 4], k // 4) for k in shifts.tolist()], dtype=np.float64)
+
+
+def weighted_uniform(parts: dict, resolved: dict, m: int, n: int) -> np.ndarray:
+    """§6.7 weighted uniform (3.2): the codes in shift order (zigzag unless packed), a step per entry
+    d * 2**(r_i/4) * 2**(c_j/4)."""
+    step = parts["step"]
+    if step.dtype != SAFETENSORS["F64"][1] or step.shape != (1,) or not np.isfinite(step[0]):
+        raise FormatError("quant: step must be one finite F64")
+    shifts = {}
+    for name, count in (("row_shift", m), ("column_shift", n)):
+        if name in parts:
+            if parts[name].dtype != np.dtype("i1") or parts[name].shape != (count,):
+                raise FormatError(f"quant: {name} must be {count} I8 shifts")
+            shifts[name] = parts[name].astype(np.int64)
+    bits = resolved.get("bits")
+    CODES_SEEN.add(("weighted", bits is not None))
+    if bits is not None:
+        if bits not in (2, 4) or type(bits) is not int:
+            raise FormatError(f"quant: {bits!r}-bit uniform codes")
+        stored = unpack_codes(parts["q"], bits, m * n).astype(np.int64) - 2 ** (bits - 1)
+    else:
+        q = parts["q"]
+        shape = (n, m) if "column_shift" in shifts else (m, n)
+        if q.dtype not in UNSIGNED or q.shape != shape:
+            raise FormatError(f"quant: weighted codes {q.dtype}{q.shape}, expected unsigned {shape}")
+        z = q.astype(np.int64)
+        stored = np.where(z % 2 == 0, z // 2, -(z + 1) // 2)  # zigzag: 0, 1, 2, 3 -> 0, -1, 1, -2
+    # shift order: rows by a stable sort of row_shift, columns of column_shift, column by column
+    row_order = np.argsort(shifts["row_shift"], kind="stable") if "row_shift" in shifts else np.arange(m)
+    col_order = np.argsort(shifts["column_shift"], kind="stable") if "column_shift" in shifts else np.arange(n)
+    permuted = stored.reshape(n, m).T if "column_shift" in shifts else stored.reshape(m, n)
+    codes = np.empty((m, n), dtype=np.int64)
+    codes[np.ix_(row_order, col_order)] = permuted
+    row_steps = float(step[0]) * quarter_octaves(shifts.get("row_shift", np.zeros(m, np.int64)))
+    col_factors = quarter_octaves(shifts.get("column_shift", np.zeros(n, np.int64)))
+    return codes.astype(np.float64) * (row_steps[:, None] * col_factors[None, :])
 
 
 DECODED_CHECKS: list[str] = []  # which checksum each decode was checked against (tests look)
@@ -1050,7 +1097,7 @@ STAGE_DECODERS = {
 # ---------------------------------------------------------------------------------------------------
 
 
-CURRENT = "3.1"  # the version FORMAT.md describes, which sparsify writes
+CURRENT = "3.2"  # the version FORMAT.md describes, which sparsify writes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -2024,7 +2071,7 @@ def test_manifest_envelope(tmp_path):
         return base64.b64encode(frame).decode("ascii")
 
     damaged = [  # (envelope fields changed, what this reader's message says)
-        ({"manifest_codec": "brotli"}, "'brotli'.*3\\.1"),  # names the codec and the version
+        ({"manifest_codec": "brotli"}, "'brotli'.*3\\.2"),  # names the codec and the version
         ({"manifest_codec": "zstd+base64"}, "zstd frame"),  # a frame made with the dictionary needs it
         ({"format": "other"}, "not 'sparsify'"),
         ({"manifest": None}, "packed manifest"),
@@ -2061,14 +2108,15 @@ def test_golden_set():
 
     assert GOLDEN_NAMES == sorted([*CURRENT_SET, *OLDER])
     versions = {name.split("/")[0] if "/" in name else CURRENT for name in GOLDEN_NAMES}
-    assert versions == {"v1.0", "v2.0", "v2.1", "v3.0", CURRENT}
+    assert versions == {"v1.0", "v2.0", "v2.1", "v3.0", "v3.1", CURRENT}
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_archives(tmp_path, name):
     """Archives of sparsify releases: 1.0 (the manifest's JSON as the metadata string), 2.0 (envelope),
     2.1 (decoded checksums in lossy records, checked by this reader's reference arithmetic), 3.0
-    (checksum strings, the dictionary envelope, the inline header, zstd+planes2) and 3.1 (zstd+planes3)."""
+    (checksum strings, the dictionary envelope, the inline header, zstd+planes2), 3.1 (zstd+planes3) and 3.2
+    (quant weighted=true)."""
     path = GOLDEN / name
     reader = Reader(path)
     version = reader.manifest["format_version"]
@@ -2084,7 +2132,9 @@ def test_golden_archives(tmp_path, name):
     assert source["checksum"].startswith("xxh3:" if three else "sha256:")  # §9.2: upgraded
     codecs = {p["codec"] for t in reader.manifest["tensors"] for p in t["parts"]}
     assert ("zstd+planes2" in codecs) == three or codecs <= {None, "zstd"}
-    assert ("zstd+planes3" in codecs) <= (version == CURRENT)  # 3.1's codec
+    assert ("zstd+planes3" in codecs) <= (version in ("3.1", CURRENT))  # 3.1's codec
+    weighted = any(s["config"].get("weighted") for t in reader.manifest["tensors"] for s in t["stages"])
+    assert weighted == (name == "digits_mlp.weighted.sparsify")  # 3.2's quantiser, in its golden archive
     (n,) = struct.unpack("<Q", (SAMPLES / source["name"]).read_bytes()[:8])
     assert reader.blob("header") == (SAMPLES / source["name"]).read_bytes()[8 : 8 + n]
     assert ("header" in source.get("inline", {})) == three  # §4.2: 3.x holds it as text

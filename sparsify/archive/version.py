@@ -15,10 +15,13 @@ small text source blobs in the manifest (``source.inline``); the ``zstd+planes2`
 without their own checksum. A 2.x reader cannot check 3.0's checksums: hence a new major version.
 3.1 -- the ``zstd+planes3`` codec (byte planes that may be paired, sparsify.coders.paired); a 3.0
 reader refuses the tensors that use it and reads the others.
+3.2 -- ``quant``'s ``weighted`` parameter (steps per row and column set by an importance file, parts
+``row_shift`` and ``column_shift``, the codes stored in shift order and zigzag-coded); a 3.1 reader
+refuses the tensors that use it (an unknown parameter) and reads the others.
 """
 
 FORMAT_NAME = "sparsify"
-FORMAT_VERSION = "3.1"
+FORMAT_VERSION = "3.2"
 METADATA_KEY = "sparsify"
 MANIFEST_CODEC = "zstd+dict+base64"  # how the manifest is packed (3.0: with archive/manifest-3.0.dict)
 # The zstd level of the manifest's frame: as small as 19 (within 0.6 %) at half its time on big manifests.

@@ -63,12 +63,38 @@ class TensorImportance:
             root = root * np.sqrt(self.cols).reshape((1,) * (ndim - 1) + (-1,))
         return root
 
-    def mean(self, shape: tuple[int, ...]) -> float:
-        """The mean importance over the tensor's weights (1.0 for an empty tensor)."""
-        numel = math.prod(shape)
-        if numel == 0:
-            return 1.0
-        return sum_of_squares(np.broadcast_to(self.scale(shape), shape if shape else (1,))) / numel
+    def in_matrix(
+        self, shape: tuple[int, ...], layout: str
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """The factors in the tensor's matrix view (:func:`sparsify.codec.matrix_shape`, (m, n)):
+        (full (m, n), per row (m,), per column (n,)), whose product is the importance of each
+        matrix entry; any may be None (a factor of 1)."""
+        from sparsify.codec import matrix_shape, to_matrix
+
+        n = matrix_shape(shape, layout)[1]
+        full = None if self.full is None else to_matrix(self.full.reshape(shape), layout)
+        if len(shape) <= 1:  # one row: both vectors run along it
+            along = [v for v in (self.rows, self.cols) if v is not None]
+            return full, None, (np.prod(along, axis=0) if along else None)
+        # layout first: the first axis on the rows, the last cycling along the columns; layout last:
+        # the last axis on the rows, the first in blocks along the columns
+        if layout == "first":
+            return full, self.rows, (None if self.cols is None else np.tile(self.cols, n // shape[-1]))
+        return full, self.cols, (None if self.rows is None else np.repeat(self.rows, n // shape[0]))
+
+    def step_shifts(self, shape: tuple[int, ...], layout: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The quantiser's steps by this importance (``quant:...,weighted=true``): per row and per
+        column of the matrix view, :func:`sparsify.quantize.step_shifts` of the row and column
+        importance (a full importance is first reduced to its row and column sums); None for a
+        factor that shifts nothing."""
+        from sparsify.quantize import step_shifts
+
+        full, rows, cols = self.in_matrix(shape, layout)
+        if full is not None and full.size:  # the shifts are relative: sums serve as means
+            row_sums, col_sums = np.add.reduce(full, axis=1), np.add.reduce(full, axis=0)
+            rows = row_sums if rows is None else rows * row_sums
+            cols = col_sums if cols is None else cols * col_sums
+        return (None if rows is None else step_shifts(rows)), (None if cols is None else step_shifts(cols))
 
     def weighted_sq_error(self, original: np.ndarray, decoded: np.ndarray) -> float:
         """Σ a (decoded - original)² over the tensor (inf where a value is not finite in one and

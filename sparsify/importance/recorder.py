@@ -8,7 +8,12 @@ output error E‖ΔW x‖² weighs the weights by:
 * ``nn.Linear`` weight (out, in): per input channel E[x_j²] over every token of every batch;
 * ``nn.Embedding`` weight (vocab, dim): per row, how often the token occurs (``NAME:rows``);
 
-biases and norms are left out (they add to the output as they are: a weight of 1 per value).
+biases and norms are left out (they add to the output as they are: a weight of 1 per value). Each
+tensor's entry is scaled to mean 1: a layer's output error reaches the model's output through
+normalisations and residual sums that the activations alone do not measure (on AntiBERTy, weighing
+the layers by their input energies made the outputs worse than the plain squared error did), so
+without a loss the importance shapes the error within each tensor and the allocation between
+tensors stays the plain squared error's.
 
 With ``loss`` (a function of the model's output and the batch, e.g. the masked-LM loss), the
 diagonal of the Fisher information instead, from the gradients of the loss: K-FAC's factors for a
@@ -179,10 +184,13 @@ class _Recorder:
             self.add(bias, (g * g).sum(0), float(g.shape[0]))
 
     def entries(self) -> dict[str, np.ndarray]:
-        """Means per token (embedding rows: frequencies), as float32; with a loss, scaled to mean 1."""
+        """Means per token (embedding rows: frequencies), as float32; with a loss, scaled to mean 1
+        over the recorded weights, without one, each entry to mean 1 (module docstring)."""
         entries = {k: (v / max(self.counts[k], 1.0)).numpy() for k, v in self.sums.items()}
         if self.fisher and entries:
             entries = _unit_mean(entries)
+        elif entries:
+            entries = {k: v / v.mean() if v.mean() > 0 else np.ones_like(v) for k, v in entries.items()}
         return {k: v.astype(np.float32) for k, v in sorted(entries.items())}
 
 

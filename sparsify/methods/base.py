@@ -36,6 +36,9 @@ class EncodeContext:
     seed:         seed for any randomness (deterministic output).
     coded_size:   bytes that an index array (1-D) takes once through the pipeline's byte coders, so
                   that sparse layouts can be chosen by their stored size; None: raw size.
+    step_shifts:  the quarter-octave step shifts (int8) per row (m,) and per column (n,) of the
+                  matrix, either None, that an importance gives (``quant:...,weighted=true``); None:
+                  the tensor has no importance.
     """
 
     value_dtype: np.dtype
@@ -43,6 +46,7 @@ class EncodeContext:
     reference_sq: float
     seed: int = 0
     coded_size: Callable[[np.ndarray], int] | None = None
+    step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None
 
     def error_budget_sq(self, max_error: float) -> float:
         """The largest ||W - W_hat||_F^2 that a ``max_error`` budget allows."""

@@ -11,11 +11,17 @@ Budgets (exactly one):
   largest step whose relative error is <= e), codes q = round(w / d) stored as the narrowest signed
   integers and left to the byte coder (``+zstd``) to entropy-code: entropy-coded scalar
   quantisation, which at a given error needs fewer bits than fixed-width codes (one step for all
-  weights is also what minimises the squared error for a given entropy).
+  weights is also what minimises the squared error for a given entropy). With ``weighted=true``
+  (format 3.2) the step of row i, column j is d x 2**((r_i + c_j) / 4), the integer shifts r and c
+  set by the tensor's importance (``--importance``, :func:`sparsify.quantize.step_shifts`: steps
+  proportional to a^(-1/2), what minimises the importance-weighted error Σ a ΔW² for a given entropy)
+  and stored beside the codes.
 
 Parts: ``q``, ``scale`` (and ``zero``) as in :func:`sparsify.methods.values.encode_int`; or
 ``codebook`` and ``index``; or ``q`` (2- or 4-bit fields packed into bytes, or I8/I16/I32) and ``step``
-(one float64). Scales and zero points are stored and counted. Non-finite entries cannot be
+(one float64), and with ``weighted=true`` ``row_shift`` (m,) and ``column_shift`` (n,), I8, each
+only where not all 0, the codes then in the order of :func:`sparsify.quantize.arrange_codes` and,
+unless packed, zigzag-coded as U8/U16/U32. Scales and zero points are stored and counted. Non-finite entries cannot be
 quantised: they are coded as 0 would be (the nearest level to 0; the report's error shows it); use
 ``threshold`` or ``keep`` for such tensors.
 
@@ -30,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from sparsify.errors import CorruptArchiveError
+from sparsify.errors import CorruptArchiveError, UsageError
 from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
 from sparsify.methods.values import decode_codebook, decode_int, encode_codebook, encode_int
 from sparsify.params import Param
-from sparsify.quantize import pack_bits, unpack_bits
+from sparsify.quantize import arrange_codes, pack_bits, restore_codes, step_matrix, unpack_bits, unzigzag, zigzag
 
 
 class Quant(Method):
@@ -47,6 +53,7 @@ class Quant(Method):
         Param("step", float, "uniform step (weights are multiples of it)", low=0.0, low_open=True, budget=True),
         Param("group", int, "values per scale along each row, 0: one per row [default: 0 for 8 bits, else 128]", low=0),
         Param("symmetric", bool, "symmetric codes (false: asymmetric with a zero point)", default=True),
+        Param("weighted", bool, "step/max_error: steps per row and column by the importance (--importance)"),
         VIEW,
     )
     example = "quant:bits=4,group=128"
@@ -57,14 +64,25 @@ class Quant(Method):
         if "codebook" in self.config:
             parts, resolved = encode_codebook(finite, self.config["codebook"], ctx.seed, ctx.coded_size)
         elif "step" in self.config or "max_error" in self.config:
-            step = self.config.get("step") or step_for_error(finite, ctx.error_budget_sq(self.config["max_error"]))
-            parts, resolved = encode_uniform(finite, step, ctx.coded_size)
+            shifts = self._shifts(ctx)
+            multipliers = None if shifts[0] is None and shifts[1] is None else step_matrix(1.0, finite.shape, *shifts)
+            step = self.config.get("step") or step_for_error(
+                finite, ctx.error_budget_sq(self.config["max_error"]), multipliers
+            )
+            parts, resolved = encode_uniform(finite, step, ctx.coded_size, shifts)
         else:
             bits = self.config["bits"]
             group = self.config.get("group", 0 if bits == 8 else 128)
             parts, resolved = encode_int(finite, bits, group, self.config["symmetric"], ctx.coded_size)
         approximation = self.decode(parts, resolved, target.shape)
         return StageOutput(parts, resolved, approximation)
+
+    def _shifts(self, ctx: EncodeContext) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if not self.config.get("weighted"):
+            return None, None
+        if ctx.step_shifts is None:
+            raise UsageError("quant: weighted=true takes its steps from an importance file (--importance FILE)")
+        return ctx.step_shifts
 
     def decode(
         self, parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any], shape: tuple[int, int]
@@ -80,32 +98,36 @@ class Quant(Method):
 _STEP_SEARCH = 24
 
 
-def _uniform_sq_error(values: np.ndarray, step: float) -> float:
-    return float(np.sum(np.square(values - step * np.rint(values / step))))
+def _uniform_sq_error(values: np.ndarray, step: float, multipliers: np.ndarray | None = None) -> float:
+    steps = step if multipliers is None else step * multipliers
+    return float(np.sum(np.square(values - steps * np.rint(values / steps))))
 
 
-def step_for_error(values: np.ndarray, budget_sq: float) -> float:
-    """The largest step d (to ~1e-7 relative) with ||values - d * round(values / d)||^2 <= budget_sq.
+def step_for_error(values: np.ndarray, budget_sq: float, multipliers: np.ndarray | None = None) -> float:
+    """The largest step d (to ~1e-7 relative) with ||values - s * round(values / s)||^2 <= budget_sq,
+    where s = d, or d x ``multipliers`` (broadcastable to ``values``: a weighted quantiser's steps).
 
     Starts from the high-resolution estimate d = sqrt(12 * budget / N) and bisects on log d between a
     step that meets the budget and one that breaks it. A step above 2 * max|values| rounds every
-    value to zero, which bounds the search from above; from below it stops at 2**-60 * max|values|.
+    value to zero, which bounds the search from above; from below it stops at 2**-60 * max|values|
+    (both over the smallest and the largest multiplier).
     """
     peak = float(np.max(np.abs(values), initial=0.0))
     if peak == 0.0:
         return 1.0
+    least, most = (1.0, 1.0) if multipliers is None else (float(np.min(multipliers)), float(np.max(multipliers)))
     total = float(np.sum(np.square(values)))
     if budget_sq >= total:
-        return 4.0 * peak  # everything rounds to zero
+        return 4.0 * peak / least  # everything rounds to zero
     guess = float(np.sqrt(12.0 * max(budget_sq, 0.0) / values.size)) or peak * 2.0**-40
     low, high = guess, guess
-    while _uniform_sq_error(values, low) > budget_sq and low > peak * 2.0**-60:
+    while _uniform_sq_error(values, low, multipliers) > budget_sq and low > peak * 2.0**-60 / most:
         low /= 2.0
-    while _uniform_sq_error(values, high) <= budget_sq and high < 4.0 * peak:
+    while _uniform_sq_error(values, high, multipliers) <= budget_sq and high < 4.0 * peak / least:
         high *= 2.0
     for _ in range(_STEP_SEARCH):
         middle = float(np.sqrt(low * high))
-        if _uniform_sq_error(values, middle) <= budget_sq:
+        if _uniform_sq_error(values, middle, multipliers) <= budget_sq:
             low = middle
         else:
             high = middle
@@ -113,9 +135,14 @@ def step_for_error(values: np.ndarray, budget_sq: float) -> float:
 
 
 def encode_uniform(
-    values: np.ndarray, step: float, coded_size: Callable[[np.ndarray], int] | None = None
+    values: np.ndarray,
+    step: float,
+    coded_size: Callable[[np.ndarray], int] | None = None,
+    shifts: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Parts ``q`` and ``step`` (float64 scalar) of the codes round(values / step).
+    """Parts ``q`` and ``step`` (float64 scalar) of the codes round(values / step); with ``shifts``
+    (int8 per row (m,) and per column (n,), either None), round(values / steps) for the steps of
+    :func:`sparsify.quantize.step_matrix`, and the shifts as parts ``row_shift`` and ``column_shift``.
 
     Codes are stored as the narrowest signed integers, or -- codes within +-1 -- as 2-bit fields
     (code + 1, four per byte), or -- within +-7 -- as 4-bit fields (code + 8, two per byte), whichever
@@ -123,16 +150,24 @@ def encode_uniform(
     codes per byte lets a byte-wise entropy coder spend less than one bit on a code, which matters
     at coarse steps, where most codes are 0.
     """
-    q = np.rint(values / step)
+    rows, cols = shifts
+    weighted = rows is not None or cols is not None
+    q = np.rint(values / (step_matrix(step, values.shape, rows, cols) if weighted else step))
+    if weighted:
+        q = arrange_codes(q, rows, cols)
     levels = int(np.max(np.abs(q), initial=0.0))
     resolved: dict[str, Any] = {"step": step, "levels": levels}
     dtype = next(t for t in (np.int8, np.int16, np.int32, np.int64) if levels <= np.iinfo(t).max)
-    plain = {"q": q.astype(dtype), "step": np.array([step], dtype=np.float64)}
+    extra = {name: v.astype(np.int8) for name, v in (("row_shift", rows), ("column_shift", cols)) if v is not None}
+    # weighted: zigzag codes (0, -1, 1, -2, ... as 0, 1, 2, 3, ...), unsigned, so that where a few
+    # fine columns need wide codes the high bytes of all the others are 0, not their sign
+    codes = zigzag(q).astype(np.dtype(dtype).str.replace("i", "u")) if weighted else q.astype(dtype)
+    plain = {"q": codes, "step": np.array([step], dtype=np.float64), **extra}
     for bits in _PACKED_BITS:
         if levels < 1 << (bits - 1):
             codes = pack_bits((q.reshape(-1) + (1 << (bits - 1))).astype(np.uint8), bits)
             if coded_size is None or coded_size(codes) <= coded_size(plain["q"]):
-                return {"q": codes, "step": plain["step"]}, {**resolved, "bits": bits}
+                return {**plain, "q": codes}, {**resolved, "bits": bits}
             break
     return plain, resolved
 
@@ -151,8 +186,23 @@ def decode_uniform(parts: Mapping[str, np.ndarray], resolved: Mapping[str, Any],
         if bits not in _PACKED_BITS:
             raise CorruptArchiveError(f"uniform quantisation: {bits}-bit codes are not a packed width")
         codes = unpack_bits(q, int(bits), count).astype(np.float64) - (1 << (int(bits) - 1))
-    elif q.size == count:
+    elif q.size == count and q.dtype.kind == "u" and ("row_shift" in parts or "column_shift" in parts):
+        codes = unzigzag(q).astype(np.float64)
+    elif q.size == count and q.dtype.kind == "i":
         codes = q.astype(np.float64)
     else:
         raise CorruptArchiveError(f"uniform quantisation parts do not fit a {shape[0]}x{shape[1]} matrix")
-    return codes.reshape(shape) * float(step[0])
+    if "row_shift" not in parts and "column_shift" not in parts:
+        return codes.reshape(shape) * float(step[0])
+    rows = _shift_part(parts, "row_shift", shape[0])
+    cols = _shift_part(parts, "column_shift", shape[1])
+    return restore_codes(codes, shape, rows, cols) * step_matrix(float(step[0]), shape, rows, cols)
+
+
+def _shift_part(parts: Mapping[str, np.ndarray], name: str, count: int) -> np.ndarray | None:
+    shift = parts.get(name)
+    if shift is None:
+        return None
+    if shift.dtype != np.int8 or shift.size != count:
+        raise CorruptArchiveError(f"uniform quantisation: {name} is not {count} int8 shifts")
+    return shift.reshape(-1)

@@ -19,16 +19,23 @@ GOLDEN = {
     "digits_mlp.int8.sparsify": ("digits_mlp.safetensors", {"pipeline": "threshold:sparsity=0.7+int8+zstd"}),
     "digits_mlp.quant4.sparsify": ("digits_mlp.safetensors", {"pipeline": "quant:bits=4,group=128+zstd"}),
     "digits_mlp_bf16.ratio8.sparsify": ("digits_mlp_bf16.safetensors", {"target_ratio": 8}),
+    # 3.2: quant weighted=true, the steps per column from an importance file
+    "digits_mlp.weighted.sparsify": (
+        "digits_mlp.safetensors",
+        {"target_ratio": 10, "importance": HERE / "digits_mlp.importance.safetensors"},
+    ),
 }
+BEFORE_3_2 = [name for name in GOLDEN if name != "digits_mlp.weighted.sparsify"]
 
 # Archives of earlier format versions, decoded by every test run: name -> source.
 OLDER = {
     "v1.0/digits_mlp.keep.sparsify": "digits_mlp.safetensors",
     "v1.0/digits_mlp.threshold.sparsify": "digits_mlp.safetensors",
     "v1.0/digits_mlp_bf16.threshold.sparsify": "digits_mlp_bf16.safetensors",
-    **{f"v2.0/{name}": source for name, (source, _) in GOLDEN.items()},
-    **{f"v2.1/{name}": source for name, (source, _) in GOLDEN.items()},
-    **{f"v3.0/{name}": source for name, (source, _) in GOLDEN.items()},
+    **{f"v2.0/{name}": GOLDEN[name][0] for name in BEFORE_3_2},
+    **{f"v2.1/{name}": GOLDEN[name][0] for name in BEFORE_3_2},
+    **{f"v3.0/{name}": GOLDEN[name][0] for name in BEFORE_3_2},
+    **{f"v3.1/{name}": GOLDEN[name][0] for name in BEFORE_3_2},
 }
 
 # Folder archives (a model folder: weights, config, a file in a sub-folder) -> their source folder here.
@@ -36,9 +43,23 @@ FOLDERS = {"digits-folder.sparsify": "digits-folder-source"}
 OLDER_FOLDERS = {
     "v2.1/digits-folder.sparsify": "digits-folder-source",  # index format 1.0, archives 2.1
     "v3.0/digits-folder.sparsify": "digits-folder-source",  # index format 2.0, archives 3.0
+    "v3.1/digits-folder.sparsify": "digits-folder-source",  # index format 2.0, archives 3.1
 }
 
+
+def importance_file(path: Path) -> None:
+    """The golden importance file: a seeded log-normal importance per input channel of the digits
+    MLP's three weights (what an activation recorder would give, but reproducible from here)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(32)
+    widths = {"fc1.weight": 64, "fc2.weight": 256, "fc3.weight": 128}
+    save_file({name: rng.lognormal(0.0, 1.5, width).astype(np.float32) for name, width in widths.items()}, str(path))
+
+
 if __name__ == "__main__":
+    importance_file(HERE / "digits_mlp.importance.safetensors")
     for archive, (source, options) in GOLDEN.items():
         sparsify.compress(SAMPLES / source, HERE / archive, force=True, **options)
         print(f"wrote {archive}")
