@@ -995,15 +995,21 @@ def decode_values(parts: dict, records: dict) -> dict:
 SIGNED = {np.dtype(np.int8), *(SAFETENSORS[k][1] for k in ("I16", "I32", "I64"))}
 
 
+def uniform_step(parts: dict) -> np.ndarray:
+    """§6.7: the uniform quantiser's ``step`` part, one finite F64."""
+    step = parts["step"]
+    if step.dtype != SAFETENSORS["F64"][1] or step.shape != (1,) or not np.isfinite(step[0]):
+        raise FormatError("quant: step must be one finite F64")
+    return step
+
+
 def quant_stage(parts: dict, stage: dict, m: int, n: int) -> np.ndarray:
     """§6.7: integer groups, a codebook, or a uniform step; float64 values, no cast on the way."""
     names, resolved = set(parts), stage["resolved"]
     if names == {"codebook", "index"}:
         return codebook_values(parts, resolved, m * n).reshape(m, n)
     if names == {"q", "step"}:
-        step = parts["step"]
-        if step.dtype != SAFETENSORS["F64"][1] or step.shape != (1,) or not np.isfinite(step[0]):
-            raise FormatError("quant: step must be one finite F64")
+        step = uniform_step(parts)
         bits = resolved.get("bits")  # the writer's choice, recorded: packed fields or signed integers
         CODES_SEEN.add(("uniform", bits is not None))
         if bits is not None:
@@ -1035,9 +1041,7 @@ def quarter_octaves(shifts: np.ndarray) -> np.ndarray:
 def weighted_uniform(parts: dict, resolved: dict, m: int, n: int) -> np.ndarray:
     """§6.7 weighted uniform (3.2): the codes in shift order (zigzag unless packed), a step per entry
     d * 2**(r_i/4) * 2**(c_j/4)."""
-    step = parts["step"]
-    if step.dtype != SAFETENSORS["F64"][1] or step.shape != (1,) or not np.isfinite(step[0]):
-        raise FormatError("quant: step must be one finite F64")
+    step = uniform_step(parts)
     shifts = {}
     for name, count in (("row_shift", m), ("column_shift", n)):
         if name in parts:
