@@ -23,7 +23,7 @@ from sparsify.io.base import TensorInfo
 from sparsify.methods import CODERS, METHODS, VALUE_CODERS, EncodeContext, LosslessMethod, Method
 from sparsify.methods.values import decode_parts, encode_parts, is_value_part
 from sparsify.metrics import Reference, as_float64, exact_metrics, finite_sq_norm, same_bytes, tensor_metrics
-from sparsify.pipeline import check_config, resolve_config, stage_text
+from sparsify.pipeline import Pipeline, check_config, resolve_config, stage_text
 from sparsify.rules import Choice
 
 
@@ -165,9 +165,7 @@ def encode_tensor(
     bound = None if pipeline.lossless else pipeline.methods[-1].config.get("max_error")
     scale = 1.0
     original = original if original is not None else Original(array)
-    shifts = step_shifts
-    if shifts is None and importance is not None and any(m.config.get("weighted") for m in pipeline.methods):
-        shifts = importance.step_shifts(info.shape, pipeline.view or info.layout)
+    shifts = step_shifts if step_shifts is not None else weighted_step_shifts(pipeline, info, importance)
     for _ in range(_MAX_BUDGET_RETRIES):
         encoded = _encode(original, info, choice, seed, scale, shifts)
         if pipeline.lossless and _streams_back(encoded, array):
@@ -187,6 +185,16 @@ def encode_tensor(
         exact = encoded.record["metrics"]["exact"]
         encoded.weighted_sq_error = 0.0 if exact else importance.weighted_sq_error(array, decoded)
     return encoded
+
+
+def weighted_step_shifts(
+    pipeline: Pipeline, info: TensorInfo, importance: TensorImportance | None
+) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+    """The step shifts (per row, per column of the matrix view) that ``pipeline``'s weighted quant
+    stages take from the tensor's ``importance``; None when it has no such stage or no importance."""
+    if importance is None or not any(m.config.get("weighted") for m in pipeline.methods):
+        return None
+    return importance.step_shifts(info.shape, pipeline.view or info.layout)
 
 
 # Bytes compared at a time when a lossless encoding is checked as a stream.

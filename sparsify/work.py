@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsify import checksum
-from sparsify.codec import EncodedTensor, SpooledPart, encode_tensor
+from sparsify.codec import EncodedTensor, SpooledPart, encode_tensor, weighted_step_shifts
 from sparsify.errors import InputError
 from sparsify.importance import ImportanceFile, tensor_importance
 from sparsify.io import reader_class
@@ -66,8 +66,8 @@ class MeasureJob:
 def encode(job: EncodeJob) -> EncodedTensor:
     """The tensor's coded parts and record (:func:`sparsify.codec.encode_tensor`); with a spool,
     the parts as :class:`~sparsify.codec.SpooledPart` (the bytes cross no pipe)."""
-    weights = _importance(job.importance, job.info)
-    encoded = encode_tensor(read(job.source, job.info.name), job.info, job.choice, job.seed, importance=weights)
+    shifts = weighted_step_shifts(job.choice.pipeline, job.info, _importance(job.importance, job.info))
+    encoded = encode_tensor(read(job.source, job.info.name), job.info, job.choice, job.seed, step_shifts=shifts)
     if job.spool is None:
         return encoded
     spool = _spool_file(job.spool)
