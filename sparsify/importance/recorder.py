@@ -10,10 +10,10 @@ output error E‖ΔW x‖² weighs the weights by:
 
 biases and norms are left out (they add to the output as they are: a weight of 1 per value). Each
 tensor's entry is scaled to mean 1: a layer's output error reaches the model's output through
-normalisations and residual sums that the activations alone do not measure (on AntiBERTy, weighing
-the layers by their input energies made the outputs worse than the plain squared error did), so
-without a loss the importance shapes the error within each tensor and the allocation between
-tensors stays the plain squared error's.
+normalisations and residual sums that the activations alone do not measure (on AntiBERTy at 4 bits
+per weight, weighing the layers against each other by their input energies gave an 8.5 % higher
+1 − cosine than scaling each to mean 1), so without a loss the importance shapes the error within
+each tensor and the allocation between tensors stays the plain squared error's.
 
 With ``loss`` (a function of the model's output and the batch, e.g. the masked-LM loss), the
 diagonal of the Fisher information instead, from the gradients of the loss: K-FAC's factors for a
