@@ -192,7 +192,7 @@ def weighted_step_shifts(
 ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
     """The step shifts (per row, per column of the matrix view) that ``pipeline``'s weighted quant
     stages take from the tensor's ``importance``; None when it has no such stage or no importance."""
-    if importance is None or not any(m.config.get("weighted") for m in pipeline.methods):
+    if importance is None or not pipeline.weighted:
         return None
     return importance.step_shifts(info.shape, pipeline.view or info.layout)
 

@@ -138,7 +138,7 @@ def resolve_options(
         )
     parsed = parse_pipeline(_AUTO_PLACEHOLDER if auto else text)
     for given in (parsed, *(r.pipeline for r in parsed_rules)):
-        if any(m.config.get("weighted") for m in given.methods):
+        if given.weighted:
             raise UsageError(
                 f"{given}: quant weighted=true takes its steps from an importance file; the rate control "
                 "chooses it with --importance FILE and --target-ratio or --target-size"

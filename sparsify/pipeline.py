@@ -40,6 +40,11 @@ class Pipeline:
         """The matrix view the stages ask for (``first``/``last``), or None for the format's default."""
         return next((m.config["view"] for m in self.methods if "view" in m.config), None)
 
+    @property
+    def weighted(self) -> bool:
+        """Whether a stage takes its steps from the tensor's importance (``quant:...,weighted=true``)."""
+        return any(m.config.get("weighted") for m in self.methods)
+
     def with_methods(self, methods: tuple[Stage, ...]) -> Pipeline:
         """This pipeline's coders behind other methods (e.g. keep for a tensor stored losslessly)."""
         return Pipeline(tuple(methods), self.coders, None if isinstance(methods[0], LosslessMethod) else self.values)

@@ -151,11 +151,18 @@ def measure_candidates(
     steps of weighted quantisers, unless ``step_shifts`` gives them: :func:`encode_tensor`)."""
     points = []
     original = original if original is not None else Original(array)
+    shifts_by_layout: dict[str, Any] = {}  # the candidates share the tensor's shifts: computed once per view
     for text in candidates:
         try:
             pipeline = parse_pipeline(text)
             choice = Choice(pipeline, "candidate")
-            encoded = encode_tensor(array, info, choice, seed, original, importance, step_shifts)
+            shifts = step_shifts
+            if shifts is None and importance is not None and pipeline.weighted:
+                layout = pipeline.view or info.layout
+                if layout not in shifts_by_layout:
+                    shifts_by_layout[layout] = importance.step_shifts(info.shape, layout)
+                shifts = shifts_by_layout[layout]
+            encoded = encode_tensor(array, info, choice, seed, original, importance, shifts)
         except UsageError:
             continue
         metrics = encoded.record["metrics"]
