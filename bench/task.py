@@ -8,14 +8,15 @@ weights in 149 tensors), its checkpoint converted to safetensors by ``bench/anti
 Inputs (``bench/task_sequences.py``, regenerated from the seed every run): 200 test sequences,
 seeded point mutations (1-5 % of positions) of the three unmasked sequences in AntiBERTy's README;
 64 calibration sequences from the same stream, disjoint, from which ``bench/task_importance.py`` records
-the two importance files (activation second moments; the masked-LM loss's K-FAC Fisher factors).
+the three importance files (activation second moments; the masked-LM loss's K-FAC Fisher factors; the
+same with each linear weight's full input second-moment matrix, ``fisher-inputs``).
 The MLM inputs mask a fixed seeded 15 % of each test sequence's residues (the same for every setting).
 
 Settings (``SETTINGS``, one line each; all in one run): the original; RTN through sparsify's own
 pipelines (``quant:bits=B[,group=128]+zstd``: round to nearest, symmetric, a float16 scale per row
 or per group of 128, the codes and scales then zstd-coded); an NF4 reference (``bench/task_nf4.py``,
 numpy, not sparsify); sparsify rate control ``target_ratio=R`` with default options, swept; and
-other sparsify options, ``importance=`` one of the two recorded files among them. Every sparsify
+other sparsify options, ``importance=`` one of the three recorded files among them. Every sparsify
 setting is a real archive: ``sparsify.compress`` of the fp32 file, ``sparsify.decompress``, the
 decompressed file loaded into the model. As sparsify applies any
 pipeline, 1-D tensors and tensors under 1,024 elements (biases, LayerNorms, ``position_ids``) stay

@@ -1,6 +1,6 @@
-"""Importance files for ``bench/task.py``: AntiBERTy on its 64 calibration sequences, two ways.
+"""Importance files for ``bench/task.py``: AntiBERTy on its 64 calibration sequences, three ways.
 
-Both use ``sparsify.importance.recorder.record_importance`` on the calibration sequences of
+All three use ``sparsify.importance.recorder.record_importance`` on the calibration sequences of
 ``bench/task_sequences.py`` (disjoint from the test sequences), tokenised as the test inputs are
 (``task_model.make_inputs``, batches of ``task_model.BATCH``) with their own seeded 15 % masks:
 
@@ -9,7 +9,10 @@ Both use ``sparsify.importance.recorder.record_importance`` on the calibration s
   two kinds of input the task metrics run);
 * ``fisher``: the masked-LM cross-entropy against the true residues at the masked positions (the
   empirical Fisher), so K-FAC's diagonal factors per row and column of every linear weight, and the
-  embeddings' and LayerNorms' squared gradients.
+  embeddings' and LayerNorms' squared gradients;
+* ``fisher-inputs``: the same loss on the same batches with ``inputs=True``: each linear weight's
+  per-column factor replaced by its input's full second-moment matrix E[x xᵀ] (``NAME:inputs``,
+  whose diagonal is that factor).
 
 Padding tokens count in the activation moments as in any hook on the model's inputs (the recorder
 does not see the attention mask); the calibration batches pad to their longest sequence, which is
@@ -29,7 +32,7 @@ from task_sequences import SEED, calibration_sequences
 from sparsify.importance.recorder import record_importance, save_importance
 
 CALIBRATION_MASK_SEED = SEED + 2  # the calibration sequences' masked positions (the test's: SEED + 1)
-MODES = ("activations", "fisher")
+MODES = ("activations", "fisher", "fisher-inputs")
 IGNORED_LABEL = -100  # transformers' cross-entropy ignores these positions
 
 
@@ -55,8 +58,8 @@ def record(model: torch.nn.Module, package: Path, mode: str, path: Path) -> dict
     if mode == "activations":
         unlabelled = [{k: v for k, v in batch.items() if k != "labels"} for batch in labelled]
         entries = record_importance(model, plain + unlabelled)
-    elif mode == "fisher":
-        entries = record_importance(model, labelled, loss=masked_lm_loss)
+    elif mode in ("fisher", "fisher-inputs"):
+        entries = record_importance(model, labelled, loss=masked_lm_loss, inputs=mode == "fisher-inputs")
     else:
         raise ValueError(f"unknown importance mode {mode!r} (expected one of {MODES})")
     seconds = time.perf_counter() - start
@@ -66,7 +69,7 @@ def record(model: torch.nn.Module, package: Path, mode: str, path: Path) -> dict
         "entries": len(entries),
         "values": int(sum(v.size for v in entries.values())),
         "calibration_sequences": len(calibration_sequences()),
-        "batches": len(plain) if mode == "fisher" else 2 * len(plain),
+        "batches": 2 * len(plain) if mode == "activations" else len(plain),
         "seconds": seconds,
         "file_bytes": path.stat().st_size,
     }

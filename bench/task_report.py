@@ -300,6 +300,9 @@ def importance_lines(entry: dict[str, Any]) -> list[str]:
         "fisher": "the masked-LM cross-entropy against the true residues at a seeded 15 % of the calibration "
         "residues (the empirical Fisher): K-FAC's diagonal factors, E[g_i²] per row × E[x_j²] per column of "
         "every linear weight, summed g² per embedding weight, the LayerNorms' E[(g x̂)²] and E[g²]; mean 1",
+        "fisher-inputs": "the same loss and batches as fisher, each linear weight's per-column factor replaced by "
+        "its input's full second-moment matrix E[x xᵀ] (`NAME:inputs`, n² values per layer), × E[g_i²] per row; "
+        "mean 1",
     }
     parts = [
         f"`{mode}.safetensors` ({described.get(mode, mode)}; {f['entries']} entries, {f['values']:,} values, "
@@ -311,7 +314,9 @@ def importance_lines(entry: dict[str, Any]) -> list[str]:
         f"{entry['calibration_sequences']} calibration sequences, `bench/task_importance.py`): "
         f"{'; '.join(parts)}. The `--importance` settings below compress with one of them: the rate control "
         "minimises the importance-weighted squared error, and its candidates include `quant:step=d,weighted=true` "
-        "(format 3.2: a step per row and column of each weight, ∝ a^(−1/2) in quarter octaves)."
+        "(format 3.2: a step per row and column of each weight, ∝ a^(−1/2) in quarter octaves); with "
+        "`fisher-inputs` every step is tried with error feedback instead, `quant:step=d,feedback=true` (format 3.3: "
+        "GPTQ's column-by-column rounding with each column's error fed forward by E[x xᵀ], `sparsify.feedback`)."
     ]
 
 

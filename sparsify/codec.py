@@ -24,6 +24,7 @@ from sparsify.methods import CODERS, METHODS, VALUE_CODERS, EncodeContext, Lossl
 from sparsify.methods.values import decode_parts, encode_parts, is_value_part
 from sparsify.metrics import Reference, as_float64, exact_metrics, finite_sq_norm, same_bytes, tensor_metrics
 from sparsify.pipeline import Pipeline, check_config, resolve_config, stage_text
+from sparsify.reproducible import inner
 from sparsify.rules import Choice
 
 
@@ -53,6 +54,8 @@ class EncodedTensor:
     parts: list[CodedPart]
     # Σ a ΔW² under the importance the caller measured with (rate control; not in the record)
     weighted_sq_error: float | None = None
+    # (m,) output error per row of a last stage that fed its errors forward (sparsify.feedback)
+    row_losses: np.ndarray | None = None
 
     def stored_part(self, part: Mapping[str, Any]) -> np.ndarray:
         """The stored bytes of one of this tensor's parts (for decoding before writing)."""
@@ -158,16 +161,19 @@ def encode_tensor(
     record says by how much (1.0: not needed). ``original``: ``array`` wrapped as :class:`Original`,
     when the caller encodes it several times. ``importance``: the steps of ``quant:...,weighted=true``
     stages (:meth:`TensorImportance.step_shifts`), and also measure the importance-weighted squared
-    error (``weighted_sq_error``; 0 for a bit-exact decode). ``step_shifts``: those steps as given
-    instead (a sample's, :mod:`sparsify.estimate`).
+    error (``weighted_sq_error``; 0 for a bit-exact decode) -- for a pipeline that feeds its rounding
+    errors forward (``feedback=true``), the output error its last stage reports, Σ_i r_i loss_i
+    (:mod:`sparsify.feedback`), the error that importance weighs. ``step_shifts``: those steps as
+    given instead (a sample's, :mod:`sparsify.estimate`).
     """
     pipeline = choice.pipeline
     bound = None if pipeline.lossless else pipeline.methods[-1].config.get("max_error")
     scale = 1.0
     original = original if original is not None else Original(array)
     shifts = step_shifts if step_shifts is not None else weighted_step_shifts(pipeline, info, importance)
+    factor = feedback_factor_for(pipeline, info, importance)
     for _ in range(_MAX_BUDGET_RETRIES):
-        encoded = _encode(original, info, choice, seed, scale, shifts)
+        encoded = _encode(original, info, choice, seed, scale, shifts, factor)
         if pipeline.lossless and _streams_back(encoded, array):
             encoded.record["metrics"] = exact_metrics(array if dtypes.is_real_numeric(info.dtype) else None)
             encoded.record["decoded_checksum"] = None
@@ -183,8 +189,23 @@ def encode_tensor(
         scale *= 0.98 * shortfall * shortfall  # not ** 2: libm's pow may differ between CPUs
     if importance is not None:
         exact = encoded.record["metrics"]["exact"]
-        encoded.weighted_sq_error = 0.0 if exact else importance.weighted_sq_error(array, decoded)
+        if exact:
+            encoded.weighted_sq_error = 0.0
+        elif encoded.row_losses is not None:
+            rows = np.ones(encoded.row_losses.size) if importance.rows is None else importance.rows
+            encoded.weighted_sq_error = inner(rows, encoded.row_losses)
+        else:
+            encoded.weighted_sq_error = importance.weighted_sq_error(array, decoded)
     return encoded
+
+
+def feedback_factor_for(pipeline: Pipeline, info: TensorInfo, importance: TensorImportance | None) -> np.ndarray | None:
+    """The factor of the tensor's input moments that ``pipeline``'s ``feedback=true`` stages take
+    (:meth:`TensorImportance.feedback_factor`); None without such a stage, without input moments, or
+    in a matrix view whose columns are not the inputs (the stage then refuses to encode)."""
+    if importance is None or not pipeline.feedback or (pipeline.view or info.layout) != "first" or len(info.shape) != 2:
+        return None
+    return importance.feedback_factor()
 
 
 def weighted_step_shifts(
@@ -237,6 +258,7 @@ def _encode(
     seed: int,
     budget_scale: float,
     step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+    feedback: np.ndarray | None = None,
 ) -> EncodedTensor:
     pipeline = choice.pipeline
     array = original.array
@@ -269,7 +291,9 @@ def _encode(
             seed=seed,
             coded_size=lambda part: coded(part)[0].size,
             step_shifts=step_shifts,
+            feedback=feedback,
         )
+        row_losses = None
         for i, method in enumerate(pipeline.methods):
             out = method.encode(residual, ctx)
             stage = {"method": method.name, "config": method.config, "resolved": out.resolved}
@@ -284,13 +308,16 @@ def _encode(
             raw_parts += [(f"{i}.{method.name}.{k}", v) for k, v in parts.items()]
             if i + 1 < len(pipeline.methods):
                 residual = residual - approximation
+            row_losses = out.row_losses
         record["budget_scale"] = budget_scale
     coded_parts = [code_part(name, value, info.name, pipeline.coders, coded) for name, value in raw_parts]
     record["value_coder"] = None if pipeline.values is None else stage_text(pipeline.values)
     record["coders"] = [stage_text(c) for c in pipeline.coders]
     record["parts"] = [p.record for p in coded_parts]
     record["stored_bytes"] = sum(p.record["nbytes"] for p in coded_parts)
-    return EncodedTensor(record, coded_parts)
+    encoded = EncodedTensor(record, coded_parts)
+    encoded.row_losses = None if pipeline.lossless else row_losses
+    return encoded
 
 
 _STORED_FLOATS = ("F16", "BF16", "F32", "F64")

@@ -300,6 +300,59 @@ def _estimate(
     return points
 
 
+def row_sample(n_rows: int, n_cols: int) -> np.ndarray:
+    """The rows (int64, evenly spaced) of a sample of whole rows of about :data:`SAMPLE_ELEMENTS` values."""
+    return evenly_spaced(max(1, -(-SAMPLE_ELEMENTS // max(n_cols, 1))), n_rows)
+
+
+def _estimate_rows(
+    array: np.ndarray,
+    info: TensorInfo,
+    candidates: list[str],
+    seed: int,
+    sq_norm: float,
+    importance: TensorImportance,
+) -> list[Point]:
+    """Estimates of candidates that feed their rounding errors forward along each row
+    (``feedback=true``, :mod:`sparsify.feedback`): on whole rows (:func:`row_sample`), where the
+    feedback runs as on the tensor -- rows are independent of one another under it -- with the
+    tensor's input moments and step shifts; bytes and errors are scaled by rows, the shift parts
+    counted as the tensor's."""
+    from sparsify.codec import coded_bytes
+
+    matrix = matrix_view(np.asarray(array), info.layout)
+    rows = row_sample(*matrix.shape)
+    values = np.ascontiguousarray(matrix[rows])
+    sampled = TensorInfo(info.name, info.dtype, tuple(values.shape), "first")
+    original = Original(values)
+    weights = importance.for_rows(rows)
+    row_shift, col_shift = importance.step_shifts(tuple(info.shape), info.layout)
+    shifts = (None if row_shift is None else row_shift[rows], col_shift)
+    scale = matrix.shape[0] / rows.size
+    points = []
+    for text in candidates:
+        pipeline = parse_pipeline(text)
+        given = shifts if pipeline.weighted else None
+        shift_bytes = 0
+        if pipeline.weighted:
+            shift_bytes = sum(coded_bytes(v, pipeline.coders)[0].size for v in (row_shift, col_shift) if v is not None)
+        for p in measure_candidates(values, sampled, [text], seed, original, weights, given):
+            stored = p.record["stored_bytes"]
+            shift_parts = sum(q["nbytes"] for q in p.record["parts"] if q["name"].endswith("_shift"))
+            sq_error = p.sq_error * scale
+            rel_error = math.sqrt(sq_error / sq_norm) if sq_norm > 0 and math.isfinite(sq_error) else p.rel_error
+            nbytes = round((stored - shift_parts) * scale) + p.nbytes - stored + shift_bytes
+            points.append(Point(p.pipeline, nbytes, sq_error, rel_error, exact=False, distortion=p.distortion * scale))
+    return points
+
+
+def _in_order(candidates: list[str], points: list[Point]) -> list[Point]:
+    """``points`` in the order of their candidates (a candidate's text may differ from its point's
+    canonical pipeline: matched by parsing)."""
+    rank = {str(parse_pipeline(text)): i for i, text in enumerate(candidates)}
+    return sorted(points, key=lambda p: rank.get(p.pipeline, len(rank)))
+
+
 def estimate_tensor(
     array: np.ndarray,
     info: TensorInfo,
@@ -321,7 +374,14 @@ def estimate_tensor(
         candidates = list(candidates)  # the ladder's share the byte coders that store the shifts
         coders = parse_pipeline(candidates[0]).coders if candidates else ()
         weights = sample_weights(sample, importance, info, coders)
-    points = _estimate(sample, info, candidates, seed, sq_norm, weights)
+    candidates = list(candidates)
+    fed = [parse_pipeline(text).feedback for text in candidates]
+    points = _estimate(sample, info, [t for t, f in zip(candidates, fed, strict=True) if not f], seed, sq_norm, weights)
+    if any(fed):
+        rows = _estimate_rows(
+            array, info, [t for t, f in zip(candidates, fed, strict=True) if f], seed, sq_norm, importance
+        )
+        points = _in_order(candidates, points + rows)
     measured = len(points)
     if max_error is not None:
         points = [p for p in points if p.rel_error <= max_error] or points

@@ -138,9 +138,10 @@ def resolve_options(
         )
     parsed = parse_pipeline(_AUTO_PLACEHOLDER if auto else text)
     for given in (parsed, *(r.pipeline for r in parsed_rules)):
-        if given.weighted:
+        if given.weighted or given.feedback:
+            what = "weighted=true takes its steps" if given.weighted else "feedback=true takes its input moments"
             raise UsageError(
-                f"{given}: quant weighted=true takes its steps from an importance file; the rate control "
+                f"{given}: quant {what} from an importance file; the rate control "
                 "chooses it with --importance FILE and --target-ratio or --target-size"
             )
     return Options(

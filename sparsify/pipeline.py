@@ -45,6 +45,12 @@ class Pipeline:
         """Whether a stage takes its steps from the tensor's importance (``quant:...,weighted=true``)."""
         return any(m.config.get("weighted") for m in self.methods)
 
+    @property
+    def feedback(self) -> bool:
+        """Whether a stage feeds its rounding errors forward by the tensor's input moments
+        (``quant:step=...,feedback=true``, :mod:`sparsify.feedback`)."""
+        return any(m.config.get("feedback") for m in self.methods)
+
     def with_methods(self, methods: tuple[Stage, ...]) -> Pipeline:
         """This pipeline's coders behind other methods (e.g. keep for a tensor stored losslessly)."""
         return Pipeline(tuple(methods), self.coders, None if isinstance(methods[0], LosslessMethod) else self.values)

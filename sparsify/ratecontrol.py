@@ -68,19 +68,23 @@ _LADDER_FIXED = ("quant:bits=8+zstd", "quant:bits=4,group=128+zstd", "quant:bits
 _LADDER_CODEBOOKS = tuple(f"quant:codebook={k}+zstd" for k in (2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
 
 
-def ladder_candidates(array: np.ndarray, weighted: bool = False) -> list[str]:
+def ladder_candidates(array: np.ndarray, weighted: bool = False, feedback: bool = False) -> list[str]:
     """The rate-distortion ladder for one tensor: ``quant:step=...+zstd`` at steps relative to the
     tensor's RMS (:data:`_LADDER_LOG2_STEPS`), k-means codebooks (:data:`_LADDER_CODEBOOKS`), plus
     :data:`_LADDER_FIXED`. ``weighted``: the steps also as ``quant:step=...,weighted=true`` (the
     tensor's importance sets a step per row and column; the uniform step stays a candidate, as its
-    codes pack into fewer bits at coarse steps)."""
+    codes pack into fewer bits at coarse steps). ``feedback``: the tensor has input moments, and every
+    step is tried with error feedback (``feedback=true``, :mod:`sparsify.feedback`) instead of plain
+    rounding: measured on AntiBERTy at 4 bits per weight, feedback lowered the layers' output error
+    5.6-fold for 0.1 % more bytes."""
     finite = np.asarray(array, dtype=np.float64)
     rms = math.sqrt(finite_sq_norm(finite) / finite.size) if finite.size else 0.0
     if rms == 0.0 or not math.isfinite(rms):
         return list(_LADDER_FIXED)
-    steps = [f"quant:step={rms * _exp2(k):.4g}+zstd" for k in _LADDER_LOG2_STEPS]
+    fed = ",feedback=true" if feedback else ""
+    steps = [f"quant:step={rms * _exp2(k):.4g}{fed}+zstd" for k in _LADDER_LOG2_STEPS]
     if weighted:
-        steps += [f"quant:step={rms * _exp2(k):.4g},weighted=true+zstd" for k in _LADDER_LOG2_STEPS]
+        steps += [f"quant:step={rms * _exp2(k):.4g},weighted=true{fed}+zstd" for k in _LADDER_LOG2_STEPS]
     return steps + list(_LADDER_CODEBOOKS) + list(_LADDER_FIXED)
 
 
@@ -443,12 +447,15 @@ def plan_reason(summary: dict[str, Any]) -> str:
     return f"rate control: target {summary['mode']}"
 
 
-def candidates_for(mode: str, array: np.ndarray, max_error: float | None, weighted: bool = False) -> list[str]:
+def candidates_for(
+    mode: str, array: np.ndarray, max_error: float | None, weighted: bool = False, feedback: bool = False
+) -> list[str]:
     """The candidate pipelines of one tensor for a planning mode (``auto`` or a target);
-    ``weighted``: the tensor has an importance that shifts its steps (:func:`ladder_candidates`)."""
+    ``weighted``: the tensor has an importance that shifts its steps, ``feedback``: input moments
+    (:func:`ladder_candidates`)."""
     if mode == "auto":
         return [c.format(e=repr(float(max_error))) for c in AUTO_CANDIDATES]
-    return ladder_candidates(array, weighted)
+    return ladder_candidates(array, weighted, feedback)
 
 
 def model_curves(

@@ -66,8 +66,11 @@ class MeasureJob:
 def encode(job: EncodeJob) -> EncodedTensor:
     """The tensor's coded parts and record (:func:`sparsify.codec.encode_tensor`); with a spool,
     the parts as :class:`~sparsify.codec.SpooledPart` (the bytes cross no pipe)."""
-    shifts = weighted_step_shifts(job.choice.pipeline, job.info, _importance(job.importance, job.info))
-    encoded = encode_tensor(read(job.source, job.info.name), job.info, job.choice, job.seed, step_shifts=shifts)
+    weights = _importance(job.importance, job.info)
+    shifts = weighted_step_shifts(job.choice.pipeline, job.info, weights)
+    if weights is not None and not job.choice.pipeline.feedback:
+        weights = None  # only feedback takes more from it than the shifts
+    encoded = encode_tensor(read(job.source, job.info.name), job.info, job.choice, job.seed, None, weights, shifts)
     if job.spool is None:
         return encoded
     spool = _spool_file(job.spool)
@@ -105,7 +108,8 @@ def measure(job: MeasureJob) -> Any:
         weighted = weights is not None and any(
             s is not None for s in weights.step_shifts(job.info.shape, job.info.layout)
         )
-        candidates = ratecontrol.candidates_for(job.mode, array, job.max_error, weighted)
+        feedback = weights is not None and weights.takes_feedback(job.info)
+        candidates = ratecontrol.candidates_for(job.mode, array, job.max_error, weighted, feedback)
     i, n = job.share
     mine = candidates[i * len(candidates) // n : (i + 1) * len(candidates) // n]
     # a share keeps every point: the bound is applied once the shares are joined
@@ -120,8 +124,19 @@ def _importance(source: ImportanceFile | None, info: TensorInfo):
     a weight file: through this process's reader, its stamp checked."""
     if source is None:
         return None
+    key = (source.checksum, info.name)
+    if key in _recent_importance:
+        return _recent_importance[key]
     file = Source(source.path, "safetensors", source.stamp)
-    return tensor_importance(source, info, lambda key: read(file, key))
+    weights = tensor_importance(source, info, lambda key: read(file, key))
+    if weights is not None and weights.inputs is not None:
+        # its feedback factor takes seconds to make: the planning rounds and the write job reuse it
+        _recent_importance.clear()
+        _recent_importance[key] = weights
+    return weights
+
+
+_recent_importance: dict[tuple[str, str], Any] = {}  # the last tensor importance with input moments
 
 
 def file_checksum(path: str) -> str:

@@ -114,11 +114,12 @@ def check_config_roundtrip(text: str) -> None:
 
 
 def check_encode_decode(
-    method, target: np.ndarray, *, float_dtype=np.float32, reference_sq=None, seed=0, step_shifts=None
+    method, target: np.ndarray, *, float_dtype=np.float32, reference_sq=None, seed=0, step_shifts=None, feedback=None
 ):
     """A method's contract on one matrix: ``decode(parts)`` is exactly the ``approximation`` that
     ``encode`` returned, parts are plain numeric arrays, ``resolved`` is JSON-able. Returns the output.
-    ``step_shifts``: the context's (a weighted quantiser's row and column shifts).
+    ``step_shifts``: the context's (a weighted quantiser's row and column shifts); ``feedback``: its
+    factor of the input moments (:func:`sparsify.feedback.feedback_factor`).
     """
     import json
 
@@ -131,6 +132,7 @@ def check_encode_decode(
         reference_sq=float(np.sum(target**2)) if reference_sq is None else reference_sq,
         seed=seed,
         step_shifts=step_shifts,
+        feedback=feedback,
     )
     out = method.encode(target, ctx)
     assert out.approximation.shape == target.shape and out.approximation.dtype == np.float64

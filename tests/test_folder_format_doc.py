@@ -179,14 +179,15 @@ def test_section_names_every_key(made):
 @pytest.mark.parametrize(
     ("name", "version", "member_version"),
     [
-        ("digits-folder.sparsify", "2.0", "3.2"),
+        ("digits-folder.sparsify", "2.0", "3.3"),
+        ("v3.2/digits-folder.sparsify", "2.0", "3.2"),
         ("v3.1/digits-folder.sparsify", "2.0", "3.1"),
         ("v3.0/digits-folder.sparsify", "2.0", "3.0"),
         ("v2.1/digits-folder.sparsify", "1.0", "2.1"),
     ],
 )
 def test_golden_folder_archives(name, version, member_version, tmp_path):
-    """The golden folder archives: index 2.0 (members of format 3.2, 3.1 and 3.0) and index 1.0 (bare hex
+    """The golden folder archives: index 2.0 (members of format 3.3, 3.2, 3.1 and 3.0) and index 1.0 (bare hex
     SHA-256, its members of format 2.1) check as §13 says, by this reader and by sparsify, and rebuild
     their source."""
     out = GOLDEN / name

@@ -1101,7 +1101,7 @@ STAGE_DECODERS = {
 # ---------------------------------------------------------------------------------------------------
 
 
-CURRENT = "3.2"  # the version FORMAT.md describes, which sparsify writes
+CURRENT = "3.3"  # the version FORMAT.md describes, which sparsify writes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -2075,7 +2075,7 @@ def test_manifest_envelope(tmp_path):
         return base64.b64encode(frame).decode("ascii")
 
     damaged = [  # (envelope fields changed, what this reader's message says)
-        ({"manifest_codec": "brotli"}, "'brotli'.*3\\.2"),  # names the codec and the version
+        ({"manifest_codec": "brotli"}, "'brotli'.*3\\.3"),  # names the codec and the version
         ({"manifest_codec": "zstd+base64"}, "zstd frame"),  # a frame made with the dictionary needs it
         ({"format": "other"}, "not 'sparsify'"),
         ({"manifest": None}, "packed manifest"),
@@ -2112,15 +2112,15 @@ def test_golden_set():
 
     assert GOLDEN_NAMES == sorted([*CURRENT_SET, *OLDER])
     versions = {name.split("/")[0] if "/" in name else CURRENT for name in GOLDEN_NAMES}
-    assert versions == {"v1.0", "v2.0", "v2.1", "v3.0", "v3.1", CURRENT}
+    assert versions == {"v1.0", "v2.0", "v2.1", "v3.0", "v3.1", "v3.2", CURRENT}
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
 def test_golden_archives(tmp_path, name):
     """Archives of sparsify releases: 1.0 (the manifest's JSON as the metadata string), 2.0 (envelope),
     2.1 (decoded checksums in lossy records, checked by this reader's reference arithmetic), 3.0
-    (checksum strings, the dictionary envelope, the inline header, zstd+planes2), 3.1 (zstd+planes3) and 3.2
-    (quant weighted=true)."""
+    (checksum strings, the dictionary envelope, the inline header, zstd+planes2), 3.1 (zstd+planes3), 3.2
+    (quant weighted=true) and 3.3 (quant feedback=true)."""
     path = GOLDEN / name
     reader = Reader(path)
     version = reader.manifest["format_version"]
@@ -2136,9 +2136,12 @@ def test_golden_archives(tmp_path, name):
     assert source["checksum"].startswith("xxh3:" if three else "sha256:")  # §9.2: upgraded
     codecs = {p["codec"] for t in reader.manifest["tensors"] for p in t["parts"]}
     assert ("zstd+planes2" in codecs) == three or codecs <= {None, "zstd"}
-    assert ("zstd+planes3" in codecs) <= (version in ("3.1", CURRENT))  # 3.1's codec
+    assert ("zstd+planes3" in codecs) <= (version in ("3.1", "3.2", CURRENT))  # 3.1's codec
     weighted = any(s["config"].get("weighted") for t in reader.manifest["tensors"] for s in t["stages"])
-    assert weighted == (name == "digits_mlp.weighted.sparsify")  # 3.2's quantiser, in its golden archive
+    assert weighted <= (name.endswith(("digits_mlp.weighted.sparsify", "digits_mlp.feedback.sparsify")))  # 3.2's
+    assert weighted or not name.endswith("digits_mlp.weighted.sparsify")
+    fed = any(s["config"].get("feedback") for t in reader.manifest["tensors"] for s in t["stages"])
+    assert fed == (name == "digits_mlp.feedback.sparsify")  # 3.3's error feedback, in its golden archive
     (n,) = struct.unpack("<Q", (SAMPLES / source["name"]).read_bytes()[:8])
     assert reader.blob("header") == (SAMPLES / source["name"]).read_bytes()[8 : 8 + n]
     assert ("header" in source.get("inline", {})) == three  # §4.2: 3.x holds it as text

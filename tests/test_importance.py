@@ -346,6 +346,50 @@ def test_recorder_fisher_and_compress(tmp_path):
     assert (tmp_path / "cli.sparsify").read_bytes() == (tmp_path / "api.sparsify").read_bytes()
 
 
+@pytest.mark.parametrize("mode", ["activations", "fisher", "fisher-frozen"])
+def test_recorder_inputs_matrix(mode):
+    """``inputs=True``: each linear weight's ``NAME:inputs`` = Σ xᵀx / count (in, in), exactly
+    symmetric, in place of its per-column entry and scaled like it: its diagonal is that entry (bit
+    for bit), the other entries are unchanged. ``fisher-frozen``: the layers before the head are
+    frozen, so ``hidden.weight`` has no ``:rows`` and its matrix carries the common scale itself."""
+    torch = pytest.importorskip("torch")
+    from sparsify.importance.recorder import record_importance
+
+    model = _tiny_lm(torch)
+    if mode == "fisher-frozen":
+        for module in (model.embed, model.norm, model.hidden):
+            module.requires_grad_(False)
+    batches = [torch.randint(0, 40, (4, 12), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+    def loss(logits, tokens):
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, 40), tokens.reshape(-1))
+
+    fisher = None if mode == "activations" else loss
+    columns = record_importance(model, batches, loss=fisher)
+    matrices = record_importance(model, batches, loss=fisher, inputs=True)
+    linear = ("hidden.weight", "head.weight")
+    assert set(matrices) == {k for k in columns if k not in linear} | {f"{n}:inputs" for n in linear}
+    assert ("hidden.weight:rows" in matrices) == (mode == "fisher")
+    for key in set(columns) - set(linear):
+        np.testing.assert_array_equal(matrices[key], columns[key])
+    tokens = torch.cat([b.reshape(-1) for b in batches])
+    with torch.no_grad():
+        normed = model.norm(model.embed(tokens)).double()
+        hidden = torch.relu(model.hidden(normed.float())).double()
+    for name, x in zip(linear, (normed, hidden), strict=True):
+        a = matrices[f"{name}:inputs"]
+        assert a.dtype == np.float32 and a.shape == (x.shape[1], x.shape[1])
+        np.testing.assert_array_equal(a, a.T)
+        np.testing.assert_array_equal(np.diagonal(a), columns[name])
+        expected = (x.T @ x / x.shape[0]).numpy()
+        if mode == "activations":  # the diagonal to mean 1
+            expected = expected / np.diagonal(expected).mean()
+        elif f"{name}:rows" not in matrices:  # a lone factor carries the common scale
+            assert mode == "fisher-frozen" and name == "hidden.weight"
+            expected = expected * (columns[name] / np.diagonal(expected)).mean()
+        np.testing.assert_allclose(a, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("layout", ["first", "last"])
 @pytest.mark.parametrize("form", ["full", "rows", "cols", "rows+cols", "full+rows"])
 @pytest.mark.parametrize("shape", [(6,), (4, 5), (4, 3, 5)])

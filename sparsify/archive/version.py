@@ -18,10 +18,13 @@ reader refuses the tensors that use it and reads the others.
 3.2 -- ``quant``'s ``weighted`` parameter (steps per row and column set by an importance file, parts
 ``row_shift`` and ``column_shift``, the codes stored in shift order and zigzag-coded); a 3.1 reader
 refuses the tensors that use it (an unknown parameter) and reads the others.
+3.3 -- ``quant``'s ``feedback`` parameter (codes chosen with error feedback by the input moments of an
+importance file, GPTQ; the parts and their decoding are 3.2's uniform or weighted quantiser's); a 3.2
+reader refuses the tensors that use it (an unknown parameter) and reads the others.
 """
 
 FORMAT_NAME = "sparsify"
-FORMAT_VERSION = "3.2"
+FORMAT_VERSION = "3.3"
 METADATA_KEY = "sparsify"
 MANIFEST_CODEC = "zstd+dict+base64"  # how the manifest is packed (3.0: with archive/manifest-3.0.dict)
 # The zstd level of the manifest's frame: as small as 19 (within 0.6 %) at half its time on big manifests.

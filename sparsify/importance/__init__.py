@@ -13,7 +13,14 @@ model (any weight file of a folder model), finite and >= 0, in one of these form
 * ``NAME``, shape = (the weight's last axis,): per column, i.e. per *input* channel of a torch
   ``nn.Linear`` weight (out, in);
 * ``NAME:rows``, shape = (the weight's first axis,): per row (a torch weight's output channels, or
-  the token frequencies of an embedding table), alone or multiplying the ``NAME`` entry.
+  the token frequencies of an embedding table), alone or multiplying the ``NAME`` entry;
+* ``NAME:inputs``, shape (n, n) for a 2-D weight (out, n) stored as torch stores a linear layer's:
+  the second-moment matrix H = E[x xᵀ] of its inputs (K-FAC's input factor; symmetric, positive
+  semi-definite, n <= :data:`MAX_INPUTS`), in place of a ``NAME`` entry, alone or with ``NAME:rows``.
+  The importance per column is then H's damped diagonal, H_jj + δ (δ: :data:`sparsify.feedback.DAMPING`
+  times the mean of the diagonal), and the quantiser can feed each column's rounding error to the
+  columns after it (``quant:step=...,feedback=true``, :mod:`sparsify.feedback`): the error it
+  minimises is then Σ_i r_i Δw_i (H + δ I) Δw_iᵀ, the layer's output error weighted by the rows.
 
 A tensor the file does not name weighs 1 per weight (plain squared error). The values' overall
 scale matters only against those tensors'. :mod:`sparsify.importance.recorder` records a file for a
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +44,10 @@ from sparsify.reproducible import sum_of_squares
 
 ROWS_SUFFIX = ":rows"
 """Suffix of a per-row (first axis) importance entry."""
+INPUTS_SUFFIX = ":inputs"
+"""Suffix of an input second-moment matrix entry."""
+MAX_INPUTS = 8192
+"""The largest n of an ``NAME:inputs`` entry (n² float64 values are held while a tensor is encoded)."""
 
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
@@ -50,6 +61,34 @@ class TensorImportance:
     full: np.ndarray | None = None
     rows: np.ndarray | None = None
     cols: np.ndarray | None = None
+    inputs: np.ndarray | None = None  # (n, n) input moments (``NAME:inputs``); cols is then their damped diagonal
+    _factor: list = field(default_factory=list, compare=False, repr=False)  # the feedback factor, once made
+
+    def feedback_factor(self) -> np.ndarray | None:
+        """V of :func:`sparsify.feedback.feedback_factor` for the input moments (made once per
+        instance and shared by :meth:`for_rows`'s), None without them; InputError when the moments
+        are not positive semi-definite."""
+        if self.inputs is None:
+            return None
+        if not self._factor:
+            from sparsify.feedback import feedback_factor
+
+            try:
+                self._factor.append(feedback_factor(self.inputs))
+            except ValueError as error:
+                raise InputError(f"the input moments of a tensor are not positive semi-definite ({error})") from None
+        return self._factor[0]
+
+    def takes_feedback(self, info: TensorInfo) -> bool:
+        """Whether quantisers of the tensor ``info`` can feed their errors forward by these input
+        moments (a 2-D tensor in its default view, (out, in))."""
+        return self.inputs is not None and len(info.shape) == 2 and info.layout == "first"
+
+    def for_rows(self, rows: np.ndarray) -> TensorImportance:
+        """The importance of the matrix rows ``rows`` (int indices, first axis) of a 2-D tensor."""
+        picked = None if self.rows is None else self.rows[rows]
+        full = None if self.full is None else self.full[rows]
+        return TensorImportance(full, picked, self.cols, self.inputs, self._factor)
 
     def scale(self, shape: tuple[int, ...]) -> np.ndarray:
         """sqrt(a), broadcastable to ``shape`` (sqrt is correctly rounded: the same on every machine)."""
@@ -135,12 +174,15 @@ def check_importance(path: str | Path, tensors: dict[str, TensorInfo]) -> Import
         entries = reader.tensors()
         if not entries:
             raise InputError(f"{path}: the importance file holds no tensors")
+        names = {entry.name for entry in entries}
         for entry in entries:
-            name, rows = _split(entry.name)
+            name, form = _split(entry.name)
             info = tensors.get(name)
             if info is None:
                 raise InputError(f"{path}: {entry.name!r} names no tensor of the model")
-            _check_entry(path, entry, info, rows, reader.read(entry.name))
+            if form == "inputs" and name in names:
+                raise InputError(f"{path}: {name!r} has both {name!r} and {entry.name!r}; give one of them")
+            _check_entry(path, entry, info, form, reader.read(entry.name))
         stamp = reader.stamp
         digest = file_checksum(str(path))
         reader.check_unchanged()
@@ -148,19 +190,28 @@ def check_importance(path: str | Path, tensors: dict[str, TensorInfo]) -> Import
     return ImportanceFile(str(path.resolve()), (stamp[0], stamp[1]), keys, digest)
 
 
-def _split(key: str) -> tuple[str, bool]:
-    """(tensor name, whether the entry is per row) of an importance file's key."""
-    if key.endswith(ROWS_SUFFIX):
-        return key[: -len(ROWS_SUFFIX)], True
-    return key, False
+def _split(key: str) -> tuple[str, str]:
+    """(tensor name, form: ``"rows"``, ``"inputs"`` or ``""``) of an importance file's key."""
+    for suffix in (ROWS_SUFFIX, INPUTS_SUFFIX):
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix[1:]
+    return key, ""
 
 
-def _check_entry(path: Path, entry: TensorInfo, info: TensorInfo, rows: bool, values: np.ndarray) -> None:
+def _check_entry(path: Path, entry: TensorInfo, info: TensorInfo, form: str, values: np.ndarray) -> None:
     if entry.dtype not in _FLOAT_DTYPES:
         raise InputError(f"{path}: {entry.name!r} is {entry.dtype}; importance is a float tensor (F16/BF16/F32/F64)")
     if not info.shape:
         raise InputError(f"{path}: {entry.name!r}: {info.name!r} is a scalar; give it no importance")
-    if rows:
+    if form == "inputs":
+        if len(info.shape) != 2 or info.layout != "first":
+            raise InputError(f"{path}: {entry.name!r}: input moments are for a 2-D weight stored (out, in)")
+        n = info.shape[1]
+        if n > MAX_INPUTS:
+            raise InputError(f"{path}: {entry.name!r}: {n} inputs; input moments are read for at most {MAX_INPUTS}")
+        allowed = {(n, n)}
+        what = f"({n}, {n}), the inputs of {info.name!r} squared"
+    elif form == "rows":
         allowed = {(info.shape[0],)}
         what = f"({info.shape[0]},), the rows of {info.name!r}"
     else:
@@ -169,6 +220,12 @@ def _check_entry(path: Path, entry: TensorInfo, info: TensorInfo, rows: bool, va
     if tuple(entry.shape) not in allowed:
         raise InputError(f"{path}: {entry.name!r} has shape {tuple(entry.shape)}; expected {what}")
     wide = as_float64(values)
+    if form == "inputs":
+        if not (np.isfinite(wide).all() and (np.diagonal(wide) >= 0).all()):
+            raise InputError(f"{path}: {entry.name!r} holds non-finite values or a negative diagonal")
+        if not np.array_equal(wide, wide.T):
+            raise InputError(f"{path}: {entry.name!r} is not symmetric")
+        return
     if not (np.isfinite(wide).all() and (wide >= 0).all()):
         raise InputError(f"{path}: {entry.name!r} holds negative or non-finite values")
 
@@ -178,10 +235,15 @@ def tensor_importance(
 ) -> TensorImportance | None:
     """The importance of one tensor (None: no file, or the file does not name it), its entries
     read with ``read(key)`` (the caller's reader of the checked file)."""
-    if source is None or not {info.name, info.name + ROWS_SUFFIX} & source.keys:
+    if source is None or not {info.name, info.name + ROWS_SUFFIX, info.name + INPUTS_SUFFIX} & source.keys:
         return None
     values = as_float64(read(info.name)) if info.name in source.keys else None
     rows = as_float64(read(info.name + ROWS_SUFFIX)) if info.name + ROWS_SUFFIX in source.keys else None
+    if info.name + INPUTS_SUFFIX in source.keys:
+        from sparsify.feedback import damped_diagonal
+
+        inputs = as_float64(read(info.name + INPUTS_SUFFIX))
+        return TensorImportance(rows=rows, cols=damped_diagonal(inputs), inputs=inputs)
     if values is not None and values.ndim > 1:  # per weight
         return TensorImportance(full=values, rows=rows)
     return TensorImportance(rows=rows, cols=values)  # per column (for a 1-D tensor the same thing)

@@ -22,6 +22,13 @@ linear bias, the summed g² of each embedding row, E[(g x̂)²] and E[g²] for a
 bias. These are in units of the loss; they are scaled so that their mean over the recorded weights
 is 1, which is what a weight the file does not name counts as.
 
+With ``inputs=True`` (with or without a loss), each ``nn.Linear`` weight (out, in) has ``NAME:inputs``
+instead of its per-column ``NAME``: the full second moment E[x xᵀ] (in, in) of its input (K-FAC's
+"A" factor; GPTQ's Hessian up to a factor), exactly symmetric, whose diagonal is the per-column
+entry it replaces, scaled as that entry is (without a loss, the diagonal to mean 1; with one, the
+diagonal counts in the mean, and the ``:rows`` entry carries the scale). It costs n² floats per
+linear layer of n inputs, against n.
+
 Example::
 
     import torch
@@ -32,6 +39,7 @@ Example::
     batches = [tokenizer(text, return_tensors="pt") for text in calibration_texts]
     importance = record_importance(model, batches)        # activation second moments
     save_importance(importance, "importance.safetensors")
+    # or: record_importance(model, batches, loss=loss, inputs=True)  # K-FAC rows x full E[x xᵀ]
     # then: sparsify compress model.safetensors --target-ratio 8 --importance importance.safetensors
 """
 
@@ -44,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsify.importance import ROWS_SUFFIX
+from sparsify.importance import INPUTS_SUFFIX, ROWS_SUFFIX
 
 
 def record_importance(
@@ -52,19 +60,21 @@ def record_importance(
     batches: Iterable[Any],
     loss: Callable[[Any, Any], Any] | None = None,
     prefix: str = "",
+    inputs: bool = False,
 ) -> dict[str, np.ndarray]:
     """The importance entries of ``model`` (a ``torch.nn.Module``) over ``batches``, named after
     its parameters (``prefix`` + the name ``model.named_parameters()`` gives, the first one for a
     tied parameter), as float32 arrays. A batch is passed as ``model(**batch)`` if it is a mapping,
     ``model(*batch)`` if a tuple or list, else ``model(batch)``; with ``loss``, ``loss(output,
-    batch)`` is back-propagated (module docstring). The model is not changed (its gradients are
-    cleared afterwards)."""
+    batch)`` is back-propagated (module docstring). With ``inputs``, each linear weight has its full
+    input second-moment matrix ``NAME:inputs`` instead of its per-column entry. The model is not
+    changed (its gradients are cleared afterwards)."""
     import torch
 
     names = {}
     for name, parameter in model.named_parameters(remove_duplicate=True):
         names.setdefault(id(parameter), prefix + name)
-    recorder = _Recorder(names, fisher=loss is not None)
+    recorder = _Recorder(names, fisher=loss is not None, inputs=inputs)
     handles = []
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)):
@@ -107,11 +117,13 @@ def _call(model: Any, batch: Any) -> Any:
 
 
 class _Recorder:
-    """Sums of squares per parameter, filled by the forward hooks (and the gradient hooks they set)."""
+    """Sums of squares (``:inputs``: of outer products) per parameter, filled by the forward hooks
+    (and the gradient hooks they set)."""
 
-    def __init__(self, names: dict[int, str], fisher: bool) -> None:
+    def __init__(self, names: dict[int, str], fisher: bool, inputs: bool) -> None:
         self.names = names
         self.fisher = fisher
+        self.inputs = inputs
         self.sums: dict[str, Any] = {}  # entry name -> float64 torch tensor of sums
         self.counts: dict[str, float] = {}  # entry name -> how many tokens were summed
         self.owners: dict[str, int] = {}  # parameter name -> the module that records it
@@ -155,12 +167,19 @@ class _Recorder:
         if weight is None:
             return
         flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
-        self.add(weight, (flat * flat).sum(0), float(flat.shape[0]))
+        if self.inputs:
+            moments = flat.T @ flat
+            moments.diagonal().copy_((flat * flat).sum(0))  # summed as the per-column entry: equal to it
+            self.add(weight + INPUTS_SUFFIX, moments, float(flat.shape[0]))
+        else:
+            self.add(weight, (flat * flat).sum(0), float(flat.shape[0]))
         if self.fisher and output.requires_grad:
             output.register_hook(lambda g: self._linear_grad(weight, bias, g))
 
     def _linear_grad(self, weight: str, bias: str | None, grad: Any) -> None:
-        g = grad.detach().reshape(-1, grad.shape[-1]).to(self.sums[weight].dtype)
+        import torch
+
+        g = grad.detach().reshape(-1, grad.shape[-1]).to(torch.float64)
         squares = (g * g).sum(0)
         self.add(weight + ROWS_SUFFIX, squares, float(g.shape[0]))
         if bias is not None:
@@ -187,24 +206,46 @@ class _Recorder:
         """Means per token (embedding rows: frequencies), as float32; with a loss, scaled to mean 1
         over the recorded weights, without one, each entry to mean 1 (module docstring)."""
         entries = {k: (v / max(self.counts[k], 1.0)).numpy() for k, v in self.sums.items()}
+        for key in entries:
+            if key.endswith(INPUTS_SUFFIX):
+                entries[key] = (entries[key] + entries[key].T) / 2  # exactly symmetric; the diagonal as it was
         if self.fisher and entries:
             entries = _unit_mean(entries)
         elif entries:
-            entries = {k: v / v.mean() if v.mean() > 0 else np.ones_like(v) for k, v in entries.items()}
+            entries = {k: _unit_entry(k, v) for k, v in entries.items()}
         return {k: v.astype(np.float32) for k, v in sorted(entries.items())}
+
+
+def _unit_entry(key: str, values: np.ndarray) -> np.ndarray:
+    """An entry scaled to mean 1 (a ``:inputs`` matrix: its diagonal; all ones, or the identity, if 0)."""
+    inputs = key.endswith(INPUTS_SUFFIX)
+    mean = np.diagonal(values).copy().mean() if inputs else values.mean()
+    if mean > 0:
+        return values / mean
+    return np.eye(len(values)) if inputs else np.ones_like(values)
+
+
+def _name(key: str) -> str:
+    for suffix in (ROWS_SUFFIX, INPUTS_SUFFIX):
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return key
 
 
 def _unit_mean(entries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Fisher entries scaled by one factor so that the mean importance per recorded weight is 1
-    (a linear weight's is the product of its rows' and columns' means)."""
+    (a linear weight's is the product of its rows' and columns' means; a ``:inputs`` matrix's
+    columns are its diagonal)."""
     total, count = 0.0, 0
     seen = set()
     for key in entries:
-        name = key[: -len(ROWS_SUFFIX)] if key.endswith(ROWS_SUFFIX) else key
+        name = _name(key)
         if name in seen:
             continue
         seen.add(name)
         cols, rows = entries.get(name), entries.get(name + ROWS_SUFFIX)
+        if name + INPUTS_SUFFIX in entries:
+            cols = np.diagonal(entries[name + INPUTS_SUFFIX]).copy()
         if cols is not None and rows is not None and cols.ndim == 1:
             total += float(rows.sum()) * float(cols.sum())
             count += rows.size * cols.size
@@ -216,7 +257,9 @@ def _unit_mean(entries: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     # rows carry the scale for a factored weight; a lone entry carries it itself
     scaled = {}
     for key, values in entries.items():
-        name = key[: -len(ROWS_SUFFIX)] if key.endswith(ROWS_SUFFIX) else key
-        factored = name in entries and name + ROWS_SUFFIX in entries and entries[name].ndim == 1
-        scaled[key] = values if factored and key == name else values * scale
+        name = _name(key)
+        columns = name + INPUTS_SUFFIX if name + INPUTS_SUFFIX in entries else name  # the column factor
+        one_d = columns != name or (name in entries and entries[name].ndim == 1)
+        factored = columns in entries and name + ROWS_SUFFIX in entries and one_d
+        scaled[key] = values if factored and key == columns else values * scale
     return scaled

@@ -39,6 +39,8 @@ class EncodeContext:
     step_shifts:  the quarter-octave step shifts (int8) per row (m,) and per column (n,) of the
                   matrix, either None, that an importance gives (``quant:...,weighted=true``); None:
                   the tensor has no importance.
+    feedback:     the factor V (n, n) of the tensor's input moments (:func:`sparsify.feedback.
+                  feedback_factor`, ``quant:step=...,feedback=true``); None: it has none.
     """
 
     value_dtype: np.dtype
@@ -47,6 +49,7 @@ class EncodeContext:
     seed: int = 0
     coded_size: Callable[[np.ndarray], int] | None = None
     step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None
+    feedback: np.ndarray | None = None
 
     def error_budget_sq(self, max_error: float) -> float:
         """The largest ||W - W_hat||_F^2 that a ``max_error`` budget allows."""
@@ -60,11 +63,14 @@ class StageOutput:
     parts:         named arrays to store (little-endian, any shape).
     resolved:      JSON-able budget values actually used (e.g. the threshold that a max_error gave).
     approximation: float64 array of the input's shape: exactly what ``decode(parts)`` returns.
+    row_losses:    (m,) float64 output error per row under the input moments, where the stage fed
+                   its errors forward (:func:`sparsify.feedback.quantise_with_feedback`), else None.
     """
 
     parts: dict[str, np.ndarray]
     resolved: dict[str, Any]
     approximation: np.ndarray
+    row_losses: np.ndarray | None = None
 
 
 class Stage(ABC):

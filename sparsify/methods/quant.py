@@ -15,7 +15,11 @@ Budgets (exactly one):
   (format 3.2) the step of row i, column j is d x 2**((r_i + c_j) / 4), the integer shifts r and c
   set by the tensor's importance (``--importance``, :func:`sparsify.quantize.step_shifts`: steps
   proportional to a^(-1/2), what minimises the importance-weighted error Σ a ΔW² for a given entropy)
-  and stored beside the codes.
+  and stored beside the codes. With ``feedback=true`` (format 3.3; ``step`` only) the codes are
+  chosen column after column, each column's rounding error fed to the columns after it by the input
+  moments of the tensor's importance (``NAME:inputs``; :mod:`sparsify.feedback`, GPTQ): the layer's
+  output error, not the weights', is what is kept small. The parts and their decoding are those of
+  the uniform (or weighted) quantiser: only the encoder differs.
 
 Parts: ``q``, ``scale`` (and ``zero``) as in :func:`sparsify.methods.values.encode_int`; or
 ``codebook`` and ``index``; or ``q`` (2- or 4-bit fields packed into bytes, or I8/I16/I32) and ``step``
@@ -37,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from sparsify.errors import CorruptArchiveError, UsageError
+from sparsify.feedback import quantise_with_feedback
 from sparsify.methods.base import VIEW, EncodeContext, Method, StageOutput
 from sparsify.methods.values import decode_codebook, decode_int, encode_codebook, encode_int
 from sparsify.params import Param
@@ -54,6 +59,7 @@ class Quant(Method):
         Param("group", int, "values per scale along each row, 0: one per row [default: 0 for 8 bits, else 128]", low=0),
         Param("symmetric", bool, "symmetric codes (false: asymmetric with a zero point)", default=True),
         Param("weighted", bool, "step/max_error: steps per row and column by the importance (--importance)"),
+        Param("feedback", bool, "step: each column's rounding error fed to the next ones by the input moments (GPTQ)"),
         VIEW,
     )
     example = "quant:bits=4,group=128"
@@ -69,6 +75,8 @@ class Quant(Method):
             step = self.config.get("step") or step_for_error(
                 finite, ctx.error_budget_sq(self.config["max_error"]), multipliers
             )
+            if self.config.get("feedback"):
+                return self._encode_with_feedback(finite, ctx, shifts, multipliers, target.shape)
             parts, resolved = encode_uniform(finite, step, ctx.coded_size, shifts)
         else:
             bits = self.config["bits"]
@@ -76,6 +84,17 @@ class Quant(Method):
             parts, resolved = encode_int(finite, bits, group, self.config["symmetric"], ctx.coded_size)
         approximation = self.decode(parts, resolved, target.shape)
         return StageOutput(parts, resolved, approximation)
+
+    def _encode_with_feedback(self, finite, ctx: EncodeContext, shifts, multipliers, shape) -> StageOutput:
+        if "step" not in self.config:
+            raise UsageError("quant: feedback=true takes a step (step=D), not a max_error")
+        if ctx.feedback is None or ctx.feedback.shape != (shape[1], shape[1]):
+            raise UsageError("quant: feedback=true takes the input moments of an importance file (NAME:inputs)")
+        step = self.config["step"]
+        steps = step if multipliers is None else step * multipliers
+        codes, losses = quantise_with_feedback(finite, steps, ctx.feedback)
+        parts, resolved = encode_uniform(finite, step, ctx.coded_size, shifts, codes)
+        return StageOutput(parts, resolved, self.decode(parts, resolved, shape), losses)
 
     def _shifts(self, ctx: EncodeContext) -> tuple[np.ndarray | None, np.ndarray | None]:
         if not self.config.get("weighted"):
@@ -139,10 +158,13 @@ def encode_uniform(
     step: float,
     coded_size: Callable[[np.ndarray], int] | None = None,
     shifts: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+    chosen: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Parts ``q`` and ``step`` (float64 scalar) of the codes round(values / step); with ``shifts``
     (int8 per row (m,) and per column (n,), either None), round(values / steps) for the steps of
     :func:`sparsify.quantize.step_matrix`, and the shifts as parts ``row_shift`` and ``column_shift``.
+    ``chosen``: the integer codes (float64, the shape of ``values``) chosen otherwise, e.g. with error
+    feedback (:mod:`sparsify.feedback`), instead of round(values / steps).
 
     Codes are stored as the narrowest signed integers, or -- codes within +-1 -- as 2-bit fields
     (code + 1, four per byte), or -- within +-7 -- as 4-bit fields (code + 8, two per byte), whichever
@@ -152,7 +174,10 @@ def encode_uniform(
     """
     rows, cols = shifts
     weighted = rows is not None or cols is not None
-    q = np.rint(values / (step_matrix(step, values.shape, rows, cols) if weighted else step))
+    if chosen is None:
+        q = np.rint(values / (step_matrix(step, values.shape, rows, cols) if weighted else step))
+    else:
+        q = chosen
     if weighted:
         q = arrange_codes(q, rows, cols)
     levels = int(np.max(np.abs(q), initial=0.0))
