@@ -215,7 +215,7 @@ def weighted_step_shifts(
     stages take from the tensor's ``importance``; None when it has no such stage or no importance."""
     if importance is None or not pipeline.weighted:
         return None
-    return importance.step_shifts(info.shape, pipeline.view or info.layout)
+    return importance.step_shifts(info.shape, pipeline.view or info.layout, pipeline.feedback)
 
 
 # Bytes compared at a time when a lossless encoding is checked as a stream.

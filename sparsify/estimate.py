@@ -326,7 +326,7 @@ def _estimate_rows(
     sampled = TensorInfo(info.name, info.dtype, tuple(values.shape), "first")
     original = Original(values)
     weights = importance.for_rows(rows)
-    row_shift, col_shift = importance.step_shifts(tuple(info.shape), info.layout)
+    row_shift, col_shift = importance.step_shifts(tuple(info.shape), info.layout, feedback=True)
     shifts = (None if row_shift is None else row_shift[rows], col_shift)
     scale = matrix.shape[0] / rows.size
     points = []

@@ -155,17 +155,17 @@ def measure_candidates(
     steps of weighted quantisers, unless ``step_shifts`` gives them: :func:`encode_tensor`)."""
     points = []
     original = original if original is not None else Original(array)
-    shifts_by_layout: dict[str, Any] = {}  # the candidates share the tensor's shifts: computed once per view
+    shifts_by_layout: dict[tuple[str, bool], Any] = {}  # shared shifts: once per view (and feedback or not)
     for text in candidates:
         try:
             pipeline = parse_pipeline(text)
             choice = Choice(pipeline, "candidate")
             shifts = step_shifts
             if shifts is None and importance is not None and pipeline.weighted:
-                layout = pipeline.view or info.layout
-                if layout not in shifts_by_layout:
-                    shifts_by_layout[layout] = importance.step_shifts(info.shape, layout)
-                shifts = shifts_by_layout[layout]
+                key = (pipeline.view or info.layout, pipeline.feedback)
+                if key not in shifts_by_layout:
+                    shifts_by_layout[key] = importance.step_shifts(info.shape, *key)
+                shifts = shifts_by_layout[key]
             encoded = encode_tensor(array, info, choice, seed, original, importance, shifts)
         except UsageError:
             continue

@@ -18,8 +18,10 @@ Budgets (exactly one):
   and stored beside the codes. With ``feedback=true`` (format 3.3; ``step`` only) the codes are
   chosen column after column, each column's rounding error fed to the columns after it by the input
   moments of the tensor's importance (``NAME:inputs``; :mod:`sparsify.feedback`, GPTQ): the layer's
-  output error, not the weights', is what is kept small. The parts and their decoding are those of
-  the uniform (or weighted) quantiser: only the encoder differs.
+  output error, not the weights', is what is kept small (with ``weighted=true`` too, the columns'
+  steps then follow V_jj² of the feedback factor, :meth:`sparsify.importance.TensorImportance.
+  step_shifts`). The parts and their decoding are those of the uniform (or weighted) quantiser:
+  only the encoder differs.
 
 Parts: ``q``, ``scale`` (and ``zero``) as in :func:`sparsify.methods.values.encode_int`; or
 ``codebook`` and ``index``; or ``q`` (2- or 4-bit fields packed into bytes, or I8/I16/I32) and ``step``
