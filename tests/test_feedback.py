@@ -248,3 +248,18 @@ def test_with_feedback_the_column_steps_follow_the_factor():
     factor_curve, diagonal_curve = curve(by_factor), curve(by_diagonal)
     gains = [at(diagonal_curve, b) / at(factor_curve, b) for b in (3.0, 4.0)]
     assert min(gains) > 1.1, gains
+
+
+def test_moments_that_cannot_be_factored_fail_the_cli_in_one_line(tmp_path):
+    moments = np.ones((64, 64), np.float32)
+    moments[0, 1] = moments[1, 0] = 5.0  # symmetric, a positive diagonal, not positive semi-definite
+    path = tmp_path / "bad.safetensors"
+    save_file({"fc1.weight:inputs": moments}, str(path))
+    out = tmp_path / "out.sparsify"
+    command = ["compress", str(DIGITS), "-o", str(out), "--target-ratio", "8", "--importance", str(path)]
+    result = subprocess.run([sys.executable, "-m", "sparsify", *command], capture_output=True, text=True, check=False)
+    assert result.returncode == InputError.exit_code, result.stderr
+    assert (
+        result.stderr.strip() == "sparsify: error: fc1.weight:inputs: input moments that are not positive semi-definite"
+    )
+    assert not out.exists()

@@ -62,6 +62,7 @@ class TensorImportance:
     rows: np.ndarray | None = None
     cols: np.ndarray | None = None
     inputs: np.ndarray | None = None  # (n, n) input moments (``NAME:inputs``); cols is then their damped diagonal
+    name: str = field(default="", compare=False)  # the tensor's, for messages
     _factor: list = field(default_factory=list, compare=False, repr=False)  # the feedback factor, once made
 
     def feedback_factor(self) -> np.ndarray | None:
@@ -75,8 +76,9 @@ class TensorImportance:
 
             try:
                 self._factor.append(feedback_factor(self.inputs))
-            except ValueError as error:
-                raise InputError(f"the input moments of a tensor are not positive semi-definite ({error})") from None
+            except ValueError:
+                what = f"{self.name}{INPUTS_SUFFIX}" if self.name else "input moments"
+                raise InputError(f"{what}: input moments that are not positive semi-definite") from None
         return self._factor[0]
 
     def takes_feedback(self, info: TensorInfo) -> bool:
@@ -88,7 +90,7 @@ class TensorImportance:
         """The importance of the matrix rows ``rows`` (int indices, first axis) of a 2-D tensor."""
         picked = None if self.rows is None else self.rows[rows]
         full = None if self.full is None else self.full[rows]
-        return TensorImportance(full, picked, self.cols, self.inputs, self._factor)
+        return TensorImportance(full, picked, self.cols, self.inputs, self.name, self._factor)
 
     def scale(self, shape: tuple[int, ...]) -> np.ndarray:
         """sqrt(a), broadcastable to ``shape`` (sqrt is correctly rounded: the same on every machine)."""
@@ -251,7 +253,7 @@ def tensor_importance(
         from sparsify.feedback import damped_diagonal
 
         inputs = as_float64(read(info.name + INPUTS_SUFFIX))
-        return TensorImportance(rows=rows, cols=damped_diagonal(inputs), inputs=inputs)
+        return TensorImportance(rows=rows, cols=damped_diagonal(inputs), inputs=inputs, name=info.name)
     if values is not None and values.ndim > 1:  # per weight
         return TensorImportance(full=values, rows=rows)
     return TensorImportance(rows=rows, cols=values)  # per column (for a 1-D tensor the same thing)
