@@ -370,11 +370,10 @@ def estimate_tensor(
         return plan_tensor(array, info, candidates, seed, max_error, importance)
     sq_norm = Original(array).reference.sq_norm
     weights = None
-    if importance is not None:
-        candidates = list(candidates)  # the ladder's share the byte coders that store the shifts
+    candidates = list(candidates)
+    if importance is not None:  # the ladder's candidates share the byte coders that store the shifts
         coders = parse_pipeline(candidates[0]).coders if candidates else ()
         weights = sample_weights(sample, importance, info, coders)
-    candidates = list(candidates)
     fed = [parse_pipeline(text).feedback for text in candidates]
     points = _estimate(sample, info, [t for t, f in zip(candidates, fed, strict=True) if not f], seed, sq_norm, weights)
     if any(fed):

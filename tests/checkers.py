@@ -154,3 +154,17 @@ def check_usage_error(text: str, message: str) -> None:
     """Parsing pipeline ``text`` is a UsageError whose message matches the regex ``message``."""
     with pytest.raises(UsageError, match=message):
         parse_pipeline(text)
+
+
+def decompress_with_cli(archive: Path, restored: Path) -> dict[str, np.ndarray]:
+    """``sparsify decompress ARCHIVE -o RESTORED`` as a real subprocess (which checks every decoded
+    checksum the encoder recorded), asserted to succeed; the restored safetensors file's tensors."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    command = [sys.executable, "-m", "sparsify", "decompress", str(archive), "-o", str(restored)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return load_file(str(restored))

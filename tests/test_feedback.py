@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from checkers import check_encode_decode
+from checkers import check_encode_decode, decompress_with_cli
 from conftest import SAMPLE_FILES
 from safetensors.numpy import load_file, save_file
 
@@ -196,12 +196,7 @@ def test_input_moments_lower_the_output_error_at_the_same_size(tmp_path):
         fed = [t["name"] for t in report["tensors"] if "feedback=true" in t["pipeline"]]
         assert bool(fed) == (label == "inputs"), fed
         restored = tmp_path / f"{label}.restored.safetensors"
-        result = subprocess.run(
-            [sys.executable, "-m", "sparsify", "decompress", str(out), "-o", str(restored)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        decoded = load_file(str(restored))
+        decoded = decompress_with_cli(out, restored)
         layers = ("fc1.weight", "fc2.weight", "fc3.weight")
         wide = {k: (original[k].astype(np.float64), decoded[k].astype(np.float64)) for k in layers}
         errors[label] = sum(output_error(*wide[k], matrices[k + ":inputs"].astype(np.float64)) for k in layers)
