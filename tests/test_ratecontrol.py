@@ -11,7 +11,7 @@ import pytest
 from checkers import input_unchanged, read_tensors, relative_error
 from click.testing import CliRunner
 from conftest import SAMPLE_FILES
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import sparsify
@@ -53,6 +53,10 @@ convex_curve = st.lists(st.integers(1, 40), min_size=1, max_size=5).map(
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(convex_curve, min_size=1, max_size=3), st.integers(10, 1500))
+@example(
+    [[(10, 100.0), (20, 25.0)], [(10, 100.0), (120, 25.0)], [(10, 100.0), (110, 25.0), (130, 100 / 9), (140, 6.25)]],
+    250,
+)
 def test_allocation_is_feasible_and_optimal_on_convex_curves(curves, budget):
     plans = _plans(curves)
     outcome = allocate(plans, 0, 0.0, 1.0, budget_bytes=budget)
@@ -63,9 +67,13 @@ def test_allocation_is_feasible_and_optimal_on_convex_curves(curves, budget):
         assert not outcome["met"]
     else:
         assert outcome["met"] and total_bytes <= budget
-        # the greedy walk on hulls plus the local search finds the optimum of these small instances
-        # or one within the last hull step
-        assert total_error <= optimum + max(d for c in curves for _, d in c) * 0.5
+        # the greedy walk on hulls is within the break segment's ΔD of the LP relaxation's optimum,
+        # so within the largest hull step of the optimum (the local search only improves on it; it
+        # can miss a swap of two segments of one tensor for one of another's, e.g. curves
+        # [(10, 100), (20, 25)], [(10, 100), (120, 25)], [(10, 100), (110, 25), (130, 11.1), (140, 6.25)]
+        # at 250 bytes: 131.25 against 75)
+        largest_step = max((a[1] - b[1] for c in curves for a, b in itertools.pairwise(c)), default=0.0)
+        assert total_error <= optimum + largest_step * (1 + 1e-12)
 
 
 @settings(max_examples=60, deadline=None)
