@@ -203,7 +203,9 @@ def feedback_factor_for(pipeline: Pipeline, info: TensorInfo, importance: Tensor
     """The factor of the tensor's input moments that ``pipeline``'s ``feedback=true`` stages take
     (:meth:`TensorImportance.feedback_factor`); None without such a stage, without input moments, or
     in a matrix view whose columns are not the inputs (the stage then refuses to encode)."""
-    if importance is None or not pipeline.feedback or (pipeline.view or info.layout) != "first" or len(info.shape) != 2:
+    if importance is None or not pipeline.feedback or not importance.takes_feedback(info):
+        return None
+    if (pipeline.view or info.layout) != info.layout:
         return None
     return importance.feedback_factor()
 

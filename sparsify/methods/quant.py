@@ -74,11 +74,11 @@ class Quant(Method):
         elif "step" in self.config or "max_error" in self.config:
             shifts = self._shifts(ctx)
             multipliers = None if shifts[0] is None and shifts[1] is None else step_matrix(1.0, finite.shape, *shifts)
+            if self.config.get("feedback"):
+                return self._encode_with_feedback(finite, ctx, shifts, multipliers, target.shape)
             step = self.config.get("step") or step_for_error(
                 finite, ctx.error_budget_sq(self.config["max_error"]), multipliers
             )
-            if self.config.get("feedback"):
-                return self._encode_with_feedback(finite, ctx, shifts, multipliers, target.shape)
             parts, resolved = encode_uniform(finite, step, ctx.coded_size, shifts)
         else:
             bits = self.config["bits"]
