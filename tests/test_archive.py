@@ -85,6 +85,33 @@ def test_archive_is_a_valid_safetensors_file():
     assert unpack_manifest(envelope, "test")["format_version"] == FORMAT_VERSION
 
 
+def test_a_large_manifest_is_packed_at_the_lower_level(tmp_path):
+    """§4.0: a manifest of more than 64 KiB of JSON is one level-9 frame (level 15 below), and reads back."""
+    from safetensors.numpy import save_file
+
+    from sparsify.archive.dictionary import manifest_dictionary
+
+    rng = np.random.default_rng(0)
+    tensors = {f"layer{i}.norm": rng.standard_normal(8).astype(np.float32) for i in range(160)}
+    source, out = tmp_path / "many.safetensors", tmp_path / "many.sparsify"
+    save_file(tensors, str(source))
+    sparsify.compress(source, out, jobs=1)
+    (n,) = struct.unpack("<Q", out.read_bytes()[:8])
+    envelope = json.loads(json.loads(out.read_bytes()[8 : 8 + n])["__metadata__"]["sparsify"])
+    manifest = unpack_manifest(envelope, "test")
+    text = json.dumps(manifest, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    assert len(text) > 1 << 16
+    frame = base64.b64decode(envelope["manifest"])
+    dictionary = manifest_dictionary()
+    packed = {
+        level: zstandard.ZstdCompressor(level=level, write_checksum=True, dict_data=dictionary).compress(text)
+        for level in (9, 15)
+    }
+    assert frame == packed[9] != packed[15]
+    sparsify.decompress(out, tmp_path / "back.safetensors")
+    assert (tmp_path / "back.safetensors").read_bytes() == source.read_bytes()
+
+
 def rewrite_envelope(data: bytes, edit) -> bytes:
     """The archive with the envelope of its manifest edited."""
     (n,) = struct.unpack("<Q", data[:8])

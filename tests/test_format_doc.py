@@ -1124,12 +1124,12 @@ def make(tmp_path: Path, source: Path, name: str, **options) -> Path:
 
 def pack_manifest(manifest: dict, codec: str = "zstd+dict+base64") -> str:
     """§4.0: the metadata string of a 3.0 archive: an envelope holding the manifest's compact JSON as one
-    zstd frame (content size and checksum; sparsify uses level 15) compressed with the format's
+    zstd frame (content size and checksum; sparsify uses level 15, 9 past 64 KiB of JSON) compressed with the format's
     dictionary, base64-coded; ``codec`` ``"zstd+base64"``: 2.x's envelope, without the dictionary (2.x
     wrote it at level 19)."""
     text = json.dumps(manifest, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     dictionary = manifest_dictionary() if MANIFEST_CODECS[codec] else None
-    level = 15 if dictionary is not None else 19
+    level = (15 if len(text.encode("utf-8")) <= 1 << 16 else 9) if dictionary is not None else 19
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, dict_data=dictionary)
     frame = compressor.compress(text.encode("utf-8"))
     envelope = {

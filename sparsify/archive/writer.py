@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,14 @@ import zstandard
 
 from sparsify import dtypes
 from sparsify.archive.dictionary import manifest_dictionary
-from sparsify.archive.version import MANIFEST_CODEC, MANIFEST_LEVEL, METADATA_KEY, SOURCE_BLOB_PREFIX
+from sparsify.archive.version import (
+    MANIFEST_CODEC,
+    MANIFEST_LARGE_LEVEL,
+    MANIFEST_LARGE_TEXT,
+    MANIFEST_LEVEL,
+    METADATA_KEY,
+    SOURCE_BLOB_PREFIX,
+)
 from sparsify.checksum import checksum
 from sparsify.codec import CodedPart, EncodedTensor, SpooledPart, code_part
 from sparsify.coders.zstd import Zstd
@@ -158,9 +166,8 @@ def manifest_text(manifest: dict[str, Any]) -> str:
     dictionary (:mod:`sparsify.archive.dictionary`) and base64-coded (docs/FORMAT.md §4): JSON inside a
     JSON string is escaped and full of checksums, so the plain text would cost small models more than a
     bit per weight."""
-    text = json.dumps(_jsonable(manifest), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    compressor = zstandard.ZstdCompressor(level=MANIFEST_LEVEL, write_checksum=True, dict_data=manifest_dictionary())
-    packed = compressor.compress(text.encode("utf-8"))
+    text = json.dumps(_jsonable(manifest), ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    packed = _manifest_compressor(manifest_level(len(text))).compress(text)
     envelope = {
         "format": manifest["format"],
         "format_version": manifest["format_version"],
@@ -168,6 +175,25 @@ def manifest_text(manifest: dict[str, Any]) -> str:
         "manifest": base64.b64encode(packed).decode("ascii"),
     }
     return json.dumps(envelope, separators=(",", ":"))
+
+
+def manifest_level(text_bytes: int) -> int:
+    """The zstd level of a manifest frame whose JSON has ``text_bytes`` bytes (docs/FORMAT.md §4.0)."""
+    return MANIFEST_LEVEL if text_bytes <= MANIFEST_LARGE_TEXT else MANIFEST_LARGE_LEVEL
+
+
+_manifest_compressors = threading.local()
+
+
+def _manifest_compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's manifest compressor at ``level`` with the dictionary, made once (setting one up
+    with the dictionary costs more than compressing a small manifest; every frame starts afresh)."""
+    cache = _manifest_compressors.__dict__.setdefault("by_level", {})
+    made = cache.get(level)
+    if made is None:
+        made = zstandard.ZstdCompressor(level=level, write_checksum=True, dict_data=manifest_dictionary())
+        cache[level] = made
+    return made
 
 
 def archive_size(manifest: dict[str, Any], parts: list[dict[str, Any]]) -> int:
