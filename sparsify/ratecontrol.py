@@ -373,9 +373,9 @@ def _refine(
 ) -> tuple[float, float]:
     """Local search after the greedy pass, which can stop short where a tensor's next hull point is
     a big step: with a byte budget, the move that lowers the distortion (the squared error, times
-    ``weights``) most within the bytes left -- one tensor to any of its points, or one tensor one hull
-    step down to pay for another's move; with an error budget, the move that saves most bytes within
-    the error left. Returns the totals: bytes, and the (unweighted) squared error.
+    ``weights``) most within the bytes left -- one tensor to any of its points, or one tensor to any
+    cheaper point to pay for another's move (:func:`_best_pair`); with an error budget, the move that
+    saves most bytes within the error left. Returns the totals: bytes, and the (unweighted) squared error.
     """
     rates = np.full((len(tensors), max((len(t.points) for t in tensors), default=0)), np.inf)
     raw_errors = np.full(rates.shape, np.inf)
@@ -417,21 +417,45 @@ def _refine(
 
 def _best_pair(d_rate: np.ndarray, d_error: np.ndarray, left: float):
     """The best (error saved, (tensor, point) down, (tensor, point) up) pair of moves: one tensor to
-    a cheaper point, whose bytes pay for another tensor's more expensive one. None if none helps."""
-    best = None
-    for a in range(d_rate.shape[0]):
-        cheaper = np.flatnonzero(np.isfinite(d_rate[a]) & (d_rate[a] < 0))
-        if cheaper.size == 0:
-            continue
-        b = int(cheaper[np.argmax(d_rate[a, cheaper])])  # the least cheaper point: one step down
-        allowance = left - d_rate[a, b]
-        gain = np.where(np.isfinite(d_error) & (d_rate <= allowance), -d_error, 0.0)
-        gain[a] = 0.0
-        c, d = np.unravel_index(int(np.argmax(gain)), gain.shape)
-        total = float(gain[c, d]) - float(d_error[a, b])
-        if gain[c, d] > 0 and total > 0 and (best is None or total > best[0]):
-            best = (total, (a, b), (int(c), int(d)))
-    return best
+    any cheaper point, whose bytes (with ``left``) pay for another tensor's move; None if none helps.
+
+    ``d_rate``, ``d_error``: (tensors, points) changes from the current choice (inf: no point). Every
+    move that saves error is sorted by its bytes; with the running best of that order, each cheaper
+    point finds the best move its bytes pay for by one binary search. Where that move is the same
+    tensor's, the best of the other tensors' is found directly (the two moves must be of two tensors).
+    """
+    finite = np.isfinite(d_rate) & np.isfinite(d_error)
+    up_tensor, up_point = np.nonzero(finite & (d_error < 0))
+    down_tensor, down_point = np.nonzero(finite & (d_rate < 0))
+    if up_tensor.size == 0 or down_tensor.size == 0:
+        return None
+    up_rate, up_gain = d_rate[up_tensor, up_point], -d_error[up_tensor, up_point]
+    order = np.lexsort((up_point, up_tensor, up_rate))  # by bytes; ties in (tensor, point) order
+    sorted_rate, sorted_gain = up_rate[order], up_gain[order]
+    running = np.maximum.accumulate(sorted_gain)
+    # the first position of each running maximum: the move that attains it (ties: the earlier)
+    where = np.maximum.accumulate(
+        np.where(sorted_gain > np.concatenate(([-np.inf], running[:-1])), np.arange(order.size), 0)
+    )
+    allowance = left - d_rate[down_tensor, down_point]
+    reach = np.searchsorted(sorted_rate, allowance, side="right") - 1
+    valid = reach >= 0
+    gain = np.where(valid, running[np.maximum(reach, 0)], 0.0)
+    best_move = order[where[np.maximum(reach, 0)]]
+    partner = np.stack((up_tensor[best_move], up_point[best_move]), axis=1)
+    same = valid & (partner[:, 0] == down_tensor)
+    for k in np.flatnonzero(same):  # rare: the best affordable move is the moving tensor's own
+        a = down_tensor[k]
+        options = np.where(finite & (d_error < 0) & (d_rate <= allowance[k]), -d_error, 0.0)
+        options[a] = 0.0
+        c, d = np.unravel_index(int(np.argmax(options)), options.shape)
+        gain[k], partner[k] = options[c, d], (c, d)
+    total = gain - d_error[down_tensor, down_point]
+    total[gain <= 0] = -np.inf
+    k = int(np.argmax(total))
+    if not total[k] > 0:
+        return None
+    return float(total[k]), (int(down_tensor[k]), int(down_point[k])), (int(partner[k, 0]), int(partner[k, 1]))
 
 
 def fewest_bytes(points: list[Point], max_rel_error: float) -> int | None:

@@ -68,12 +68,23 @@ def test_allocation_is_feasible_and_optimal_on_convex_curves(curves, budget):
     else:
         assert outcome["met"] and total_bytes <= budget
         # the greedy walk on hulls is within the break segment's ΔD of the LP relaxation's optimum,
-        # so within the largest hull step of the optimum (the local search only improves on it; it
-        # can miss a swap of two segments of one tensor for one of another's, e.g. curves
-        # [(10, 100), (20, 25)], [(10, 100), (120, 25)], [(10, 100), (110, 25), (130, 11.1), (140, 6.25)]
-        # at 250 bytes: 131.25 against 75)
+        # so within the largest hull step of the optimum (the local search only improves on it)
         largest_step = max((a[1] - b[1] for c in curves for a, b in itertools.pairwise(c)), default=0.0)
         assert total_error <= optimum + largest_step * (1 + 1e-12)
+
+
+def test_local_search_swaps_several_steps_of_one_tensor_for_another_tensors_step():
+    """The greedy walk stops at 131.25 here (the third tensor three steps up, the second none); the
+    local search moves the third two hull steps down to pay for the second's one: the optimum, 75."""
+    curves = [
+        [(10, 100.0), (20, 25.0)],
+        [(10, 100.0), (120, 25.0)],
+        [(10, 100.0), (110, 25.0), (130, 11.1), (140, 6.25)],
+    ]
+    plans = _plans(curves)
+    assert allocate(plans, 0, 0.0, 1.0, budget_bytes=250)["met"]
+    assert [t.chosen for t in plans] == [1, 1, 1]
+    assert sum(t.points[t.chosen].sq_error for t in plans) == _brute_force(curves, 250) == 75.0
 
 
 @settings(max_examples=60, deadline=None)
