@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,10 @@ def compress(
         try:
             read = _read_model(model, options, workers, stack)
             options = read.options  # with the importance file checked against the model
+            if options.importance_file is not None and options.importance_file.has_inputs:
+                # the feedback factors, made once per tensor and reused by the planning rounds and the write
+                factors = str(stack.enter_context(scratch_folder(output, "factors")))
+                options = replace(options, importance_file=replace(options.importance_file, factor_folder=factors))
             plan = planner.plan_model(
                 read.items, read.heads, options, workers.executor, read.window, progress, workers.count
             )

@@ -18,6 +18,7 @@ import numpy as np
 from sparsify import dtypes
 from sparsify.checksum import checksum, matches
 from sparsify.errors import CorruptArchiveError, UsageError
+from sparsify.feedback import Prepared
 from sparsify.importance import TensorImportance
 from sparsify.io.base import TensorInfo
 from sparsify.methods import CODERS, METHODS, VALUE_CODERS, EncodeContext, LosslessMethod, Method
@@ -151,6 +152,7 @@ def encode_tensor(
     original: Original | None = None,
     importance: TensorImportance | None = None,
     step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+    prepared_feedback: Prepared | None = None,
 ) -> EncodedTensor:
     """Run ``choice.pipeline`` on one tensor, decode what would be stored and measure it.
 
@@ -164,7 +166,8 @@ def encode_tensor(
     error (``weighted_sq_error``; 0 for a bit-exact decode) -- for a pipeline that feeds its rounding
     errors forward (``feedback=true``), the output error its last stage reports, Σ_i r_i loss_i
     (:mod:`sparsify.feedback`), the error that importance weighs. ``step_shifts``: those steps as
-    given instead (a sample's, :mod:`sparsify.estimate`).
+    given instead (a sample's, :mod:`sparsify.estimate`); ``prepared_feedback``: feedback results
+    made for several candidates at once, which the stage takes where they match.
     """
     pipeline = choice.pipeline
     bound = None if pipeline.lossless else pipeline.methods[-1].config.get("max_error")
@@ -173,7 +176,7 @@ def encode_tensor(
     shifts = step_shifts if step_shifts is not None else weighted_step_shifts(pipeline, info, importance)
     factor = feedback_factor_for(pipeline, info, importance)
     for _ in range(_MAX_BUDGET_RETRIES):
-        encoded = _encode(original, info, choice, seed, scale, shifts, factor)
+        encoded = _encode(original, info, choice, seed, scale, shifts, factor, prepared_feedback)
         if pipeline.lossless and _streams_back(encoded, array):
             encoded.record["metrics"] = exact_metrics(array if dtypes.is_real_numeric(info.dtype) else None)
             encoded.record["decoded_checksum"] = None
@@ -261,6 +264,7 @@ def _encode(
     budget_scale: float,
     step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None,
     feedback: np.ndarray | None = None,
+    prepared_feedback: Prepared | None = None,
 ) -> EncodedTensor:
     pipeline = choice.pipeline
     array = original.array
@@ -294,6 +298,7 @@ def _encode(
             coded_size=lambda part: coded(part)[0].size,
             step_shifts=step_shifts,
             feedback=feedback,
+            prepared_feedback=prepared_feedback,
         )
         row_losses = None
         for i, method in enumerate(pipeline.methods):

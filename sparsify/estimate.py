@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsify.codec import Original
+from sparsify.feedback import Prepared
 from sparsify.importance import TensorImportance
 from sparsify.io.base import TensorInfo
 from sparsify.pipeline import parse_pipeline
@@ -329,6 +330,7 @@ def _estimate_rows(
     row_shift, col_shift = importance.step_shifts(tuple(info.shape), info.layout, feedback=True)
     shifts = (None if row_shift is None else row_shift[rows], col_shift)
     scale = matrix.shape[0] / rows.size
+    prepared = _prepare_feedback(values, candidates, shifts, importance)
     points = []
     for text in candidates:
         pipeline = parse_pipeline(text)
@@ -336,7 +338,7 @@ def _estimate_rows(
         shift_bytes = 0
         if pipeline.weighted:
             shift_bytes = sum(coded_bytes(v, pipeline.coders)[0].size for v in (row_shift, col_shift) if v is not None)
-        for p in measure_candidates(values, sampled, [text], seed, original, weights, given):
+        for p in measure_candidates(values, sampled, [text], seed, original, weights, given, prepared):
             stored = p.record["stored_bytes"]
             shift_parts = sum(q["nbytes"] for q in p.record["parts"] if q["name"].endswith("_shift"))
             sq_error = p.sq_error * scale
@@ -344,6 +346,31 @@ def _estimate_rows(
             nbytes = round((stored - shift_parts) * scale) + p.nbytes - stored + shift_bytes
             points.append(Point(p.pipeline, nbytes, sq_error, rel_error, exact=False, distortion=p.distortion * scale))
     return points
+
+
+def _prepare_feedback(
+    values: np.ndarray,
+    candidates: list[str],
+    shifts: tuple[np.ndarray | None, np.ndarray | None],
+    importance: TensorImportance,
+) -> Prepared | None:
+    """The feedback of every ``quant:step=D,feedback=true`` candidate on the sampled rows ``values``,
+    made in one pass (:class:`sparsify.feedback.Prepared`): the steps each stage will ask for, by the
+    stage's own rule (:func:`sparsify.methods.quant.step_multiplier_matrix`)."""
+    from sparsify.methods.quant import step_multiplier_matrix
+
+    finite = np.where(np.isfinite(values), values, 0.0)
+    steps: list[np.ndarray | float] = []
+    for text in candidates:
+        stages = parse_pipeline(text).methods
+        config = stages[0].config if len(stages) == 1 and stages[0].name == "quant" else {}
+        if config.get("feedback") and "step" in config:
+            multipliers = step_multiplier_matrix(finite.shape, shifts) if config.get("weighted") else None
+            steps.append(config["step"] if multipliers is None else config["step"] * multipliers)
+    factor = importance.feedback_factor()
+    if not steps or factor is None or factor.shape != (finite.shape[1],) * 2:
+        return None
+    return Prepared.make(finite, steps, factor)
 
 
 def _in_order(candidates: list[str], points: list[Point]) -> list[Point]:

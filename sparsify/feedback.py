@@ -23,6 +23,8 @@ are the same on every machine (:mod:`sparsify.reproducible`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 DAMPING = 0.01
@@ -136,3 +138,41 @@ def quantise_with_feedback(
         _subtract_products(fed[:, e:], np.ascontiguousarray(residual[:, p:e]), factor[p:e, e:], sign=1.0)
     loss = np.add.reduce(scaled * scaled, axis=1)
     return codes, loss
+
+
+def quantise_many(
+    values: np.ndarray, steps: list[np.ndarray | float], factor: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`quantise_with_feedback` of ``values`` (m, n) with each of ``steps``, in one pass: the
+    rows of every step stacked (rows are independent under the feedback, so each result is the one a
+    call of its own gives, bit for bit), which shares the per-column work of the loop."""
+    if not steps:
+        return []
+    w = np.asarray(values, dtype=np.float64)
+    m, n = w.shape
+    stacked = np.concatenate([np.broadcast_to(np.asarray(s, dtype=np.float64), (m, n)) for s in steps])
+    codes, loss = quantise_with_feedback(np.tile(w, (len(steps), 1)), stacked, factor)
+    return [(codes[k * m : (k + 1) * m], loss[k * m : (k + 1) * m]) for k in range(len(steps))]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Feedback results made together (:func:`quantise_many`) for one matrix and several steps,
+    which a ``feedback=true`` stage takes instead of running the loop itself (:meth:`lookup`)."""
+
+    values: np.ndarray
+    steps: tuple[np.ndarray | float, ...]
+    results: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    @classmethod
+    def make(cls, values: np.ndarray, steps: list[np.ndarray | float], factor: np.ndarray) -> Prepared:
+        return cls(np.asarray(values, dtype=np.float64), tuple(steps), tuple(quantise_many(values, steps, factor)))
+
+    def lookup(self, values: np.ndarray, steps: np.ndarray | float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (codes, loss) made for exactly these ``values`` and ``steps``; None if they were not."""
+        if values.shape != self.values.shape or not np.array_equal(values, self.values):
+            return None
+        for made, result in zip(self.steps, self.results, strict=True):
+            if np.shape(made) == np.shape(steps) and np.array_equal(made, steps):
+                return result
+        return None

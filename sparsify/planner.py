@@ -224,11 +224,13 @@ def _settle(
 ) -> None:
     """Turn the estimated plans of ``measured`` into exact ones, measuring few candidates: allocate
     to the target on the estimates, measure exactly the chosen candidate of every tensor and its
-    neighbours on the tensor's lower hull, recalibrate the tensor's other estimates on them
-    (:func:`ratecontrol.substitute`); then, while the allocation chooses an estimate and promises a
-    better plan than the exact points allow (:func:`_promising`), measure the chosen ones (at most
-    :data:`_SETTLE_ROUNDS` rounds in all). Then only the exact points are kept: the allocation to the
-    target (:func:`_allocate_to_target`) chooses among them, on exact figures."""
+    neighbours on the tensor's lower hull, recalibrate the tensor's other estimates on them, or on the
+    model's exact points of their family where the tensor has none (:func:`ratecontrol.substitute`);
+    then, while the allocation chooses an estimate and promises a better plan than the exact points
+    allow (:func:`_promising`) or chooses a family new to a tensor (:func:`_new_family_chosen`),
+    measure the chosen ones (at most :data:`_SETTLE_ROUNDS` rounds in all). Then only the exact
+    points are kept: the allocation to the target (:func:`_allocate_to_target`) chooses among them,
+    on exact figures."""
     indices = [i for i, m in enumerate(measured) if isinstance(m, ratecontrol.TensorPlan)]
     planned = [measured[i] for i in indices]
     budget, overhead, planned_sq_norm = _budget(measured, heads, options)
@@ -241,7 +243,9 @@ def _settle(
         wanted = [tuple(t.points[j].pipeline for j in ratecontrol.near_choice(t, not round_)) for t in planned]
         requests = [(indices[k], mode, want) for k, want in enumerate(wanted) if want]
         if not requests or (
-            round_ and not _promising(planned, outcome, overhead, planned_sq_norm, budget, error, weights)
+            round_
+            and not _new_family_chosen(planned)
+            and not _promising(planned, outcome, overhead, planned_sq_norm, budget, error, weights)
         ):
             break
         results = _measure(items, fixed, options, requests, executor, window, progress, workers, False, "measuring")
@@ -249,6 +253,9 @@ def _settle(
         for t, want in zip(planned, wanted, strict=True):
             if want:
                 ratecontrol.substitute(t, want, next(exact).points)
+        shared = ratecontrol.family_corrections(planned)  # for the families a tensor has no exact point of
+        for t in planned:
+            ratecontrol.substitute(t, (), [], shared)
     for t in planned:
         t.points = [p for p in t.points if p.exact]
     # a tensor left without an exact point (every candidate measured did not apply): all of them
@@ -262,6 +269,19 @@ def _settle(
         if options.max_error is not None:
             t.points = [p for p in t.points if p.rel_error <= options.max_error] or t.points
         t.chosen = 0
+
+
+def _new_family_chosen(planned: list[ratecontrol.TensorPlan]) -> bool:
+    """Whether the allocation chose, for some tensor, an estimate of a family (:func:`ratecontrol.family`)
+    that the tensor has no exact point of: an estimate corrected by the model's figures only, worth a
+    measurement whatever it promises (the allocation on estimates can do worse than on the exact points)."""
+    for t in planned:
+        chosen = t.points[t.chosen]
+        if not chosen.exact and ratecontrol.family(chosen.pipeline) not in {
+            ratecontrol.family(p.pipeline) for p in t.points if p.exact
+        }:
+            return True
+    return False
 
 
 # A round of exact measurements after the first is run only if the estimates promise an allocation

@@ -147,12 +147,14 @@ def measure_candidates(
     original: Original | None = None,
     importance: TensorImportance | None = None,
     step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+    prepared_feedback: Any = None,
 ) -> list[Point]:
     """Encode ``array`` with every candidate pipeline and measure it (bytes incl. manifest share).
     A candidate that does not apply to this tensor (a usage error, e.g. a shape it cannot take) is
     left out. ``original``: ``array`` as :class:`Original`, whose checksum, float64 views and norm
     the candidates share; ``importance``: the tensor's, for each point's ``distortion`` (and the
-    steps of weighted quantisers, unless ``step_shifts`` gives them: :func:`encode_tensor`)."""
+    steps of weighted quantisers, unless ``step_shifts`` gives them: :func:`encode_tensor`);
+    ``prepared_feedback``: the feedback candidates' results made together (:class:`sparsify.feedback.Prepared`)."""
     points = []
     original = original if original is not None else Original(array)
     shifts_by_layout: dict[tuple[str, bool], Any] = {}  # shared shifts: once per view (and feedback or not)
@@ -166,7 +168,7 @@ def measure_candidates(
                 if key not in shifts_by_layout:
                     shifts_by_layout[key] = importance.step_shifts(info.shape, *key)
                 shifts = shifts_by_layout[key]
-            encoded = encode_tensor(array, info, choice, seed, original, importance, shifts)
+            encoded = encode_tensor(array, info, choice, seed, original, importance, shifts, prepared_feedback)
         except UsageError:
             continue
         metrics = encoded.record["metrics"]
@@ -211,12 +213,19 @@ def near_choice(plan: TensorPlan, neighbours: bool = True) -> list[int]:
     return sorted(i for i in near if not plan.points[i].exact)
 
 
-def substitute(plan: TensorPlan, requested: Iterable[str], exact: list[Point]) -> None:
+def substitute(
+    plan: TensorPlan,
+    requested: Iterable[str],
+    exact: list[Point],
+    shared: dict[str, tuple[float, float, float]] | None = None,
+) -> None:
     """Put the exactly measured points ``exact`` (of the ``requested`` pipelines; a candidate that
     did not apply is missing and its estimate is dropped) in place of their estimates, then
     recalibrate the remaining estimates of the tensor: each is scaled, in bytes and in squared error,
     by exact / estimated of the nearest (in estimated bytes) exact point of its family
-    (:func:`family`) -- the sample's deviation from the tensor is mostly common to a family."""
+    (:func:`family`) -- the sample's deviation from the tensor is mostly common to a family -- or,
+    where the tensor has no exact point of that family, by the model's ``shared`` correction of the
+    family (:func:`family_corrections`: a sample misjudges a method alike on every tensor)."""
     for p in plan.points:
         if not p.exact:
             plan.estimates.setdefault(p.pipeline, p)
@@ -228,20 +237,46 @@ def substitute(plan: TensorPlan, requested: Iterable[str], exact: list[Point]) -
         if p.exact and p.pipeline in plan.estimates:
             anchors.setdefault(family(p.pipeline), []).append((plan.estimates[p.pipeline], p))
     for i, p in enumerate(points):
-        near = anchors.get(family(p.pipeline)) if not p.exact else None
+        if p.exact:
+            continue
+        raw, near = plan.estimates[p.pipeline], anchors.get(family(p.pipeline))
         if near:
-            raw = plan.estimates[p.pipeline]
-            guess, truth = min(near, key=lambda pair: (abs(pair[0].nbytes - raw.nbytes), pair[0].nbytes))
-            bytes_ratio = truth.nbytes / guess.nbytes if guess.nbytes > 0 else 1.0
-            error_ratio = _ratio(truth.sq_error, guess.sq_error)
-            sq_error = raw.sq_error * error_ratio
-            rel_error = raw.rel_error * math.sqrt(error_ratio)
-            distortion = None if raw.distortion is None else raw.distortion * _ratio(truth.cost, guess.cost)
-            points[i] = Point(
-                p.pipeline, round(raw.nbytes * bytes_ratio), sq_error, rel_error, exact=False, distortion=distortion
+            bytes_ratio, error_ratio, cost_ratio = _corrections(
+                *min(near, key=lambda pair: (abs(pair[0].nbytes - raw.nbytes), pair[0].nbytes))
             )
+        elif shared and family(p.pipeline) in shared:
+            bytes_ratio, error_ratio, cost_ratio = shared[family(p.pipeline)]
+        else:
+            continue
+        sq_error = raw.sq_error * error_ratio
+        rel_error = raw.rel_error * math.sqrt(error_ratio)
+        distortion = None if raw.distortion is None else raw.distortion * cost_ratio
+        points[i] = Point(
+            p.pipeline, round(raw.nbytes * bytes_ratio), sq_error, rel_error, exact=False, distortion=distortion
+        )
     plan.points = points
     plan.chosen = 0
+
+
+def _corrections(guess: Point, truth: Point) -> tuple[float, float, float]:
+    """exact / estimated of a point's bytes, squared error and cost (1 where either is not positive)."""
+    bytes_ratio = truth.nbytes / guess.nbytes if guess.nbytes > 0 else 1.0
+    return bytes_ratio, _ratio(truth.sq_error, guess.sq_error), _ratio(truth.cost, guess.cost)
+
+
+def family_corrections(plans: Iterable[TensorPlan]) -> dict[str, tuple[float, float, float]]:
+    """Per candidate family (:func:`family`), the model's correction of its estimates: the median,
+    over every tensor's exactly measured points of the family, of exact / estimated bytes, squared
+    error and cost (each the lower middle value: no arithmetic on them)."""
+    found: dict[str, list[tuple[float, float, float]]] = {}
+    for plan in plans:
+        for p in plan.points:
+            if p.exact and p.pipeline in plan.estimates:
+                found.setdefault(family(p.pipeline), []).append(_corrections(plan.estimates[p.pipeline], p))
+    return {
+        name: tuple(sorted(values)[(len(values) - 1) // 2] for values in zip(*ratios, strict=True))
+        for name, ratios in sorted(found.items())
+    }
 
 
 def _ratio(truth: float, guess: float) -> float:

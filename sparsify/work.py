@@ -7,11 +7,15 @@ file crosses a process. A worker keeps the last few files it opened (:data:`_OPE
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sparsify import checksum
 from sparsify.codec import EncodedTensor, SpooledPart, encode_tensor, weighted_step_shifts
@@ -71,6 +75,7 @@ def encode(job: EncodeJob) -> EncodedTensor:
     if weights is not None and not job.choice.pipeline.feedback:
         weights = None  # only feedback takes more from it than the shifts
     encoded = encode_tensor(read(job.source, job.info.name), job.info, job.choice, job.seed, None, weights, shifts)
+    _keep_factor(job.importance, job.info, weights)
     if job.spool is None:
         return encoded
     spool = _spool_file(job.spool)
@@ -115,8 +120,11 @@ def measure(job: MeasureJob) -> Any:
     # a share keeps every point: the bound is applied once the shares are joined
     bound = job.max_error if n == 1 else None
     if job.estimate:
-        return estimate.estimate_tensor(array, job.info, mine, job.seed, bound, weights)
-    return ratecontrol.plan_tensor(array, job.info, mine, job.seed, bound, weights)
+        plan = estimate.estimate_tensor(array, job.info, mine, job.seed, bound, weights)
+    else:
+        plan = ratecontrol.plan_tensor(array, job.info, mine, job.seed, bound, weights)
+    _keep_factor(job.importance, job.info, weights)
+    return plan
 
 
 def _importance(source: ImportanceFile | None, info: TensorInfo):
@@ -133,10 +141,56 @@ def _importance(source: ImportanceFile | None, info: TensorInfo):
         # its feedback factor takes seconds to make: the planning rounds and the write job reuse it
         _recent_importance.clear()
         _recent_importance[key] = weights
+        _load_factor(source, info, weights)
     return weights
 
 
 _recent_importance: dict[tuple[str, str], Any] = {}  # the last tensor importance with input moments
+
+FACTOR_FOLDER_BYTES = 4 << 30
+"""At most this many bytes of feedback factors are kept in a run's factor folder (n² float64 each);
+past it, the jobs make the others again in each phase."""
+
+
+def _factor_path(source: ImportanceFile, info: TensorInfo) -> Path:
+    digest = hashlib.sha256(f"{source.checksum}\0{info.name}".encode()).hexdigest()[:32]
+    return Path(source.factor_folder) / f"{digest}.npy"
+
+
+def _load_factor(source: ImportanceFile, info: TensorInfo, weights) -> None:
+    """Give ``weights`` the feedback factor an earlier job of this run kept in the factor folder (the
+    same float64 values it would make; a file that is missing or not an (n, n) float64 array is
+    ignored and the factor made again)."""
+    if source.factor_folder is None or weights._factor:
+        return
+    n = weights.inputs.shape[0]
+    with contextlib.suppress(OSError, ValueError):
+        factor = np.load(_factor_path(source, info), allow_pickle=False)
+        if factor.dtype == np.float64 and factor.shape == (n, n):
+            weights._factor.append(factor)
+
+
+def _keep_factor(source: ImportanceFile | None, info: TensorInfo, weights) -> None:
+    """Keep the feedback factor a job made in the run's factor folder (written whole, then renamed:
+    a reader never sees part of one), while the folder holds less than :data:`FACTOR_FOLDER_BYTES`;
+    a folder this process cannot write (a remote worker's) keeps nothing."""
+    if source is None or source.factor_folder is None or weights is None or not weights._factor:
+        return
+    path = _factor_path(source, info)
+    with contextlib.suppress(OSError):
+        if path.exists():
+            return
+        held = sum(entry.stat().st_size for entry in os.scandir(source.factor_folder) if entry.is_file())
+        factor = weights._factor[0]
+        if held + factor.nbytes > FACTOR_FOLDER_BYTES:
+            return
+        temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+        try:
+            with open(temp, "wb") as out:
+                np.save(out, factor, allow_pickle=False)
+            os.replace(temp, path)
+        finally:
+            temp.unlink(missing_ok=True)
 
 
 def file_checksum(path: str) -> str:

@@ -118,6 +118,34 @@ def test_substitute_puts_exact_points_in_and_recalibrates_the_family():
     assert plan.points[1].nbytes == 660
 
 
+def test_a_family_a_tensor_has_no_exact_point_of_takes_the_models_correction():
+    """family_corrections: per family, the lower median of exact / estimated over the model's exact
+    points; substitute applies it where the tensor has no exact point of the family."""
+
+    def plan_with(name: str, estimate: Point, exact: Point | None) -> TensorPlan:
+        plan = TensorPlan(name, 1.0, [estimate])
+        if exact is not None:
+            ratecontrol.substitute(plan, [exact.pipeline], [exact])
+        return plan
+
+    measured = [
+        plan_with(f"t{i}", Point(f"quant:codebook={c}+zstd", 1000, 10.0, 0.1, exact=False), exact)
+        for i, (c, exact) in enumerate(
+            [
+                (64, Point("quant:codebook=64+zstd", 1100, 5.0, 0.07)),
+                (32, Point("quant:codebook=32+zstd", 1200, 4.0, 0.06)),
+                (16, Point("quant:codebook=16+zstd", 1300, 6.0, 0.08)),
+            ]
+        )
+    ]
+    shared = ratecontrol.family_corrections(measured)
+    assert shared == {"quant:codebook+zstd": (1.2, 0.5, 0.5)}  # the middle of (1.1, 1.2, 1.3), of (0.4, 0.5, 0.6)
+    other = TensorPlan("u", 1.0, [Point("quant:codebook=128+zstd", 2000, 8.0, 0.2, exact=False)])
+    ratecontrol.substitute(other, (), [], shared)
+    assert other.points[0].nbytes == 2400 and math.isclose(other.points[0].sq_error, 4.0)
+    assert math.isclose(other.points[0].rel_error, 0.2 * math.sqrt(0.5)) and not other.points[0].exact
+
+
 def test_near_choice_is_the_choice_and_its_hull_neighbours():
     points = [
         Point(f"p{i}", r, d, 0.0, exact=False)

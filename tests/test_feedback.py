@@ -258,3 +258,34 @@ def test_moments_that_cannot_be_factored_fail_the_cli_in_one_line(tmp_path):
         result.stderr.strip() == "sparsify: error: fc1.weight:inputs: input moments that are not positive semi-definite"
     )
     assert not out.exists()
+
+
+def test_many_steps_in_one_pass_give_each_steps_own_codes():
+    """quantise_many stacks the rows of every step: each result is a call of its own, bit for bit;
+    Prepared hands a stage only the results made for its very values and steps."""
+    h = correlated_moments(70, 7)
+    w = np.random.default_rng(8).laplace(0.0, 0.05, (12, 70))
+    v = feedback_factor(h)
+    steps = [0.01, 0.03, 0.02 * step_matrix(1.0, w.shape, None, step_shifts(np.diagonal(h) + 0.1))]
+    prepared = feedback.Prepared.make(w, steps, v)
+    for step, (codes, loss) in zip(steps, prepared.results, strict=True):
+        alone = quantise_with_feedback(w, step, v)
+        assert np.array_equal(codes, alone[0]) and np.array_equal(loss, alone[1])
+        assert prepared.lookup(w.copy(), step) is not None
+    assert prepared.lookup(w, 0.015) is None
+    assert prepared.lookup(w[:6], 0.01) is None
+    assert prepared.lookup(w + 1e-9, 0.01) is None
+
+
+def test_a_tensors_factor_is_made_once_per_run(tmp_path, monkeypatch):
+    """The planning rounds and the write job share each tensor's factor through the run's factor
+    folder (made once, not once per phase), the archive is the same, and the folder is gone after."""
+    made = []
+    factor = feedback.feedback_factor
+    monkeypatch.setattr(feedback, "feedback_factor", lambda moments: made.append(moments.shape) or factor(moments))
+    golden = DIGITS.parents[1] / "tests" / "golden"
+    out = tmp_path / "fb.sparsify"
+    sparsify.compress(DIGITS, out, jobs=1, target_ratio=10, importance=golden / "digits_mlp.inputs.safetensors")
+    assert sorted(made) == [(64, 64), (128, 128), (256, 256)]
+    assert out.read_bytes() == (golden / "digits_mlp.feedback.sparsify").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fb.sparsify"]

@@ -169,6 +169,13 @@ class ImportanceFile:
     stamp: tuple[int, int]
     keys: frozenset[str]
     checksum: str
+    # a folder of this run where the jobs keep the feedback factors they make (sparsify.work), or None
+    factor_folder: str | None = field(default=None, compare=False)
+
+    @property
+    def has_inputs(self) -> bool:
+        """Whether the file holds input moments (``NAME:inputs``), whose factors take seconds to make."""
+        return any(key.endswith(INPUTS_SUFFIX) for key in self.keys)
 
 
 def check_importance(path: str | Path, tensors: dict[str, TensorInfo]) -> ImportanceFile:

@@ -41,6 +41,8 @@ class EncodeContext:
                   the tensor has no importance.
     feedback:     the factor V (n, n) of the tensor's input moments (:func:`sparsify.feedback.
                   feedback_factor`, ``quant:step=...,feedback=true``); None: it has none.
+    prepared_feedback: feedback results already made for this matrix and several steps
+                  (:class:`sparsify.feedback.Prepared`, rate control's estimates), taken where they match.
     """
 
     value_dtype: np.dtype
@@ -50,6 +52,7 @@ class EncodeContext:
     coded_size: Callable[[np.ndarray], int] | None = None
     step_shifts: tuple[np.ndarray | None, np.ndarray | None] | None = None
     feedback: np.ndarray | None = None
+    prepared_feedback: Any = None
 
     def error_budget_sq(self, max_error: float) -> float:
         """The largest ||W - W_hat||_F^2 that a ``max_error`` budget allows."""

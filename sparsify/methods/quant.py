@@ -73,7 +73,7 @@ class Quant(Method):
             parts, resolved = encode_codebook(finite, self.config["codebook"], ctx.seed, ctx.coded_size)
         elif "step" in self.config or "max_error" in self.config:
             shifts = self._shifts(ctx)
-            multipliers = None if shifts[0] is None and shifts[1] is None else step_matrix(1.0, finite.shape, *shifts)
+            multipliers = step_multiplier_matrix(finite.shape, shifts)
             if self.config.get("feedback"):
                 return self._encode_with_feedback(finite, ctx, shifts, multipliers, target.shape)
             step = self.config.get("step") or step_for_error(
@@ -94,7 +94,8 @@ class Quant(Method):
             raise UsageError("quant: feedback=true takes the input moments of an importance file (NAME:inputs)")
         step = self.config["step"]
         steps = step if multipliers is None else step * multipliers
-        codes, losses = quantise_with_feedback(finite, steps, ctx.feedback)
+        made = None if ctx.prepared_feedback is None else ctx.prepared_feedback.lookup(finite, steps)
+        codes, losses = made if made is not None else quantise_with_feedback(finite, steps, ctx.feedback)
         parts, resolved = encode_uniform(finite, step, ctx.coded_size, shifts, codes)
         return StageOutput(parts, resolved, self.decode(parts, resolved, shape), losses)
 
@@ -113,6 +114,14 @@ class Quant(Method):
         if "step" in parts:
             return decode_uniform(parts, resolved, shape)
         return decode_int(parts, resolved, shape)
+
+
+def step_multiplier_matrix(
+    shape: tuple[int, int], shifts: tuple[np.ndarray | None, np.ndarray | None]
+) -> np.ndarray | None:
+    """The (m, n) step multipliers 2**((row + column shift) / 4) of a weighted quantiser with these
+    shifts (None: no shifts, every step the same)."""
+    return None if shifts[0] is None and shifts[1] is None else step_matrix(1.0, shape, *shifts)
 
 
 # Bisection steps of the step search (each one O(N)); the step is found to 2**-_STEP_SEARCH relative.
