@@ -161,27 +161,24 @@ def _load_factor(source: ImportanceFile, info: TensorInfo, weights) -> None:
     """Give ``weights`` the feedback factor an earlier job of this run kept in the factor folder (the
     same float64 values it would make; a file that is missing or not an (n, n) float64 array is
     ignored and the factor made again)."""
-    if source.factor_folder is None or weights._factor:
+    if source.factor_folder is None or weights.made_factor() is not None:
         return
-    n = weights.inputs.shape[0]
     with contextlib.suppress(OSError, ValueError):
-        factor = np.load(_factor_path(source, info), allow_pickle=False)
-        if factor.dtype == np.float64 and factor.shape == (n, n):
-            weights._factor.append(factor)
+        weights.adopt_factor(np.load(_factor_path(source, info), allow_pickle=False))
 
 
 def _keep_factor(source: ImportanceFile | None, info: TensorInfo, weights) -> None:
     """Keep the feedback factor a job made in the run's factor folder (written whole, then renamed:
     a reader never sees part of one), while the folder holds less than :data:`FACTOR_FOLDER_BYTES`;
     a folder this process cannot write (a remote worker's) keeps nothing."""
-    if source is None or source.factor_folder is None or weights is None or not weights._factor:
+    factor = None if weights is None else weights.made_factor()
+    if source is None or source.factor_folder is None or factor is None:
         return
     path = _factor_path(source, info)
     with contextlib.suppress(OSError):
         if path.exists():
             return
         held = sum(entry.stat().st_size for entry in os.scandir(source.factor_folder) if entry.is_file())
-        factor = weights._factor[0]
         if held + factor.nbytes > FACTOR_FOLDER_BYTES:
             return
         temp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")

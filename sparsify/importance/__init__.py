@@ -81,6 +81,18 @@ class TensorImportance:
                 raise InputError(f"{what}: input moments that are not positive semi-definite") from None
         return self._factor[0]
 
+    def made_factor(self) -> np.ndarray | None:
+        """The feedback factor if it has been made (or adopted), without making it."""
+        return self._factor[0] if self._factor else None
+
+    def adopt_factor(self, factor: np.ndarray) -> None:
+        """Take ``factor`` as the feedback factor (one made earlier of the same moments, so that it
+        is not made again); a factor that is not (n, n) float64 for these moments is refused."""
+        if self.inputs is None or factor.dtype != np.float64 or factor.shape != self.inputs.shape:
+            raise ValueError("a feedback factor of another shape or type than the input moments'")
+        if not self._factor:
+            self._factor.append(factor)
+
     def takes_feedback(self, info: TensorInfo) -> bool:
         """Whether quantisers of the tensor ``info`` can feed their errors forward by these input
         moments (a 2-D tensor in its default view, (out, in))."""
